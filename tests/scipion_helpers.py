@@ -1,0 +1,348 @@
+"""Helpers for tests that run real Scipion projects.
+
+Shared by every Scipion test module (protocol, streaming, queue, templates,
+GUI): keep these names and signatures stable.
+
+Typical use::
+
+    project = create_project("align_basic")
+    sims = write_simulated_tilt_series(data_dir, "TS_01", n_views=21, shape=(128, 128))
+    imp = import_tilt_series(project, data_dir, "*.mrc", tilt_axis_angle=sims.tilt_axis_angle)
+    prot = new_prealignment(project, imp)
+    prot = launch_and_wait(project, prot)
+    records = read_tilt_series_set(project, prot, "TiltSeries")
+
+The environment (SCIPION_HOME, SCIPION_USER_DATA, hosts.conf...) is set by
+``tests/conftest.py`` before pyworkflow is imported; this module imports
+pyworkflow lazily inside functions only where that matters, at module level
+otherwise (pytest imports conftest first).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+# Order matters: the plugin import installs the sqlite fix in this process.
+import tiltxcorr_scipion  # noqa: F401
+from tiltxcorr_scipion.simulate import SimulatedTiltSeries, simulate_tilt_series
+
+DEFAULT_TIMEOUT_S = 240.0
+"""Default limit for one protocol run in a test, in seconds."""
+
+
+# --------------------------------------------------------------------------- projects
+def create_project(name: str | None = None):
+    """Create a fresh Scipion project and ``chdir`` into it.
+
+    Scipion stores relative paths in the project database, so the working
+    directory must be the project folder while the test talks to it.
+
+    Parameters
+    ----------
+    name
+        Project name; a unique suffix is always appended so tests can reuse names.
+
+    Returns
+    -------
+    pyworkflow.project.Project
+    """
+    from pyworkflow.project import Manager
+
+    base = name or "tiltxcorr"
+    project = Manager().createProject(f"{base}_{uuid.uuid4().hex[:8]}")
+    os.chdir(project.getPath())
+    return project
+
+
+# --------------------------------------------------------------------------- data on disk
+def write_stack(path: str | os.PathLike, images: np.ndarray, pixel_size: float = 1.0) -> Path:
+    """Write a `(n, h, w)` float32 stack as MRC (any extension: .mrc, .st, .mrcs).
+
+    The header's voxel size is set to ``pixel_size`` (angstroms).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
+    with mrcfile.new(str(path), overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = pixel_size
+    return path
+
+
+def write_tlt(path: str | os.PathLike, tilt_angles: np.ndarray) -> Path:
+    """Write IMOD ``.tlt`` text: one tilt angle (degrees) per line, in stack order."""
+    path = Path(path)
+    path.write_text("".join(f"{float(a):.2f}\n" for a in np.asarray(tilt_angles)))
+    return path
+
+
+def write_simulated_tilt_series(folder: str | os.PathLike, ts_id: str, *,
+                                ext: str = ".mrc", pixel_size: float = 1.0,
+                                sim: SimulatedTiltSeries | None = None,
+                                **simulate_kwargs) -> SimulatedTiltSeries:
+    """Simulate a tilt series (unless ``sim`` is given) and write ``<ts_id><ext>`` + ``<ts_id>.tlt``.
+
+    ``simulate_kwargs`` go to `tiltxcorr_scipion.simulate.simulate_tilt_series`
+    (``shape``, ``n_views``, ``tilt_range``, ``tilt_axis_angle``, ``max_shift``,
+    ``thickness``, ``noise``, ``order``, ``seed``). The ``.tlt`` angles are
+    rounded to 0.01 degree; the returned object is the exact simulation, whose
+    ``shifts`` `(n, 2)` `(dy, dx)` are the truth in stack order.
+    """
+    if sim is None:
+        sim = simulate_tilt_series(**simulate_kwargs)
+    folder = Path(folder)
+    write_stack(folder / f"{ts_id}{ext}", sim.images.numpy(), pixel_size)
+    write_tlt(folder / f"{ts_id}.tlt", sim.tilt_angles.numpy())
+    return sim
+
+
+# --------------------------------------------------------------------------- protocols
+def import_tilt_series(project, folder: str | os.PathLike, pattern: str = "*.mrc", *,
+                       sampling_rate: float = 1.0, tilt_axis_angle: float = 0.0,
+                       voltage: float = 300.0, dose_per_tilt: float = 3.0,
+                       timeout: float = DEFAULT_TIMEOUT_S, wait: bool = True):
+    """Import every stack matching ``folder/pattern`` with tomo's ``ProtImportTs``.
+
+    Angles come from the ``.tlt`` beside each stack (``anglesFrom=2``). The tsId is
+    the file's base name when ``pattern`` contains ``{TS}`` (e.g. ``"{TS}.mrc"``) or
+    when a single file matches; a ``*`` pattern with several files is turned into
+    ``{TS}`` + extension automatically. With ``wait`` the run must finish, and the
+    reloaded protocol is returned (output ``outputTiltSeries``).
+    """
+    from tomo.protocols import ProtImportTs
+
+    folder = Path(folder).resolve()
+    if pattern.startswith("*") and "{TS}" not in pattern:
+        pattern = "{TS}" + pattern[1:]
+    prot = project.newProtocol(
+        ProtImportTs,
+        objLabel="import tilt series",
+        filesPath=str(folder),
+        filesPattern=pattern,
+        anglesFrom=2,  # .tlt file
+        voltage=voltage,
+        magnification=50000,
+        samplingRate=sampling_rate,
+        tiltAxisAngle=tilt_axis_angle,
+        dosePerFrame=dose_per_tilt,
+    )
+    if not wait:
+        project.launchProtocol(prot, wait=False)
+        return prot
+    return launch_and_wait(project, prot, timeout=timeout)
+
+
+def new_prealignment(project, input_source, *, output_name: str = "outputTiltSeries",
+                     **params):
+    """A new (not launched) `ProtTiltxcorrPrealignment` pointing at ``input_source``.
+
+    ``input_source`` is the producing protocol (then ``output_name`` names its
+    output attribute) or a SetOfTiltSeries already stored in the project.
+    ``params`` are form values (``tiltAxisAngle=85.0``, ``numberOfThreads=2``...).
+    """
+    from tiltxcorr_scipion.protocols import ProtTiltxcorrPrealignment
+
+    params.setdefault("objLabel", "tiltxcorr prealignment")
+    prot = project.newProtocol(ProtTiltxcorrPrealignment, **params)
+    prot.inputSetOfTiltSeries.set(input_source)
+    if hasattr(input_source, "getRunName"):  # a protocol: point at its output
+        prot.inputSetOfTiltSeries.setExtended(output_name)
+    return prot
+
+
+def reload_protocol(project, prot):
+    """Refresh ``prot`` from its run.db and return the project's copy (outputs, status)."""
+    project._updateProtocol(prot)
+    return project.getProtocol(prot.getObjId())
+
+
+def wait_for_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
+                      poll: float = 0.5, until: Callable | None = None):
+    """Poll until ``prot`` is no longer active (or ``until(prot)`` is true).
+
+    On timeout the protocol is stopped (no process outlives the test) and
+    `TimeoutError` is raised. Returns the reloaded protocol.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        project._updateProtocol(prot)
+        if (until is not None and until(prot)) or (until is None and not prot.isActive()):
+            return project.getProtocol(prot.getObjId())
+        if time.monotonic() > deadline:
+            try:
+                project.stopProtocol(prot)
+            finally:
+                raise TimeoutError(
+                    f"protocol {prot.getRunName()!r} still {prot.getStatus()} after "
+                    f"{timeout:.0f} s; stopped. Log tail:\n{read_log(prot)}")
+        time.sleep(poll)
+
+
+def launch_and_wait(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
+                    expect_finished: bool = True):
+    """Launch ``prot`` (a new run or a "continue") and wait for it to stop.
+
+    With ``expect_finished`` an `AssertionError` carrying the log tail is raised
+    unless the run ends in status finished. Returns the reloaded protocol.
+    """
+    project.launchProtocol(prot, wait=False)
+    prot = wait_for_protocol(project, prot, timeout=timeout)
+    if expect_finished and not prot.isFinished():
+        raise AssertionError(
+            f"protocol {prot.getRunName()!r} ended {prot.getStatus()}: "
+            f"{prot.getErrorMessage()}\nLog tail:\n{read_log(prot)}")
+    return prot
+
+
+def continue_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
+                      expect_finished: bool = True):
+    """Scipion "continue" (resume mode) of an existing run, then wait for it."""
+    from pyworkflow.protocol.constants import MODE_RESUME
+
+    prot = project.getProtocol(prot.getObjId())
+    prot.runMode.set(MODE_RESUME)
+    return launch_and_wait(project, prot, timeout=timeout, expect_finished=expect_finished)
+
+
+def read_log(prot, n_chars: int = 6000) -> str:
+    """The tail of a protocol's stdout + stderr logs (for failure messages)."""
+    parts = []
+    for name in (prot.getStdoutLog(), prot.getStderrLog()):
+        try:
+            parts.append(Path(name).read_text(errors="replace")[-n_chars:])
+        except OSError:
+            pass
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- reading outputs
+@dataclass
+class TiltSeriesRecord:
+    """One registered tilt series, read back from the project (items in set order).
+
+    Arrays are per tilt image, in the order the set iterates them (tomo sorts
+    by tilt angle), ``n`` = number of tilt images, enabled or not.
+    """
+
+    ts_id: str
+    tilt_angles: np.ndarray  # (n,) degrees
+    stack_indices: np.ndarray  # (n,) 1-based position in the stack file
+    file_names: list[str]
+    transforms: np.ndarray  # (n, 3, 3); identity where the item had none
+    has_transform: np.ndarray  # (n,) bool
+    enabled: np.ndarray  # (n,) bool
+    correlation: np.ndarray  # (n,) float, NaN where _tiltxcorrCorrelation is unset
+    acq_orders: np.ndarray  # (n,) int
+    sampling_rate: float
+    tilt_axis_angle: float | None
+    has_alignment: bool
+    interpolated: bool
+    ctf_corrected: bool
+    has_odd_even: bool
+    dose_per_frame: np.ndarray  # (n,)
+    accum_dose: np.ndarray  # (n,)
+    size: int
+    extra: dict = field(default_factory=dict)
+
+    def shifts_dy_dx(self) -> np.ndarray:
+        """`(n, 2)` `(dy, dx)` = `(DY, DX)` of the transforms (IMOD forward convention)."""
+        return self.transforms[:, [1, 0], 2].copy()
+
+    def by_stack_index(self, values: np.ndarray) -> np.ndarray:
+        """Reorder a per-item array into stack order (1-based index 1 first)."""
+        return np.asarray(values)[np.argsort(self.stack_indices, kind="stable")]
+
+
+def read_tilt_series_set(project, prot, output_name: str = "TiltSeries") -> dict[str, TiltSeriesRecord]:
+    """Read an output SetOfTiltSeries of ``prot`` from the project, keyed by tsId.
+
+    Returns an empty dict when the output does not exist. Reads clones, so no
+    cursor stays open after the call.
+    """
+    prot = project.getProtocol(prot.getObjId())
+    out_set = getattr(prot, output_name, None)
+    if out_set is None:
+        return {}
+    records = {}
+    for ts in out_set.iterItems():
+        items = [ti.clone() for ti in ts.iterItems()]
+        records[ts.getTsId()] = _record_from(ts, items)
+    out_set.close()
+    return records
+
+
+def output_stream_state(project, prot, output_name: str = "TiltSeries") -> str | None:
+    """``"open"``, ``"closed"`` or None (no such output) for an output set of ``prot``."""
+    prot = project.getProtocol(prot.getObjId())
+    out_set = getattr(prot, output_name, None)
+    if out_set is None:
+        return None
+    out_set.loadAllProperties()
+    state = "closed" if out_set.isStreamClosed() else "open"
+    out_set.close()
+    return state
+
+
+def _record_from(ts, items) -> TiltSeriesRecord:
+    n = len(items)
+    transforms = np.tile(np.eye(3), (n, 1, 1))
+    has_t = np.zeros(n, bool)
+    corr = np.full(n, np.nan)
+    for i, ti in enumerate(items):
+        if ti.hasTransform():
+            transforms[i] = np.asarray(ti.getTransform().getMatrix(), dtype=float)
+            has_t[i] = True
+        value = getattr(ti, "_tiltxcorrCorrelation", None)
+        if value is not None and value.get() is not None:
+            corr[i] = float(value.get())
+    acq = ts.getAcquisition()
+    axis = acq.getTiltAxisAngle() if acq is not None else None
+
+    def _dose(ti, getter):
+        a = ti.getAcquisition()
+        v = getattr(a, getter)() if a is not None else None
+        return np.nan if v is None else float(v)
+
+    return TiltSeriesRecord(
+        ts_id=ts.getTsId(),
+        tilt_angles=np.array([ti.getTiltAngle() for ti in items], dtype=float),
+        stack_indices=np.array([ti.getIndex() for ti in items], dtype=int),
+        file_names=[ti.getFileName() for ti in items],
+        transforms=transforms,
+        has_transform=has_t,
+        enabled=np.array([bool(ti.isEnabled()) for ti in items]),
+        correlation=corr,
+        acq_orders=np.array([ti.getAcquisitionOrder() or 0 for ti in items], dtype=int),
+        sampling_rate=float(ts.getSamplingRate()),
+        tilt_axis_angle=None if axis is None else float(axis),
+        has_alignment=bool(ts.hasAlignment()),
+        interpolated=bool(ts.interpolated()),
+        ctf_corrected=bool(ts.ctfCorrected()),
+        has_odd_even=bool(ts.hasOddEven()),
+        dose_per_frame=np.array([_dose(ti, "getDosePerFrame") for ti in items]),
+        accum_dose=np.array([_dose(ti, "getAccumDose") for ti in items]),
+        size=int(ts.getSize()),
+    )
+
+
+# --------------------------------------------------------------------------- comparisons
+def shift_errors_px(record: TiltSeriesRecord, sim: SimulatedTiltSeries) -> np.ndarray:
+    """`(n_enabled, 2)` registered minus true `(dy, dx)`, over enabled views, in pixels.
+
+    Both in stack order; the simulator's shifts and the registered (DY, DX) use
+    the same convention (content moves by +shift to align).
+    """
+    order = np.argsort(record.stack_indices, kind="stable")
+    idx = record.stack_indices[order] - 1
+    registered = record.shifts_dy_dx()[order]
+    truth = sim.shifts.numpy().astype(float)[idx]
+    keep = record.enabled[order]
+    return registered[keep] - truth[keep]
