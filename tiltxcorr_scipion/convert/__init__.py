@@ -1,0 +1,1 @@
+"""Conversions between the engine, Scipion objects and files other programs read."""

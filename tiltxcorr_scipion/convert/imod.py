@@ -1,0 +1,385 @@
+"""IMOD transform (``.xf``/``.prexf``/``.prexg``) and tilt-angle (``.tlt``) files.
+
+Everything a user needs to continue in IMOD/etomo without Scipion: the coarse
+alignment as tiltxcorr writes it (``.prexf``, view-to-previous), as
+``xftoxg -nfit 0`` turns it into global transforms (``.prexg``, the file
+``newstack -xform`` applies) and the tilt angles (``.tlt``).
+
+Conventions
+-----------
+A transform is the `(3, 3)` matrix of IMOD's forward (raw -> aligned) mapping,
+``[[A11, A12, DX], [A21, A22, DY], [0, 0, 1]]``, the matrix Scipion stores on
+each tilt image. ``newstack`` maps raw pixel ``(X, Y)`` to aligned
+``X' = A11 (X - Xc) + A12 (Y - Yc) + DX + Xc`` (same for ``Y'``), about the
+image centre; ``(DX, DY)`` are pixels of the stack, X along columns and Y
+along rows of the MRC data (``data[z, y, x]``). For a pure shift the content
+of a view moves by ``+(DX, DY)``.
+
+IMOD composes transforms with ``xfmult(f, g)``: "f followed by g", which is
+the matrix product ``G @ F``. xftoxg's rule ``g_i = f_i * g_(i-1)`` is
+therefore ``G_i = G_(i-1) @ F_i`` in matrices: a point of view i is first
+brought into view i-1 by ``F_i``, then aligned by ``G_(i-1)``.
+
+How the ``.prexg`` relates to the registered transforms
+-------------------------------------------------------
+`write_imod_files` writes ``.prexf`` lines ``F_1 = I`` and
+``F_i = T_(i-1)^-1 @ T_i`` (``T_i`` the registered transforms), and the
+``.prexg`` that ``xftoxg -nfit 0`` computes from that ``.prexf``:
+``P_i = C @ T_i`` with one constant ``C`` for the whole series (xftoxg's
+inverse of the average of the cumulative transforms; when the transforms
+carry rotations, e.g. a previous alignment composed in, ``C`` also takes out
+their average rotation and magnification). For the shifts-only
+transforms of a coarse alignment ``C`` is a shift by minus the mean
+``(DX, DY)`` over all views (disabled views included):
+``DX_prexg = DX_registered - mean(DX_registered)``; the registered transforms
+instead keep the reference (lowest-tilt) view at zero shift. Both align the
+stack equally well: they differ only by where the whole series sits in the
+frame. IMOD's tiltxcorr also folds a tilt-dependent correction into its
+``.prexf`` so that after xftoxg the tilt axis stays at the image centre; these
+files do not (the ``.prexf`` is exactly the registered alignment), so in a
+stack made with the ``.prexg`` the axis sits ``-mean(DX, DY)`` off centre,
+which etomo's later fine alignment absorbs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+import numpy as np
+
+__all__ = [
+    "format_xf_line",
+    "global_to_previous",
+    "previous_to_global",
+    "read_tlt",
+    "read_xf",
+    "write_imod_files",
+    "write_tlt",
+    "write_xf",
+    "xftoxg",
+]
+
+_XF_FIELD = 12  # Fortran format (4f12.7, 2f12.3) of IMOD's xfwrite
+_SAFE_TS_ID = re.compile(r"^[^/\\\x00]+$")
+
+
+# --------------------------------------------------------------------------- checks
+def _check_transforms(transforms: np.ndarray, what: str = "transforms") -> np.ndarray:
+    """Return `transforms` as float64 `(n, 3, 3)` affine matrices, or raise ValueError."""
+    array = np.asarray(transforms, dtype=np.float64)
+    if array.ndim != 3 or array.shape[1:] != (3, 3):
+        raise ValueError(f"{what} must have shape (n, 3, 3), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        bad = sorted({int(i) + 1 for i in np.argwhere(~np.isfinite(array))[:, 0]})
+        raise ValueError(f"{what} contain NaN or infinite values (views {bad}, 1-based)")
+    if not np.allclose(array[:, 2, :], [0.0, 0.0, 1.0]):
+        raise ValueError(f"{what} are not 2-D affine: the last row of each matrix must be [0, 0, 1]")
+    return array
+
+
+def _check_angles(tilt_angles: np.ndarray, n: int | None = None) -> np.ndarray:
+    angles = np.asarray(tilt_angles, dtype=np.float64)
+    if angles.ndim != 1:
+        raise ValueError(f"tilt angles must have shape (n,), got {angles.shape}")
+    if n is not None and angles.shape[0] != n:
+        raise ValueError(f"{angles.shape[0]} tilt angles for {n} transforms: give one angle per view")
+    if not np.all(np.isfinite(angles)):
+        bad = [int(i) + 1 for i in np.flatnonzero(~np.isfinite(angles))]
+        raise ValueError(f"tilt angles contain NaN or infinite values (views {bad}, 1-based)")
+    return angles
+
+
+# --------------------------------------------------------------------------- text formats
+def _fortran_f(value: float, decimals: int) -> str:
+    """``F12.<decimals>`` as IMOD's Fortran writes it (values rounding to 0 print unsigned)."""
+    text = f"{value:{_XF_FIELD}.{decimals}f}"
+    if float(text) == 0.0:
+        text = f"{0.0:{_XF_FIELD}.{decimals}f}"
+    return text
+
+
+def format_xf_line(transform: np.ndarray) -> str:
+    """One ``.xf`` line, ``A11 A12 A21 A22 DX DY``, in IMOD's fixed-width format.
+
+    IMOD's ``xfwrite`` uses the Fortran format ``(4f12.7, 2f12.3)``: four
+    matrix elements with 7 decimals and the two shifts (pixels) with 3
+    decimals, each right-aligned in 12 columns, no separator.
+
+    Parameters
+    ----------
+    transform
+        `(3, 3)` affine matrix ``[[A11, A12, DX], [A21, A22, DY], [0, 0, 1]]``.
+
+    Returns
+    -------
+    str
+        72 characters, without the newline.
+    """
+    m = np.asarray(transform, dtype=np.float64)
+    values = (m[0, 0], m[0, 1], m[1, 0], m[1, 1])
+    return "".join(_fortran_f(v, 7) for v in values) + _fortran_f(m[0, 2], 3) + _fortran_f(m[1, 2], 3)
+
+
+def write_xf(path: str, transforms: np.ndarray) -> str:
+    """Write `(n, 3, 3)` transforms as an IMOD ``.xf`` file, one line per view.
+
+    Returns the path written.
+    """
+    array = _check_transforms(transforms)
+    with open(path, "w") as handle:
+        handle.writelines(format_xf_line(m) + "\n" for m in array)
+    return path
+
+
+def _parse_xf_line(line: str) -> list[float]:
+    fields = line.split()
+    if len(fields) != 6:
+        # Fortran fixed width: fields touch when a value fills its 12 columns.
+        stripped = line.rstrip("\r\n")
+        if len(stripped) >= 6 * _XF_FIELD:
+            fields = [stripped[i * _XF_FIELD:(i + 1) * _XF_FIELD] for i in range(6)]
+    if len(fields) != 6:
+        raise ValueError(f"expected 6 numbers (A11 A12 A21 A22 DX DY), found {len(line.split())}")
+    return [float(f) for f in fields]
+
+
+def read_xf(path: str) -> np.ndarray:
+    """Read an IMOD ``.xf``/``.prexf``/``.prexg`` file.
+
+    Parameters
+    ----------
+    path
+        Text file with one line ``A11 A12 A21 A22 DX DY`` per view; blank
+        lines are ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        `(n, 3, 3)` float64 transforms
+        ``[[A11, A12, DX], [A21, A22, DY], [0, 0, 1]]``, in file order.
+
+    Raises
+    ------
+    ValueError
+        If a line is not six numbers (the message names the file and line).
+    """
+    rows = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                a11, a12, a21, a22, dx, dy = _parse_xf_line(line)
+            except ValueError as error:
+                raise ValueError(f"{path}, line {number}: not an IMOD transform line "
+                                 f"({error}): {line.strip()!r}") from None
+            rows.append([[a11, a12, dx], [a21, a22, dy], [0.0, 0.0, 1.0]])
+    if not rows:
+        raise ValueError(f"{path} holds no transforms: is it an IMOD .xf file?")
+    return np.array(rows, dtype=np.float64)
+
+
+def write_tlt(path: str, tilt_angles: np.ndarray) -> str:
+    """Write tilt angles (degrees) one per line as IMOD does (Fortran ``f7.2``).
+
+    IMOD's ``.tlt`` files hold two decimals; angles are rounded to 0.01 degree.
+    Returns the path written.
+    """
+    angles = _check_angles(tilt_angles)
+    with open(path, "w") as handle:
+        handle.writelines(f"{a + 0.0:7.2f}\n" for a in angles)
+    return path
+
+
+def read_tlt(path: str) -> np.ndarray:
+    """Read an IMOD ``.tlt``/``.rawtlt`` file: one tilt angle (degrees) per line.
+
+    Blank lines are ignored. Returns `(n,)` float64 angles in file order.
+
+    Raises
+    ------
+    ValueError
+        If a line is not a single finite number, or the file is empty (the
+        message names the file and the line).
+    """
+    angles = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                (value,) = (float(f) for f in text.split())
+            except ValueError:
+                raise ValueError(f"{path}, line {number}: expected one tilt angle in degrees, "
+                                 f"got {text!r}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{path}, line {number}: tilt angle {text!r} is not finite")
+            angles.append(value)
+    if not angles:
+        raise ValueError(f"{path} holds no tilt angles: expected one angle (degrees) per line")
+    return np.array(angles, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- composition
+def global_to_previous(transforms: np.ndarray) -> np.ndarray:
+    """View-to-previous transforms (a ``.prexf``) from global ones.
+
+    Parameters
+    ----------
+    transforms
+        `(n, 3, 3)` global transforms ``T_i`` (raw -> aligned), in stack order.
+
+    Returns
+    -------
+    numpy.ndarray
+        `(n, 3, 3)` float64 ``F`` with ``F_1 = I`` and
+        ``F_i = T_(i-1)^-1 @ T_i``: the transform taking view i onto view
+        i-1, so that xftoxg's ``g_i = f_i * g_(i-1)`` (``G_i = G_(i-1) @ F_i``)
+        rebuilds ``T_1^-1 @ T_i``.
+    """
+    array = _check_transforms(transforms)
+    previous = np.empty_like(array)
+    previous[0] = np.eye(3)
+    if len(array) > 1:
+        previous[1:] = np.linalg.inv(array[:-1]) @ array[1:]
+    return previous
+
+
+def _cumulative(previous: np.ndarray) -> np.ndarray:
+    """``G_1 = I``, ``G_i = G_(i-1) @ F_i`` (xftoxg ignores ``F_1``)."""
+    cumulative = np.empty_like(previous)
+    cumulative[0] = np.eye(3)
+    for i in range(1, len(previous)):
+        cumulative[i] = cumulative[i - 1] @ previous[i]
+    return cumulative
+
+
+def _natural(matrix: np.ndarray) -> tuple[float, float, float, float]:
+    """IMOD's ``amat_to_rotmag``: (rotation, y-x rotation difference, mag, y-x mag difference)."""
+    a11, a12, a21, a22 = matrix[0, 0], matrix[0, 1], matrix[1, 0], matrix[1, 1]
+    xmag = math.hypot(a11, a21)
+    xtheta = math.degrees(math.atan2(a21, a11))
+    ymag = math.hypot(a12, a22)
+    ytheta = math.degrees(math.atan2(-a12, a22))
+    ydtheta = ytheta - xtheta
+    if abs(ydtheta) > 180.0:
+        ydtheta -= math.copysign(360.0, ydtheta)
+    theta = xtheta + 0.5 * ydtheta
+    if abs(theta) > 180.0:
+        theta -= math.copysign(360.0, theta)
+    return theta, ydtheta, 0.5 * (xmag + ymag), ymag - xmag
+
+
+def _from_natural(theta: float, ydtheta: float, smag: float, ydmag: float) -> np.ndarray:
+    """IMOD's ``rotmag_to_amat``: the `(2, 2)` matrix of natural parameters."""
+    xmag, ymag = smag - ydmag / 2.0, smag + ydmag / 2.0
+    xtheta, ytheta = math.radians(theta - ydtheta / 2.0), math.radians(theta + ydtheta / 2.0)
+    return np.array([[xmag * math.cos(xtheta), -ymag * math.sin(ytheta)],
+                     [xmag * math.sin(xtheta), ymag * math.cos(ytheta)]])
+
+
+def _natural_average(cumulative: np.ndarray) -> np.ndarray:
+    """xftoxg's average transform: mean of the natural parameters and of the shifts.
+
+    Rotations are unwrapped so they change continuously around +-180 degrees,
+    as xftoxg does (its ``RangeOfAnglesInAverage`` grouping is not needed:
+    with the default range every view is in one group).
+    """
+    naturals = np.array([_natural(m) for m in cumulative])  # (n, 4)
+    delta = 0.0
+    for k in range(1, len(naturals)):
+        difference = naturals[k - 1, 0] - (naturals[k, 0] + delta)
+        if abs(difference) > 180.0:
+            delta += math.copysign(360.0, difference)
+        naturals[k, 0] += delta
+    average = np.eye(3)
+    average[:2, :2] = _from_natural(*naturals.mean(axis=0))
+    average[:2, 2] = cumulative[:, :2, 2].mean(axis=0)
+    return average
+
+
+def previous_to_global(previous: np.ndarray, *, remove_average: bool = True) -> np.ndarray:
+    """Global transforms from view-to-previous ones: ``xftoxg -nfit 0``.
+
+    Parameters
+    ----------
+    previous
+        `(n, 3, 3)` view-to-previous transforms ``F`` (a ``.prexf``); ``F_1``
+        is ignored, as xftoxg does.
+    remove_average
+        If True (xftoxg's global alignment), multiply every cumulative
+        transform by the inverse of their average, so the series is centred
+        (for shifts: zero mean shift). If False, return the cumulative
+        transforms, which align every view to the first one.
+
+    Returns
+    -------
+    numpy.ndarray
+        `(n, 3, 3)` float64 global transforms: ``G_1 = I``,
+        ``G_i = G_(i-1) @ F_i`` (IMOD's ``g_i = f_i * g_(i-1)``), then
+        ``A^-1 @ G_i`` with ``A`` the average of the ``G_i`` in IMOD's natural
+        parameters (rotation, magnification, their x/y differences; shifts
+        averaged directly).
+    """
+    array = _check_transforms(previous, "view-to-previous transforms")
+    cumulative = _cumulative(array)
+    if not remove_average:
+        return cumulative
+    return np.linalg.inv(_natural_average(cumulative)) @ cumulative
+
+
+def xftoxg(previous: np.ndarray) -> np.ndarray:
+    """What ``xftoxg -nfit 0`` writes for a ``.prexf``: `previous_to_global` with averaging."""
+    return previous_to_global(previous, remove_average=True)
+
+
+# --------------------------------------------------------------------------- files
+def write_imod_files(extra_dir: str, ts_id: str, transforms: np.ndarray,
+                     tilt_angles: np.ndarray) -> dict[str, str]:
+    """Write ``<tsId>.prexf``, ``<tsId>.prexg`` and ``<tsId>.tlt`` for IMOD/etomo.
+
+    Parameters
+    ----------
+    extra_dir
+        Existing folder to write into (the protocol's ``extra/``).
+    ts_id
+        Tilt-series id: the files' base name.
+    transforms
+        `(n, 3, 3)` registered transforms ``T_i`` (IMOD forward convention,
+        pixels of the stack), one per view in stack order, disabled views
+        included (identity).
+    tilt_angles
+        `(n,)` tilt angles in degrees, stack order.
+
+    Returns
+    -------
+    dict[str, str]
+        Paths written, under the keys ``"prexf"``, ``"prexg"`` and ``"tlt"``.
+
+    Notes
+    -----
+    ``.prexf``: view-to-previous transforms ``F_1 = I``,
+    ``F_i = T_(i-1)^-1 @ T_i`` (`global_to_previous`), as tiltxcorr writes
+    them. ``.prexg``: exactly what ``xftoxg -nfit 0`` computes from that
+    ``.prexf`` (`xftoxg`), i.e. ``C @ T_i`` with one constant ``C`` (the
+    inverse of the average); for shift-only transforms
+    ``DX_prexg = DX - mean(DX)`` and ``DY_prexg = DY - mean(DY)``.
+    ``.tlt``: one angle per line, two decimals. All three in IMOD's text
+    formats (``(4f12.7, 2f12.3)`` for transforms, ``f7.2`` for angles).
+    """
+    array = _check_transforms(transforms)
+    angles = _check_angles(tilt_angles, len(array))
+    if not isinstance(ts_id, str) or not _SAFE_TS_ID.match(ts_id) or ts_id in (".", ".."):
+        raise ValueError(f"tilt-series id {ts_id!r} cannot be a file name: "
+                         "it must be non-empty and hold no path separator")
+    if not os.path.isdir(extra_dir):
+        raise ValueError(f"{extra_dir} is not an existing folder: create it before writing IMOD files")
+    paths = {ext: os.path.join(extra_dir, f"{ts_id}.{ext}") for ext in ("prexf", "prexg", "tlt")}
+    previous = global_to_previous(array)
+    write_xf(paths["prexf"], previous)
+    write_xf(paths["prexg"], xftoxg(previous))
+    write_tlt(paths["tlt"], angles)
+    return paths
