@@ -1,0 +1,278 @@
+"""Alignment plots: shifts against tilt angle and per-view correlation.
+
+One figure per tilt series, meant to let an operator spot a bad view in
+seconds: the upper panel shows the shifts (dx, dy) against tilt angle, the
+lower panel the correlation score of each view with the view it was aligned
+to, with low scores in red and labelled with their view number. Excluded
+(disabled) views are drawn as grey marks in both panels; the reference view
+is a star.
+
+The figures are built with `matplotlib.figure.Figure` (no pyplot state, no
+display), so they render headless; `save_alignment_plot` writes a PNG.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+__all__ = ["correlation_threshold", "low_correlation_views", "plot_alignment",
+           "save_alignment_plot"]
+
+#: A view is flagged when its score lies this many robust standard deviations
+#: below the trend of its neighbours' scores.
+LOW_CORRELATION_SIGMAS = 4.0
+#: Views on each side that make the trend (a running median over tilt order).
+TREND_HALF_WINDOW = 3
+#: Smallest drop below the trend that is flagged, whatever the spread.
+MIN_DROP = 0.1
+
+_DX_COLOUR, _DY_COLOUR = "#1f77b4", "#ff7f0e"
+_OK_COLOUR, _LOW_COLOUR, _EXCLUDED_COLOUR = "#2a9d4b", "#d62728", "#9a9a9a"
+
+
+def _check_inputs(tilt_angles, shifts, enabled, correlation):
+    angles = np.asarray(tilt_angles, dtype=np.float64).reshape(-1)
+    n = angles.shape[0]
+    shifts = np.asarray(shifts, dtype=np.float64)
+    if shifts.shape != (n, 2):
+        raise ValueError(f"shifts must have shape ({n}, 2) (dy, dx) for {n} tilt angles, "
+                         f"got {shifts.shape}")
+    enabled = np.asarray(enabled, dtype=bool).reshape(-1)
+    correlation = np.asarray(correlation, dtype=np.float64).reshape(-1)
+    for name, array in (("enabled", enabled), ("correlation", correlation)):
+        if array.shape[0] != n:
+            raise ValueError(f"{name} has {array.shape[0]} values for {n} tilt angles: "
+                             "give one per view")
+    if n == 0:
+        raise ValueError("no views to plot: the tilt series is empty")
+    return angles, shifts, enabled, correlation
+
+
+def correlation_threshold(tilt_angles: np.ndarray, correlation: np.ndarray,
+                          enabled: np.ndarray | None = None) -> np.ndarray:
+    """The score below which each view is flagged as suspiciously low.
+
+    Correlation falls with tilt (thicker projected specimen, less overlap),
+    so views are compared with their neighbours, not with one global level:
+    the trend at each view is a robust (Theil-Sen) line through the
+    `TREND_HALF_WINDOW` views on each side in tilt order, the view itself left
+    out (and, in a second pass, the views the first pass flagged), and a view
+    is flagged when it lies more than
+    `LOW_CORRELATION_SIGMAS` robust standard deviations (1.4826 x median
+    absolute deviation of all views from the trend), and at least
+    `MIN_DROP`, below it. A bad view usually drags down its neighbour too
+    (the neighbour is correlated against it); the robust line tolerates that.
+
+    Parameters
+    ----------
+    tilt_angles
+        `(n,)` degrees.
+    correlation
+        `(n,)` per-view scores; NaN for the reference and excluded views.
+    enabled
+        `(n,)` bool, False for excluded views (optional).
+
+    Returns
+    -------
+    numpy.ndarray
+        `(n,)` float64 threshold per view; NaN where the view has no score.
+    """
+    angles = np.asarray(tilt_angles, dtype=np.float64).reshape(-1)
+    scores = np.asarray(correlation, dtype=np.float64).reshape(-1)
+    usable = np.isfinite(scores)
+    if enabled is not None:
+        usable &= np.asarray(enabled, dtype=bool).reshape(-1)
+    threshold = np.full(scores.shape, np.nan)
+    index = np.flatnonzero(usable)
+    if index.size == 0:
+        return threshold
+    index = index[np.argsort(angles[index], kind="stable")]
+    values = scores[index]
+    x = angles[index]
+    trusted = np.ones(values.size, dtype=bool)
+    for _ in range(2):  # second pass: flagged views no longer shape their neighbours' trend
+        trend = np.array([_local_trend(x, values, k, trusted) for k in range(values.size)])
+        residual = (values - trend)[trusted]
+        spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+        level = trend - max(LOW_CORRELATION_SIGMAS * spread, MIN_DROP)
+        trusted = values >= level
+    threshold[index] = level
+    return threshold
+
+
+def _local_trend(x: np.ndarray, y: np.ndarray, k: int, trusted: np.ndarray) -> float:
+    """Score expected at point k from its neighbours (k left out): a Theil-Sen line.
+
+    Uses up to `TREND_HALF_WINDOW` points on each side (more on one side at
+    the ends of the series, so the end views are extrapolated, not compared
+    with a median that a monotonic trend biases).
+    """
+    h = TREND_HALF_WINDOW
+    candidates = np.flatnonzero(trusted)
+    candidates = candidates[candidates != k]
+    position = int(np.searchsorted(candidates, k))
+    start = min(max(0, position - h), max(0, candidates.size - 2 * h))
+    neighbours = candidates[start:start + 2 * h]
+    if neighbours.size == 0:
+        return float(y[k])
+    xs, ys = x[neighbours], y[neighbours]
+    i, j = np.triu_indices(xs.size, 1)
+    separated = xs[j] != xs[i]
+    if not np.any(separated):
+        return float(np.median(ys))
+    slope = float(np.median((ys[j] - ys[i])[separated] / (xs[j] - xs[i])[separated]))
+    return float(np.median(ys - slope * xs) + slope * x[k])
+
+
+def low_correlation_views(tilt_angles: np.ndarray, correlation: np.ndarray,
+                          enabled: np.ndarray | None = None) -> np.ndarray:
+    """Which views have a suspiciously low correlation score.
+
+    Arguments as in `correlation_threshold`. Returns `(n,)` bool, True where
+    the score is below `correlation_threshold`; the reference view, excluded
+    views and views without a score are never flagged.
+    """
+    scores = np.asarray(correlation, dtype=np.float64).reshape(-1)
+    threshold = correlation_threshold(tilt_angles, scores, enabled)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(threshold) & (scores < threshold)
+
+
+def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enabled: np.ndarray,
+                   correlation: np.ndarray, *, figure: Figure | None = None) -> Figure:
+    """Plot one tilt series' alignment: shifts and correlation against tilt angle.
+
+    Parameters
+    ----------
+    ts_id
+        Tilt-series id, shown in the title.
+    tilt_angles
+        `(n,)` tilt angles in degrees, stack order.
+    shifts
+        `(n, 2)` shifts `(dy, dx)` in pixels (the transforms' ``(DY, DX)``):
+        moving view i's content by ``+shifts[i]`` aligns it.
+    enabled
+        `(n,)` bool, False for views excluded from the alignment.
+    correlation
+        `(n,)` per-view correlation score; NaN for the reference view and
+        excluded views.
+    figure
+        Figure to draw into (e.g. one made by pyplot for an interactive
+        window); a new 8 x 6.5 inch `Figure` if None.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels sharing the tilt axis: dx and dy (pixels) with excluded
+        views as grey crosses and the reference view as a star; the
+        correlation per view, low scores (`low_correlation_views`) in red,
+        labelled with their 1-based view number (stack position), and the
+        flagging threshold (`correlation_threshold`) as a dashed line.
+    """
+    angles, shifts, enabled, correlation = _check_inputs(tilt_angles, shifts, enabled, correlation)
+    n = angles.shape[0]
+    views = np.arange(1, n + 1)
+    order = np.argsort(angles, kind="stable")
+    low = low_correlation_views(angles, correlation, enabled)
+    scored = enabled & np.isfinite(correlation)
+    reference = enabled & ~np.isfinite(correlation)
+    threshold = correlation_threshold(angles, correlation, enabled)
+
+    if figure is None:
+        figure = Figure(figsize=(8.0, 6.5), dpi=100)
+    axes_shift, axes_corr = figure.subplots(2, 1, sharex=True,
+                                            gridspec_kw={"height_ratios": [3, 2]})
+
+    # ---- shifts
+    on = order[enabled[order]]
+    for column, label, colour, marker in ((1, "dx", _DX_COLOUR, "o"), (0, "dy", _DY_COLOUR, "s")):
+        axes_shift.plot(angles[on], shifts[on, column], "-", color=colour, marker=marker,
+                        markersize=3.5, linewidth=1.2, label=f"{label} (px)")
+        if np.any(low):
+            axes_shift.plot(angles[low], shifts[low, column], "o", markersize=9,
+                            markerfacecolor="none", markeredgecolor=_LOW_COLOUR,
+                            markeredgewidth=1.5)
+    axes_shift.plot(angles[reference], shifts[reference, 1], "*", color="gold", markersize=14,
+                    markeredgecolor="black", markeredgewidth=0.7, zorder=5)
+    off = ~enabled
+    if np.any(off):
+        for column in (1, 0):
+            axes_shift.plot(angles[off], shifts[off, column], "x", color=_EXCLUDED_COLOUR,
+                            markersize=7, markeredgewidth=1.5)
+        for angle in angles[off]:
+            for axes in (axes_shift, axes_corr):
+                axes.axvline(angle, color=_EXCLUDED_COLOUR, linewidth=0.8, linestyle=":",
+                             zorder=0)
+    axes_shift.axhline(0.0, color="black", linewidth=0.6, zorder=0)
+    axes_shift.set_ylabel("shift (pixels)")
+    axes_shift.grid(True, alpha=0.3)
+    handles = axes_shift.get_legend_handles_labels()[0][:2]
+    handles += [Line2D([], [], linestyle="none", marker="*", markersize=12, color="gold",
+                       markeredgecolor="black", label="reference view")]
+    if np.any(off):
+        handles.append(Line2D([], [], linestyle="none", marker="x", color=_EXCLUDED_COLOUR,
+                              markeredgewidth=1.5, label="excluded view"))
+    if np.any(low):
+        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
+                              markeredgecolor=_LOW_COLOUR, markeredgewidth=1.5,
+                              label="low correlation (view no.)"))
+    axes_shift.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85,
+                      ncol=min(len(handles), 3))
+
+    # ---- correlation
+    ok = scored & ~low
+    axes_corr.vlines(angles[scored], 0.0, correlation[scored], color=_OK_COLOUR, alpha=0.35,
+                     linewidth=1.0)
+    axes_corr.plot(angles[ok], correlation[ok], "o", color=_OK_COLOUR, markersize=4)
+    axes_corr.plot(angles[low], correlation[low], "o", color=_LOW_COLOUR, markersize=7)
+    axes_corr.vlines(angles[low], 0.0, correlation[low], color=_LOW_COLOUR, linewidth=1.5)
+    for index in np.flatnonzero(low):
+        axes_corr.annotate(f"{views[index]}", (angles[index], correlation[index]),
+                           textcoords="offset points", xytext=(0, 6), ha="center",
+                           fontsize=8, color=_LOW_COLOUR, fontweight="bold")
+    if np.any(off):
+        axes_corr.plot(angles[off], np.zeros(int(off.sum())), "x", color=_EXCLUDED_COLOUR,
+                       markersize=7, markeredgewidth=1.5)
+    along = order[scored[order]]
+    axes_corr.plot(angles[along], threshold[along], "--", color=_LOW_COLOUR, linewidth=0.9,
+                   label="flag threshold (from neighbouring views)")
+    finite = correlation[scored]
+    bottom = min(0.0, float(finite.min()) - 0.05) if finite.size else 0.0
+    axes_corr.set_ylim(bottom, 1.02)
+    axes_corr.set_ylabel("correlation")
+    axes_corr.set_xlabel("tilt angle (degrees)")
+    axes_corr.grid(True, alpha=0.3)
+    axes_corr.legend(loc="lower center", fontsize=8, framealpha=0.85)
+
+    n_off = int(off.sum())
+    n_low = int(low.sum())
+    status = f"{n} views, {n_off} excluded, "
+    status += (f"{n_low} with low correlation: view{'s' if n_low > 1 else ''} "
+               + ", ".join(str(v) for v in views[low][:8]) + ("..." if n_low > 8 else "")
+               if n_low else "no low correlation")
+    figure.suptitle(f"{ts_id}: coarse alignment", fontsize=12, fontweight="bold")
+    axes_shift.set_title(status, fontsize=9, color=_LOW_COLOUR if n_low else "black")
+    figure.tight_layout()
+    return figure
+
+
+def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray,
+                        enabled: np.ndarray, correlation: np.ndarray) -> str:
+    """Write `plot_alignment`'s figure as a PNG (800 x 650 pixels) and return its path.
+
+    Uses matplotlib's Agg canvas directly: no display, no pyplot state.
+    Arguments as in `plot_alignment`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path}: folder {folder} does not exist")
+    figure = plot_alignment(ts_id, tilt_angles, shifts, enabled, correlation)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, format="png", dpi=100)
+    return path
