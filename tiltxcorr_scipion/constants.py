@@ -1,0 +1,25 @@
+"""Names shared by the protocol, the viewer, the templates and the tests."""
+
+# Output attribute names of ProtTiltxcorrPrealignment.
+OUTPUT_TILT_SERIES = "TiltSeries"
+OUTPUT_FAILED_TILT_SERIES = "FailedTiltSeries"
+OUTPUT_INTERPOLATED_TILT_SERIES = "InterpolatedTiltSeries"
+
+# Attribute stored on every output tilt image: the normalised cross-correlation
+# (-1..1) of the view with the one it was aligned to; unset (None) for the
+# reference view and for disabled views.
+CORRELATION_ATTR = "_tiltxcorrCorrelation"
+
+# Files written per tilt series in the protocol's extra/ folder.
+PLOT_SUFFIX = "_alignment.png"
+ALIGNED_STACK_SUFFIX = ".ali"
+
+# Citation keys in bibtex.py.
+CITE_KREMER_1996 = "Kremer1996"
+CITE_MASTRONARDE_2017 = "Mastronarde2017"
+
+# Tilt limit for cosine stretching (IMOD tiltxcorr refuses larger |tilt|).
+MAX_TILT_DEG = 82.0
+
+# Streaming: seconds between two looks at an open input set.
+STREAM_POLL_SECONDS = 3.0

@@ -1,0 +1,149 @@
+"""2-D alignment transforms: engine shifts <-> IMOD/Scipion matrices, and applying them.
+
+Convention (IMOD's forward raw -> aligned transform, the matrix Scipion stores
+on each tilt image)::
+
+    [[A11, A12, DX],
+     [A21, A22, DY],
+     [  0,   0,  1]]
+
+maps a raw pixel ``(X, Y)`` to the aligned frame as
+``X' = A11 (X - Xc) + A12 (Y - Yc) + DX + Xc`` (same for ``Y'``), about the
+image centre ``(Xc, Yc) = ((w - 1) / 2, (h - 1) / 2)`` in 0-based pixel
+indices (IMOD's ``nx / 2`` with pixel centres at ``i + 0.5``). X runs along
+columns, Y along rows of a ``(h, w)`` array. ``(DX, DY)`` are pixels of the
+tilt series' own sampling rate. For a pure shift, the content of a view moves
+by ``+(DX, DY)``; the engine's shifts `(dy, dx)` follow the same sign, so
+``DX = dx`` and ``DY = dy``.
+
+Composition: "first ``P``, then ``N``" is ``N @ P``; a coarse alignment found
+on images already aligned by ``P`` is registered as ``shift @ P``.
+
+All arrays are batch-first: `(n, 3, 3)` transforms, `(n, 2)` shifts `(dy, dx)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "identity_transforms",
+    "shifts_to_transforms",
+    "transforms_to_shifts",
+    "compose_transforms",
+    "rotation_angles_deg",
+    "is_identity",
+    "apply_transforms_2d",
+]
+
+
+def identity_transforms(n: int) -> np.ndarray:
+    """`(n, 3, 3)` float64 identity matrices."""
+    return np.tile(np.eye(3), (n, 1, 1))
+
+
+def shifts_to_transforms(shifts_dy_dx: np.ndarray) -> np.ndarray:
+    """Pure-shift transforms from engine shifts.
+
+    Parameters
+    ----------
+    shifts_dy_dx
+        `(n, 2)` `(dy, dx)` in pixels: moving the content of view i by
+        ``+shifts[i]`` aligns it.
+
+    Returns
+    -------
+    `(n, 3, 3)` float64 ``[[1, 0, dx], [0, 1, dy], [0, 0, 1]]``.
+    """
+    shifts = np.asarray(shifts_dy_dx, dtype=np.float64)
+    if shifts.ndim != 2 or shifts.shape[1] != 2:
+        raise ValueError(f"shifts must be (n, 2) (dy, dx), got shape {shifts.shape}")
+    out = identity_transforms(len(shifts))
+    out[:, 0, 2] = shifts[:, 1]  # DX = dx
+    out[:, 1, 2] = shifts[:, 0]  # DY = dy
+    return out
+
+
+def transforms_to_shifts(transforms: np.ndarray) -> np.ndarray:
+    """`(n, 2)` `(dy, dx)` = `(DY, DX)` translation columns of `(n, 3, 3)` transforms."""
+    t = np.asarray(transforms, dtype=np.float64)
+    return np.stack([t[:, 1, 2], t[:, 0, 2]], axis=1)
+
+
+def compose_transforms(new: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """``new @ previous`` per view: apply ``previous`` first, then ``new``.
+
+    ``previous`` None means no earlier alignment (``new`` is returned as float64).
+    Both `(n, 3, 3)`.
+    """
+    new = np.asarray(new, dtype=np.float64)
+    if previous is None:
+        return new.copy()
+    previous = np.asarray(previous, dtype=np.float64)
+    if previous.shape != new.shape:
+        raise ValueError(f"cannot compose transforms of shapes {new.shape} and {previous.shape}")
+    return np.einsum("nij,njk->nik", new, previous)
+
+
+def rotation_angles_deg(transforms: np.ndarray) -> np.ndarray:
+    """`(n,)` counter-clockwise rotation (degrees) of the linear part of each transform.
+
+    With X along columns and Y along rows (IMOD, Y up on screen), a rotation by
+    ``theta`` has ``A21 = sin(theta)``, ``A11 = cos(theta)``. A tilt axis at angle
+    ``a`` in the raw image sits at ``a + theta`` in the transformed image.
+    """
+    t = np.asarray(transforms, dtype=np.float64)
+    return np.degrees(np.arctan2(t[:, 1, 0], t[:, 0, 0]))
+
+
+def is_identity(transforms: np.ndarray, atol: float = 1e-6) -> bool:
+    """True when every `(3, 3)` matrix in `(n, 3, 3)` is the identity within ``atol``."""
+    t = np.asarray(transforms, dtype=np.float64)
+    return bool(np.allclose(t, np.eye(3), atol=atol))
+
+
+def apply_transforms_2d(images: torch.Tensor, transforms: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Resample images into the aligned frame of their forward transforms (bilinear).
+
+    Parameters
+    ----------
+    images
+        `(b, h, w)` float tensor (any device).
+    transforms
+        `(b, 3, 3)` forward raw -> aligned transforms (module convention).
+
+    Returns
+    -------
+    `(b, h, w)` tensor: ``aligned[Y', X'] = raw[T^-1 (X', Y')]``; pixels that come
+    from outside the raw image get the view's mean, so the edges add no step
+    the correlation could lock onto.
+    """
+    if images.ndim != 3:
+        raise ValueError(f"images must be (b, h, w), got shape {tuple(images.shape)}")
+    b, h, w = images.shape
+    t = torch.as_tensor(np.asarray(transforms, dtype=np.float64) if not torch.is_tensor(transforms)
+                        else transforms, dtype=torch.float64)
+    if t.shape != (b, 3, 3):
+        raise ValueError(f"transforms must be ({b}, 3, 3), got {tuple(t.shape)}")
+    inv = torch.linalg.inv(t)  # aligned -> raw, (b, 3, 3)
+    xc, yc = (w - 1) / 2.0, (h - 1) / 2.0
+    ys = torch.arange(h, dtype=torch.float64) - yc
+    xs = torch.arange(w, dtype=torch.float64) - xc
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")  # (h, w)
+    # Raw coordinates (relative to the centre) of each aligned pixel:
+    # X - c = A^-1 (X' - c - D), the homogeneous inverse applied to X' - c.
+    a = inv[:, :2, :2]  # (b, 2, 2) acting on (x, y)
+    d = inv[:, :2, 2]  # (b, 2)
+    x_raw = a[:, 0, 0, None, None] * xx + a[:, 0, 1, None, None] * yy + d[:, 0, None, None]
+    y_raw = a[:, 1, 0, None, None] * xx + a[:, 1, 1, None, None] * yy + d[:, 1, None, None]
+    # grid_sample's normalised coordinates (align_corners=True: -1 and 1 are pixel centres).
+    gx = x_raw / max(xc, 0.5)
+    gy = y_raw / max(yc, 0.5)
+    grid = torch.stack([gx, gy], dim=-1).to(device=images.device, dtype=torch.float32)
+    means = images.mean(dim=(-2, -1), keepdim=True)  # (b, 1, 1)
+    centred = (images - means).unsqueeze(1)  # (b, 1, h, w)
+    out = F.grid_sample(centred, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.squeeze(1) + means
+

@@ -1,0 +1,5 @@
+"""Scipion protocols of the tiltxcorr plugin (found by Scipion's plugin discovery)."""
+
+from .protocol_prealignment import ProtTiltxcorrPrealignment
+
+__all__ = ["ProtTiltxcorrPrealignment"]
