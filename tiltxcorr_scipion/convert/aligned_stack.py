@@ -92,7 +92,9 @@ def _fourier_shift(image: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
     hp, wp = padded.shape
     ky = torch.fft.fftfreq(hp, dtype=torch.float64)[:, None]
     kx = torch.fft.rfftfreq(wp, dtype=torch.float64)[None, :]
-    phase = torch.exp(-2j * torch.pi * (ky * dy + kx * dx)).to(torch.complex64)
+    # separable phase ramp: exp(-2 pi i (ky dy + kx dx)) = column factor x row factor
+    phase = (torch.exp(-2j * torch.pi * ky * dy) * torch.exp(-2j * torch.pi * kx * dx)
+             ).to(torch.complex64)
     shifted = torch.fft.irfft2(torch.fft.rfft2(padded) * phase, s=(hp, wp))
     return shifted[py:py + h, px:px + w]
 
