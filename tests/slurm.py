@@ -256,6 +256,29 @@ PartitionName={PARTITION} Nodes={NODE_NAME} Default=YES MaxTime=INFINITE State=U
                 info.setdefault(key, value)
         return info
 
+    def wait_for_job(self, job_id: int | str, timeout_s: float = 60.0) -> dict[str, str]:
+        """Poll `job_info` until the job has left the queue; return its last info.
+
+        A protocol writes "finished" to its database a moment before its
+        process (the job) exits, so a test that saw the protocol finish waits
+        here for the job to be COMPLETED (or FAILED, CANCELLED...).
+
+        Raises
+        ------
+        TimeoutError
+            The job is still pending or running after `timeout_s`.
+        """
+        active = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.job_info(job_id)
+            if info.get("JobState") not in active:
+                return info
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"SLURM job {job_id} still {info.get('JobState')} after "
+                                   f"{timeout_s:.0f} s.\n{self.diagnostics()}")
+            time.sleep(0.2)
+
     def hosts_conf(self, host: str = "localhost") -> str:
         """A Scipion ``hosts.conf`` whose host `host` submits protocols to this cluster.
 
