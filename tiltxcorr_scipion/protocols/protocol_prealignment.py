@@ -469,8 +469,9 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
         binning = int(self.getAttributeValue("alignedBinning", 1) or 1)
         outPath = self._getExtraPath(f"{tsId}{cts.ALIGNED_STACK_SUFFIX}")
         try:
+            # pixel_size is the input's: the writer puts pixel_size * binning in the header.
             write_aligned_stack(table.file_names[0], outPath, outcome.transforms[stackOrder],
-                                binning, table.sampling_rate * binning)
+                                binning, table.sampling_rate)
         except Exception as exc:
             self.warning(f"Tilt series {tsId}: aligned stack not written: {exc}")
             return
