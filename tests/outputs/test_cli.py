@@ -1,0 +1,236 @@
+"""The ``tiltxcorr-scipion`` command, run for real in a subprocess on simulated stacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from tiltxcorr_scipion.alignment import align_tilt_series
+from tiltxcorr_scipion.cli import build_parser, parse_view_list
+from tiltxcorr_scipion.convert.imod import read_tlt, read_xf
+from tiltxcorr_scipion.simulate import simulate_tilt_series
+
+COMMAND = Path(sys.executable).parent / "tiltxcorr-scipion"
+N_VIEWS = 21
+PIXEL_SIZE = 3.2
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    assert COMMAND.exists(), (f"{COMMAND} is missing: install the package "
+                              "(pip install -e . --config-settings editable_mode=compat)")
+    return subprocess.run([str(COMMAND), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tiltxcorr-scipion: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """A 21-view, 96 x 128 stack (.st) with its .rawtlt and true shifts."""
+    folder = tmp_path_factory.mktemp("cli")
+    sim = simulate_tilt_series(shape=(96, 128), n_views=N_VIEWS, tilt_range=(-60, 60),
+                               max_shift=6.0, thickness=10.0, noise=0.2, seed=2)
+    with mrcfile.new(str(folder / "TS_01.st")) as mrc:
+        mrc.set_data(sim.images.numpy())
+        mrc.set_image_stack()
+        mrc.voxel_size = PIXEL_SIZE
+    np.savetxt(folder / "TS_01.rawtlt", sim.tilt_angles.numpy(), fmt="%.2f")
+    return folder, sim
+
+
+@pytest.fixture
+def workdir(simulated, tmp_path):
+    folder, sim = simulated
+    for name in ("TS_01.st", "TS_01.rawtlt"):
+        shutil.copy(folder / name, tmp_path / name)
+    return tmp_path, sim
+
+
+def prexg_shifts(prexg: np.ndarray) -> np.ndarray:
+    """`(n, 2)` (dy, dx) of a .prexg's transforms."""
+    return np.stack([prexg[:, 1, 2], prexg[:, 0, 2]], axis=1)
+
+
+def engine_shifts(sim, keep: list[int]) -> np.ndarray:
+    """What the engine finds in-process for the kept views, with the command's defaults."""
+    result = align_tilt_series(sim.images[keep], sim.tilt_angles[keep], sim.tilt_axis_angle)
+    return result.shifts.double().numpy()
+
+
+def test_align_writes_imod_files_that_recover_the_shifts(workdir):
+    folder, sim = workdir
+    result = run("align", "TS_01.st", "--axis", "85", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no terminal: no progress bar
+    for ext in ("prexf", "prexg", "tlt"):
+        assert (folder / f"TS_01.{ext}").is_file()
+    assert not (folder / "TS_01.ali").exists()
+    prexf, prexg = read_xf(str(folder / "TS_01.prexf")), read_xf(str(folder / "TS_01.prexg"))
+    assert prexf.shape == prexg.shape == (N_VIEWS, 3, 3)
+    np.testing.assert_allclose(read_tlt(str(folder / "TS_01.tlt")), sim.tilt_angles.numpy(),
+                               atol=0.005)
+    # .prexg = registered alignment minus its mean (xftoxg's centring): same as the engine's
+    shifts = prexg_shifts(prexg)
+    np.testing.assert_allclose(shifts.mean(axis=0), 0.0, atol=2e-3)
+    expected = engine_shifts(sim, list(range(N_VIEWS)))
+    np.testing.assert_allclose(shifts, expected - expected.mean(axis=0), atol=3e-3)
+    # and near the truth (the engine's accuracy is tested with the engine; this is a sanity check)
+    truth = sim.shifts.numpy().astype(np.float64)
+    assert np.abs(shifts + expected.mean(axis=0) - truth).max() < 1.0
+    # the printed table: one line per view, the reference marked
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["view", "tilt", "dx", "dy", "correlation"]
+    assert sum(line.endswith("reference") for line in lines) == 1
+    assert f"aligned {N_VIEWS} of {N_VIEWS} views" in result.stdout
+    assert "wrote TS_01.prexg" in result.stdout
+
+
+def test_aligned_stack_plot_prefix_and_progress(workdir):
+    folder, sim = workdir
+    (folder / "out").mkdir()
+    result = run("align", "TS_01.st", "--tlt", "TS_01.rawtlt", "--axis", "85", "--out",
+                 "out/aligned", "--aligned", "--aligned-binning", "2", "--plot", "--progress",
+                 cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert "aligning" in result.stderr and "writing" in result.stderr and "[####" in result.stderr
+    with mrcfile.open(str(folder / "out" / "aligned.ali")) as mrc:
+        assert mrc.data.shape == (N_VIEWS, 48, 64)
+        assert mrc.voxel_size.x == pytest.approx(2 * PIXEL_SIZE)
+        aligned = mrc.data.copy()
+    assert (folder / "out" / "aligned_alignment.png").stat().st_size > 10_000
+    assert (folder / "out" / "aligned.prexf").is_file()
+    # aligned views line up better than raw ones (views 10, 11, 12 near zero tilt)
+    with mrcfile.open(str(folder / "TS_01.st")) as mrc:
+        raw = mrc.data[:, ::2, ::2].astype(np.float64)
+    inner = (slice(8, -8), slice(8, -8))
+    for i in (9, 11):
+        assert (np.abs(aligned[i][inner] - aligned[10][inner]).mean()
+                < 0.5 * np.abs(raw[i][inner] - raw[10][inner]).mean())
+
+
+def test_quiet_and_excluded_views(workdir):
+    folder, sim = workdir
+    result = run("align", "TS_01.st", "--axis", "85", "--exclude", "1,3-4", "-q", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    prexg = read_xf(str(folder / "TS_01.prexg"))
+    constant = prexg[0, :2, 2]
+    for view in (1, 3, 4):  # identity transforms, minus the same mean as every view
+        np.testing.assert_allclose(prexg[view - 1, :2, 2], constant, atol=2e-3)
+    shifts = prexg_shifts(prexg) - constant[::-1]  # excluded views registered as zero
+    kept = [i for i in range(N_VIEWS) if i + 1 not in (1, 3, 4)]
+    np.testing.assert_allclose(shifts[kept], engine_shifts(sim, kept), atol=3e-3)
+
+
+def test_existing_outputs_need_overwrite(workdir):
+    folder, _ = workdir
+    assert run("align", "TS_01.st", "--axis", "85", "-q", cwd=folder).returncode == 0
+    assert_user_error(run("align", "TS_01.st", "--axis", "85", cwd=folder),
+                      "TS_01.prexf already exists", "--overwrite")
+    assert run("align", "TS_01.st", "--axis", "85", "-q", "--overwrite",
+               cwd=folder).returncode == 0
+
+
+def test_input_tlt_at_the_output_name_is_kept(workdir):
+    folder, sim = workdir
+    os.rename(folder / "TS_01.rawtlt", folder / "TS_01.tlt")
+    original = (folder / "TS_01.tlt").read_text()
+    result = run("align", "TS_01.st", "--axis", "85", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert "wrote TS_01.tlt (the input, kept)" in result.stdout
+    assert (folder / "TS_01.tlt").read_text() == original
+
+
+def test_user_errors_are_one_line_with_status_2(workdir):
+    folder, _ = workdir
+    assert_user_error(run("align", "missing.mrc", "--axis", "85", cwd=folder),
+                      "missing.mrc: no such file")
+    # tilt-angle count that does not match the stack
+    angles = (folder / "TS_01.rawtlt").read_text().splitlines()
+    (folder / "short.tlt").write_text("\n".join(angles[:-1]) + "\n")
+    assert_user_error(run("align", "TS_01.st", "--tlt", "short.tlt", "--axis", "85",
+                          cwd=folder), "21 views", "20 tilt angles")
+    (folder / "bad.tlt").write_text("0\nten\n")
+    assert_user_error(run("align", "TS_01.st", "--tlt", "bad.tlt", "--axis", "85",
+                          cwd=folder), "bad.tlt, line 2")
+    # no .tlt beside the stack
+    shutil.copy(folder / "TS_01.st", folder / "lonely.mrc")
+    assert_user_error(run("align", "lonely.mrc", "--axis", "85", cwd=folder), "--tlt")
+    # NaN pixels
+    with mrcfile.open(str(folder / "TS_01.st")) as mrc:
+        data = mrc.data.copy()
+    data[6, 10, 10] = np.nan
+    with mrcfile.new(str(folder / "nan.mrc"), data=data):
+        pass
+    shutil.copy(folder / "TS_01.rawtlt", folder / "nan.rawtlt")
+    assert_user_error(run("align", "nan.mrc", "--axis", "85", cwd=folder),
+                      "view 7 contains NaN", "--exclude 7")
+    # not an MRC file
+    (folder / "text.mrc").write_text("hello\n" * 300)
+    shutil.copy(folder / "TS_01.rawtlt", folder / "text.rawtlt")
+    assert_user_error(run("align", "text.mrc", "--axis", "85", cwd=folder), "text.mrc")
+    # too many views excluded, and beyond the stack
+    assert_user_error(run("align", "TS_01.st", "--axis", "85", "--exclude", "2-21", cwd=folder),
+                      "at least 2")
+    assert_user_error(run("align", "TS_01.st", "--axis", "85", "--exclude", "30", cwd=folder),
+                      "only 21 views")
+    # the engine's own checks come through as one line too (|tilt| > 82)
+    (folder / "steep.tlt").write_text("\n".join(["85"] + angles[1:]) + "\n")
+    assert_user_error(run("align", "TS_01.st", "--tlt", "steep.tlt", "--axis", "85",
+                          cwd=folder), "TS_01.st: ")
+    (folder / "nowhere").mkdir()
+    assert_user_error(run("align", "TS_01.st", "--axis", "85", "--out", "nope/x", cwd=folder),
+                      "does not exist")
+
+
+def test_bad_options_are_refused_by_the_parser(workdir):
+    folder, _ = workdir
+    for args in (["--exclude", "3-1"], ["--low-pass", "0.9"], ["--binning", "0"],
+                 ["--aligned-binning", "x"], ["--max-shift", "-4"]):
+        result = run("align", "TS_01.st", "--axis", "85", *args, cwd=folder)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, args
+        assert "error: argument" in result.stderr, result.stderr
+    result = run("align", "TS_01.st", cwd=folder)
+    assert result.returncode == 2 and "--axis" in result.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_a_user_error(workdir):
+    folder, _ = workdir
+    assert_user_error(run("align", "TS_01.st", "--axis", "85", "--device", "cuda", cwd=folder),
+                      "--device cpu")
+
+
+def test_help_documents_every_option(tmp_path):
+    result = run("align", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    align = next(a for a in build_parser()._subparsers._group_actions[0].choices.values())
+    for action in align._actions:
+        for option in action.option_strings:
+            assert option in text, option
+        if action.option_strings and action.help is not None:
+            assert " ".join(action.help.split())[:30] in text, action.option_strings
+    assert "example:" in text and "Exit status" in text
+    top = run("--help", cwd=tmp_path)
+    assert top.returncode == 0 and "align" in top.stdout
+    assert run(cwd=tmp_path).returncode == 2  # no command
+
+
+def test_parse_view_list():
+    assert parse_view_list("1,4-6, 40") == [1, 4, 5, 6, 40]
+    assert parse_view_list("3,3") == [3]
