@@ -143,7 +143,8 @@ def low_correlation_views(tilt_angles: np.ndarray, correlation: np.ndarray,
 
 
 def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enabled: np.ndarray,
-                   correlation: np.ndarray, *, figure: Figure | None = None) -> Figure:
+                   correlation: np.ndarray, *, view_numbers: np.ndarray | None = None,
+                   figure: Figure | None = None) -> Figure:
     """Plot one tilt series' alignment: shifts and correlation against tilt angle.
 
     Parameters
@@ -160,6 +161,9 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
     correlation
         `(n,)` per-view correlation score; NaN for the reference view and
         excluded views.
+    view_numbers
+        `(n,)` numbers naming the views in labels, e.g. 1-based stack
+        positions when the arrays are not in stack order; default 1..n.
     figure
         Figure to draw into (e.g. one made by pyplot for an interactive
         window); a new 8 x 6.5 inch `Figure` if None.
@@ -170,12 +174,17 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
         Two panels sharing the tilt axis: dx and dy (pixels) with excluded
         views as grey crosses and the reference view as a star; the
         correlation per view, low scores (`low_correlation_views`) in red,
-        labelled with their 1-based view number (stack position), and the
+        labelled with their view number (`view_numbers`), and the
         flagging threshold (`correlation_threshold`) as a dashed line.
     """
     angles, shifts, enabled, correlation = _check_inputs(tilt_angles, shifts, enabled, correlation)
     n = angles.shape[0]
-    views = np.arange(1, n + 1)
+    if view_numbers is None:
+        views = np.arange(1, n + 1)
+    else:
+        views = np.asarray(view_numbers).reshape(-1)
+        if views.shape[0] != n:
+            raise ValueError(f"view_numbers has {views.shape[0]} values for {n} tilt angles")
     order = np.argsort(angles, kind="stable")
     low = low_correlation_views(angles, correlation, enabled)
     scored = enabled & np.isfinite(correlation)
@@ -252,7 +261,7 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
     n_low = int(low.sum())
     status = f"{n} views, {n_off} excluded, "
     status += (f"{n_low} with low correlation: view{'s' if n_low > 1 else ''} "
-               + ", ".join(str(v) for v in views[low][:8]) + ("..." if n_low > 8 else "")
+               + ", ".join(str(v) for v in sorted(views[low])[:8]) + ("..." if n_low > 8 else "")
                if n_low else "no low correlation")
     figure.suptitle(f"{ts_id}: coarse alignment", fontsize=12, fontweight="bold")
     axes_shift.set_title(status, fontsize=9, color=_LOW_COLOUR if n_low else "black")
@@ -261,7 +270,8 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
 
 
 def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray,
-                        enabled: np.ndarray, correlation: np.ndarray) -> str:
+                        enabled: np.ndarray, correlation: np.ndarray, *,
+                        view_numbers: np.ndarray | None = None) -> str:
     """Write `plot_alignment`'s figure as a PNG (800 x 650 pixels) and return its path.
 
     Uses matplotlib's Agg canvas directly: no display, no pyplot state.
@@ -272,7 +282,8 @@ def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
-    figure = plot_alignment(ts_id, tilt_angles, shifts, enabled, correlation)
+    figure = plot_alignment(ts_id, tilt_angles, shifts, enabled, correlation,
+                            view_numbers=view_numbers)
     FigureCanvasAgg(figure)
     figure.savefig(path, format="png", dpi=100)
     return path

@@ -96,3 +96,15 @@ def test_bad_inputs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         save_alignment_plot(str(tmp_path / "no" / "t.png"), "t", angles, shifts, enabled,
                             correlation)
+
+
+def test_view_numbers_name_the_views_in_any_order():
+    # arrays in tilt order, views named by their stack positions
+    angles, shifts, enabled, correlation = series(n=11, noise=0.005)
+    correlation[7] = 0.05
+    stack_positions = np.array([11, 9, 7, 5, 3, 1, 2, 4, 6, 8, 10])
+    figure = plot_alignment("TS", angles, shifts, enabled, correlation,
+                            view_numbers=stack_positions)
+    shift_axes, corr_axes = figure.axes
+    assert [t.get_text() for t in corr_axes.texts] == ["4"]
+    assert "view 4" in shift_axes.get_title()
