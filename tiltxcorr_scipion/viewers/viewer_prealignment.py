@@ -1,0 +1,181 @@
+"""Scipion viewer for ProtTiltxcorrPrealignment: the alignment plot of each tilt series.
+
+"Analyze results" on a finished (or running, streaming) prealignment opens a
+small form: pick a tilt series, then show its plot (`plot_alignment`: dx, dy
+against tilt angle with excluded views marked, and the correlation score of
+every view with low scores flagged), or list the flagged views of all tilt
+series at once. Everything is read from the protocol's output set
+``TiltSeries``: the transforms, tilt angles, enabled flags and the
+``_tiltxcorrCorrelation`` attribute of each tilt image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyworkflow.protocol.params as params
+import pyworkflow.viewer as pwviewer
+from pyworkflow.gui.plotter import Plotter
+
+from .. import constants as cts
+from ..plots import low_correlation_views, plot_alignment
+
+try:  # the protocol module may be absent in an engine-only or partial install
+    from ..protocols import ProtTiltxcorrPrealignment
+except ImportError:  # pragma: no cover - guarded import
+    ProtTiltxcorrPrealignment = None
+
+__all__ = ["AlignmentData", "TiltxcorrPrealignmentViewer", "alignment_data", "alignment_figure"]
+
+NO_OUTPUT = "(no aligned tilt series yet)"
+
+
+@dataclass(frozen=True)
+class AlignmentData:
+    """One tilt series' alignment as the plot needs it, in stack order.
+
+    Attributes
+    ----------
+    ts_id
+        Tilt-series id.
+    view_numbers
+        `(n,)` 1-based stack positions of the views.
+    tilt_angles
+        `(n,)` degrees.
+    shifts
+        `(n, 2)` `(dy, dx)` pixels: the transforms' ``(DY, DX)`` (identity for
+        views without a transform).
+    enabled
+        `(n,)` bool, False for excluded views.
+    correlation
+        `(n,)` the ``_tiltxcorrCorrelation`` scores, NaN where unset (the
+        reference view, excluded views).
+    """
+
+    ts_id: str
+    view_numbers: np.ndarray
+    tilt_angles: np.ndarray
+    shifts: np.ndarray
+    enabled: np.ndarray
+    correlation: np.ndarray
+
+
+def alignment_data(tilt_series) -> AlignmentData:
+    """Read a `tomo.objects.TiltSeries` of the protocol's output into `AlignmentData`."""
+    rows = []
+    for item in tilt_series.iterItems():  # one reused object: copy values out at once
+        matrix = (np.asarray(item.getTransform().getMatrix(), dtype=np.float64)
+                  if item.hasTransform() else np.eye(3))
+        score = getattr(item, cts.CORRELATION_ATTR, None)
+        value = None if score is None else score.get()
+        rows.append((int(item.getIndex()), float(item.getTiltAngle()), float(matrix[1, 2]),
+                     float(matrix[0, 2]), bool(item.isEnabled()),
+                     np.nan if value is None else float(value)))
+    rows.sort(key=lambda row: row[0])
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+    return AlignmentData(
+        ts_id=str(tilt_series.getTsId()),
+        view_numbers=np.array(columns[0], dtype=np.int64),
+        tilt_angles=np.array(columns[1], dtype=np.float64),
+        shifts=np.stack([np.array(columns[2], dtype=np.float64),
+                         np.array(columns[3], dtype=np.float64)], axis=1).reshape(-1, 2),
+        enabled=np.array(columns[4], dtype=bool),
+        correlation=np.array(columns[5], dtype=np.float64),
+    )
+
+
+def alignment_figure(data: AlignmentData, figure=None):
+    """`plot_alignment` of `data` (into `figure` if given); returns the figure."""
+    return plot_alignment(data.ts_id, data.tilt_angles, data.shifts, data.enabled,
+                          data.correlation, view_numbers=data.view_numbers, figure=figure)
+
+
+class AlignmentPlotter(Plotter):
+    """A Scipion plot window holding one tilt series' alignment figure."""
+
+    def __init__(self, data: AlignmentData, **kwargs) -> None:
+        Plotter.__init__(self, figsize=(8, 6.5), windowTitle=f"tiltxcorr alignment: {data.ts_id}",
+                         **kwargs)
+        self.tightLayoutOn = False  # plot_alignment lays the figure out itself
+        alignment_figure(data, self.getFigure())
+
+
+class TiltxcorrPrealignmentViewer(pwviewer.ProtocolViewer):
+    """Alignment plots (shifts, excluded views, correlation per view) per tilt series."""
+
+    _label = "tiltxcorr alignment plots"
+    _environments = [pwviewer.DESKTOP_TKINTER]
+    _targets = [] if ProtTiltxcorrPrealignment is None else [ProtTiltxcorrPrealignment]
+
+    def _outputSet(self):
+        return getattr(self.protocol, cts.OUTPUT_TILT_SERIES, None)
+
+    def _tsIds(self) -> list[str]:
+        output = self._outputSet()
+        if output is None:
+            return []
+        return sorted(str(ts.getTsId()) for ts in output.iterItems())
+
+    def _defineParams(self, form) -> None:
+        self._choices = self._tsIds() or [NO_OUTPUT]
+        form.addSection(label="Visualization")
+        form.addParam("tiltSeriesChoice", params.EnumParam, choices=self._choices, default=0,
+                      display=params.EnumParam.DISPLAY_COMBO, label="Tilt series",
+                      help="The tilt series whose alignment plot to show.")
+        form.addParam("showAlignmentPlot", params.LabelParam,
+                      label="Show shifts and correlation per view",
+                      help="dx and dy (pixels) against tilt angle, excluded views as grey "
+                           "crosses, the reference view as a star; below, the correlation of "
+                           "each view with the view it was aligned to. Red: a score well below "
+                           "its neighbours' (check that view: blank, blurred, an obstruction...).")
+        form.addParam("showLowViews", params.LabelParam,
+                      label="List views with low correlation, all tilt series",
+                      help="The views the plots flag in red, for every tilt series.")
+
+    def _getVisualizeDict(self) -> dict:
+        return {"showAlignmentPlot": self._showAlignmentPlot,
+                "showLowViews": self._showLowViews}
+
+    def _selectedTsId(self) -> str | None:
+        choices = getattr(self, "_choices", None) or self._tsIds()
+        index = self.tiltSeriesChoice.get() or 0
+        if not choices or choices[0] == NO_OUTPUT or index >= len(choices):
+            return None
+        return choices[index]
+
+    def _alignmentData(self, tsId: str) -> AlignmentData | None:
+        output = self._outputSet()
+        if output is None:
+            return None
+        for ts in output.iterItems():
+            if ts.getTsId() == tsId:
+                return alignment_data(ts)
+        return None
+
+    def _showAlignmentPlot(self, paramName=None) -> list:
+        tsId = self._selectedTsId()
+        data = None if tsId is None else self._alignmentData(tsId)
+        if data is None:
+            return [self.infoMessage("The protocol has no aligned tilt series to show yet.",
+                                     "No output")]
+        return [AlignmentPlotter(data)]
+
+    def _showLowViews(self, paramName=None) -> list:
+        output = self._outputSet()
+        if output is None:
+            return [self.infoMessage("The protocol has no aligned tilt series to show yet.",
+                                     "No output")]
+        return [self.infoMessage(low_correlation_report(
+            [alignment_data(ts) for ts in output.iterItems()]), "Views with low correlation")]
+
+
+def low_correlation_report(series: list[AlignmentData]) -> str:
+    """One line per tilt series naming its flagged views (1-based stack positions)."""
+    lines = []
+    for data in sorted(series, key=lambda d: d.ts_id):
+        low = low_correlation_views(data.tilt_angles, data.correlation, data.enabled)
+        flagged = ", ".join(str(v) for v in sorted(data.view_numbers[low])) or "none"
+        excluded = int((~data.enabled).sum())
+        lines.append(f"{data.ts_id}: {flagged}" + (f"  ({excluded} excluded)" if excluded else ""))
+    return "\n".join(lines) if lines else "No tilt series."
