@@ -346,3 +346,191 @@ def shift_errors_px(record: TiltSeriesRecord, sim: SimulatedTiltSeries) -> np.nd
     truth = sim.shifts.numpy().astype(float)[idx]
     keep = record.enabled[order]
     return registered[keep] - truth[keep]
+
+
+# --------------------------------------------------------------------------- editing inputs
+def edit_tilt_series_set(project, prot, edit: Callable[[str, list], None], *,
+                         output_name: str = "outputTiltSeries") -> None:
+    """Edit the tilt images of an output set of ``prot`` in place (e.g. disable views).
+
+    ``edit(ts_id, items)`` receives clones of the tilt images (set order) and
+    modifies them (``ti.setEnabled(False)``); each is then written back, in the
+    set's sqlite and in the project database. Only for changes that keep the
+    stored columns: to add transforms use `derive_tilt_series_set`.
+    """
+    prot = project.getProtocol(prot.getObjId())
+    the_set = getattr(prot, output_name)
+    the_set.loadAllProperties()
+    tilt_series = [ts.clone() for ts in the_set.iterItems()]
+    for ts_clone in tilt_series:
+        ts = the_set.getTiltSeriesFromTsId(ts_clone.getTsId())
+        items = [ti.clone() for ti in ts.iterItems()]
+        edit(ts.getTsId(), items)
+        for ti in items:
+            ts.update(ti)
+        ts._hasAlignment.set(any(ti.hasTransform() for ti in items))
+        ts.write()
+        the_set.update(ts)
+    the_set.write()
+    project.mapper.store(the_set)
+    project.mapper.commit()
+    the_set.close()
+
+
+def derive_tilt_series_set(project, prot, edit: Callable[[str, list], None], *,
+                           input_name: str = "outputTiltSeries",
+                           output_name: str = "editedTiltSeries") -> str:
+    """Copy an output set of ``prot`` with edited tilt images into a new output of ``prot``.
+
+    ``edit(ts_id, items)`` modifies clones of the tilt images (set order), e.g.
+    with `set_previous_shifts` or `disable_views`. The new set is written beside
+    the original and registered as output ``output_name`` of ``prot`` in the
+    project, so a protocol can point at it
+    (``new_prealignment(project, prot, output_name=output_name)``). Returns the name.
+    """
+    from pyworkflow.object import Set
+    from tomo.objects import SetOfTiltSeries, TiltSeries
+
+    prot = project.getProtocol(prot.getObjId())
+    source = getattr(prot, input_name)
+    source.loadAllProperties()
+    path = os.path.join(prot.getPath(), f"{output_name}.sqlite")
+    new_set = SetOfTiltSeries(filename=path)
+    new_set.copyInfo(source)
+    for ts in [t.clone() for t in source.iterItems()]:
+        items = [ti.clone() for ti in source.getTiltSeriesFromTsId(ts.getTsId()).iterItems()]
+        edit(ts.getTsId(), items)
+        out_ts = TiltSeries()
+        out_ts.copyInfo(ts)
+        new_set.append(out_ts)
+        for ti in items:
+            out_ts.append(ti)
+        out_ts.write()
+        new_set.update(out_ts)
+    new_set.setStreamState(Set.STREAM_CLOSED)
+    new_set.write()
+    source.close()
+    prot._defineOutputs(**{output_name: new_set})
+    project.mapper.store(prot)
+    project.mapper.commit()
+    new_set.close()
+    return output_name
+
+
+def set_previous_shifts(previous_by_ts: dict[str, np.ndarray]) -> Callable[[str, list], None]:
+    """An `edit_tilt_series_set` callback giving each item a pure-shift transform.
+
+    ``previous_by_ts[ts_id]`` is `(n, 2)` `(dy, dx)` in stack order (index 1 first).
+    """
+    from pwem.objects import Transform
+
+    def edit(ts_id: str, items: list) -> None:
+        shifts = previous_by_ts.get(ts_id)
+        if shifts is None:
+            return
+        for ti in items:
+            dy, dx = shifts[ti.getIndex() - 1]
+            ti.setTransform(Transform(matrix=np.array([[1.0, 0, dx], [0, 1.0, dy], [0, 0, 1.0]])))
+
+    return edit
+
+
+def disable_views(disabled_by_ts: dict[str, list[int]]) -> Callable[[str, list], None]:
+    """An `edit_tilt_series_set` callback disabling the given 1-based stack positions."""
+
+    def edit(ts_id: str, items: list) -> None:
+        for ti in items:
+            if ti.getIndex() in disabled_by_ts.get(ts_id, ()):
+                ti.setEnabled(False)
+
+    return edit
+
+
+# --------------------------------------------------------------------------- streaming inputs
+def reopen_for_streaming(project, prot, output_name: str = "outputTiltSeries"):
+    """Mark an output set of ``prot`` open (streaming) and return it for appending.
+
+    The state is written to the set's sqlite and to the project database (the
+    protocol process starts from a copy of the latter). Use the returned object,
+    with the working directory left at the project, for `append_tilt_series`
+    and `close_streaming_set`: one path spelling, one sqlite connection.
+    """
+    from pyworkflow.object import Set
+
+    prot = project.getProtocol(prot.getObjId())
+    the_set = getattr(prot, output_name)
+    the_set.loadAllProperties()
+    the_set.setStreamState(Set.STREAM_OPEN)
+    the_set.write()
+    project.mapper.store(the_set)
+    project.mapper.commit()
+    return the_set
+
+
+def append_tilt_series(the_set, ts_id: str, stack_path: str | os.PathLike, tilt_angles: np.ndarray,
+                       *, sampling_rate: float = 1.0, tilt_axis_angle: float = 0.0,
+                       dose_per_tilt: float = 3.0, views: slice | None = None,
+                       template=None):
+    """Append a tilt series (or more views of one) to an open set, as a producer would.
+
+    The first call for ``ts_id`` creates it; later calls with another ``views``
+    slice (stack positions, 0-based slice) add views to it, so a test can make a
+    tilt series whose views arrive in several writes. ``template`` (a tilt series
+    of the set) supplies acquisition values. Returns the tilt series.
+    """
+    from tomo.objects import TiltImage, TiltSeries, TomoAcquisition
+
+    angles = np.asarray(tilt_angles, dtype=float)
+    sel = range(len(angles))[views or slice(None)]
+    existing = the_set.getTiltSeriesFromTsId(ts_id) if ts_id in set(the_set.getTSIds() or []) else None
+    if existing is None:
+        ts = TiltSeries(tsId=ts_id)
+        if template is not None:
+            ts.copyInfo(template)
+            ts.setTsId(ts_id)
+        ts.setSamplingRate(sampling_rate)
+        acq = ts.getAcquisition() if template is not None else TomoAcquisition()
+        acq.setTiltAxisAngle(tilt_axis_angle)
+        acq.setVoltage(300)
+        acq.setMagnification(50000)
+        acq.setAngleMin(float(angles.min()))
+        acq.setAngleMax(float(angles.max()))
+        ts.setAcquisition(acq)
+        the_set.append(ts)
+    else:
+        ts = existing
+    for i in sel:
+        ti = TiltImage(location=(i + 1, str(Path(stack_path).resolve())), tiltAngle=float(angles[i]),
+                       acquisitionOrder=i + 1)
+        ti.setSamplingRate(sampling_rate)
+        ti_acq = ts.getAcquisition().clone()
+        ti_acq.setDosePerFrame(dose_per_tilt)
+        ti_acq.setAccumDose(dose_per_tilt * (i + 1))
+        ti.setAcquisition(ti_acq)
+        ts.append(ti)
+    ts.write()
+    the_set.update(ts)
+    the_set.write()
+    return ts
+
+
+def close_streaming_set(project, the_set) -> None:
+    """Close a streaming set (its sqlite; the protocol reads the state from there)."""
+    from pyworkflow.object import Set
+
+    the_set.setStreamState(Set.STREAM_CLOSED)
+    the_set.write()
+    the_set.close()
+
+
+def corrupt_file(path: str | os.PathLike, how: str = "truncate") -> None:
+    """Damage a stack after import: ``"truncate"`` (cut to half) or ``"garbage"`` (not MRC)."""
+    path = Path(path).resolve()
+    if how == "truncate":
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+    elif how == "garbage":
+        path.write_bytes(b"\x00garbage" * 64)
+    else:
+        raise ValueError(f"unknown corruption {how!r}: use 'truncate' or 'garbage'")

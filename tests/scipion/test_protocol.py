@@ -1,0 +1,262 @@
+"""ProtTiltxcorrPrealignment in real Scipion projects: import simulated stacks, run, read back.
+
+Every run goes through ``project.launchProtocol`` (a separate protocol
+process, as in the GUI) and is polled with a time limit. Data are small
+(128-256 px, 21-31 views) so the module stays within a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipion_helpers import (
+    continue_protocol,
+    corrupt_file,
+    create_project,
+    derive_tilt_series_set,
+    disable_views,
+    edit_tilt_series_set,
+    import_tilt_series,
+    launch_and_wait,
+    new_prealignment,
+    output_stream_state,
+    read_log,
+    read_tilt_series_set,
+    set_previous_shifts,
+    shift_errors_px,
+    write_simulated_tilt_series,
+)
+
+from tiltxcorr_scipion import constants as cts
+
+AXIS = 85.0
+# Thin specimens: cosine stretching is then exact enough for 0.5 px (thick
+# slabs break it, in IMOD as here).
+SIM = dict(tilt_range=(-60.0, 60.0), tilt_axis_angle=AXIS, max_shift=6.0, thickness=5.0)
+TOL_PX = 0.5
+
+
+@pytest.fixture(scope="module")
+def aligned_run(tmp_path_factory):
+    """Three tilt series (.mrc, dose-symmetric stacks), 3 threads: 2 aligned at a time."""
+    data = tmp_path_factory.mktemp("data")
+    sims = {
+        "TS_01": write_simulated_tilt_series(data, "TS_01", shape=(192, 192), n_views=31,
+                                             order="dose-symmetric", seed=1, **SIM),
+        "TS_02": write_simulated_tilt_series(data, "TS_02", shape=(192, 192), n_views=31,
+                                             order="sorted", seed=2, **SIM),
+        "TS_03": write_simulated_tilt_series(data, "TS_03", shape=(192, 192), n_views=31,
+                                             order="random", seed=3, **SIM),
+    }
+    project = create_project("aligned")
+    imp = import_tilt_series(project, data, "*.mrc", tilt_axis_angle=AXIS, sampling_rate=2.5,
+                             dose_per_tilt=3.0)
+    prot = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=3))
+    return project, imp, prot, sims
+
+
+def test_shifts_match_the_simulation(aligned_run):
+    project, _, prot, sims = aligned_run
+    records = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    assert sorted(records) == sorted(sims)
+    for ts_id, record in records.items():
+        errors = shift_errors_px(record, sims[ts_id])
+        assert errors.shape == (31, 2)
+        assert np.abs(errors).max() < TOL_PX, f"{ts_id}: max error {np.abs(errors).max():.2f} px"
+        # Pure shifts in IMOD's forward convention.
+        np.testing.assert_allclose(record.transforms[:, :2, :2], np.tile(np.eye(2), (31, 1, 1)))
+        np.testing.assert_allclose(record.transforms[:, 2], np.tile([0, 0, 1.0], (31, 1)))
+
+
+def test_output_metadata_is_carried_over(aligned_run):
+    project, imp, prot, _ = aligned_run
+    inputs = read_tilt_series_set(project, imp, "outputTiltSeries")
+    outputs = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    for ts_id, out in outputs.items():
+        inp = inputs[ts_id]
+        assert out.has_alignment and not inp.has_alignment
+        assert out.has_transform.all()
+        assert not out.interpolated
+        assert out.sampling_rate == pytest.approx(2.5)
+        assert out.tilt_axis_angle == pytest.approx(AXIS)
+        np.testing.assert_array_equal(out.tilt_angles, inp.tilt_angles)
+        np.testing.assert_array_equal(out.stack_indices, inp.stack_indices)
+        np.testing.assert_array_equal(out.acq_orders, inp.acq_orders)
+        np.testing.assert_allclose(out.accum_dose, inp.accum_dose)
+        assert out.file_names == inp.file_names
+        assert out.ctf_corrected == inp.ctf_corrected and out.has_odd_even == inp.has_odd_even
+    assert output_stream_state(project, prot, cts.OUTPUT_TILT_SERIES) == "closed"
+    prot = project.getProtocol(prot.getObjId())
+    assert getattr(prot, cts.OUTPUT_FAILED_TILT_SERIES, None) is None
+    assert prot.getOutputsSize() == 1
+    # The output is related to the input in the project graph.
+    relations = project.mapper.getRelationsByCreator(prot)
+    assert relations, "no source relation registered"
+
+
+def test_correlation_score_on_each_tilt_image(aligned_run):
+    project, _, prot, sims = aligned_run
+    for record in read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES).values():
+        reference = np.argmin(np.abs(record.tilt_angles))
+        assert np.isnan(record.correlation[reference])
+        others = np.delete(record.correlation, reference)
+        assert np.isfinite(others).all()
+        assert (others > 0.5).all() and (others <= 1.0).all()
+        # The reference view is the one the engine left in place.
+        np.testing.assert_allclose(record.shifts_dy_dx()[reference], [0, 0], atol=1e-6)
+
+
+def test_log_reports_time_split_and_extra_files(aligned_run):
+    project, _, prot, sims = aligned_run
+    log = read_log(prot, n_chars=200_000)
+    for ts_id in sims:
+        lines = [ln for ln in log.splitlines() if f"Tilt series {ts_id}: aligned" in ln]
+        assert len(lines) == 1, lines
+        assert "read" in lines[0] and "alignment engine" in lines[0] and "registration" in lines[0]
+    extra = Path(project.getPath(), prot._getExtraPath())
+    for ts_id in sims:
+        png = extra / f"{ts_id}{cts.PLOT_SUFFIX}"
+        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (extra / f"{ts_id}.prexg").exists() and (extra / f"{ts_id}.tlt").exists()
+
+
+def test_continue_after_finish_does_not_duplicate(aligned_run):
+    project, _, prot, sims = aligned_run
+    before = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    prot = continue_protocol(project, prot)
+    after = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    assert sorted(after) == sorted(sims)
+    prot = project.getProtocol(prot.getObjId())
+    assert getattr(prot, cts.OUTPUT_TILT_SERIES).getSize() == len(sims)
+    for ts_id in sims:
+        assert after[ts_id].size == 31
+        np.testing.assert_array_equal(after[ts_id].transforms, before[ts_id].transforms)
+    assert "already in the outputs are skipped" in read_log(prot, n_chars=200_000)
+
+
+def test_info_methods_and_citations(aligned_run):
+    project, _, prot, _ = aligned_run
+    prot = project.getProtocol(prot.getObjId())
+    summary = " ".join(prot.summary())
+    assert "Aligned tilt series: 3" in summary
+    methods = " ".join(prot.methods())
+    assert "tiltxcorr" in methods and "0.25" in methods and "0.03" in methods
+    citations = prot.citations()
+    assert any("Kremer" in c for c in citations) and any("Mastronarde" in c for c in citations)
+    assert prot.validate() == []
+
+
+def test_disabled_views_st_non_square_and_axis_override(tmp_path):
+    """.st stacks, 160 x 224 views, 3 views excluded, acquisition axis wrong but form right."""
+    sim = write_simulated_tilt_series(tmp_path, "TS_st", ext=".st", shape=(160, 224), n_views=25,
+                                      order="dose-symmetric", seed=4, **SIM)
+    project = create_project("st_disabled")
+    imp = import_tilt_series(project, tmp_path, "{TS}.st", tilt_axis_angle=0.0)  # wrong axis
+    order = np.argsort(sim.tilt_angles.numpy())
+    # Stack positions of the most negative tilt, one between it and 0, the most positive.
+    disabled = sorted([int(order[0]) + 1, int(order[8]) + 1, int(order[-1]) + 1])
+    edit_tilt_series_set(project, imp, disable_views({"TS_st": disabled}))
+    prot = launch_and_wait(project, new_prealignment(project, imp, tiltAxisAngle=AXIS,
+                                                     numberOfThreads=1))
+    record = read_tilt_series_set(project, prot)["TS_st"]
+    assert record.size == 25  # disabled views are kept
+    off = np.isin(record.stack_indices, disabled)
+    assert off.sum() == len(disabled)
+    assert not record.enabled[off].any() and record.enabled[~off].all()
+    np.testing.assert_allclose(record.transforms[off], np.tile(np.eye(3), (off.sum(), 1, 1)))
+    assert np.isnan(record.correlation[off]).all()
+    errors = shift_errors_px(record, sim)
+    assert errors.shape == (25 - len(disabled), 2)
+    assert np.abs(errors).max() < TOL_PX
+    assert record.tilt_axis_angle == pytest.approx(AXIS)  # the axis used, not the acquisition's
+    assert record.file_names[0].endswith(".st")
+
+
+def test_axis_from_acquisition_when_form_empty(tmp_path):
+    """Same data, once with the acquisition's (right) axis and once overridden by a wrong one."""
+    sim = write_simulated_tilt_series(tmp_path, "TS_ax", shape=(128, 192), n_views=21,
+                                      seed=5, **{**SIM, "tilt_axis_angle": 10.0})
+    project = create_project("axis")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=10.0)
+    good = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=1))
+    wrong = launch_and_wait(project, new_prealignment(project, imp, tiltAxisAngle=100.0,
+                                                      numberOfThreads=1))
+    good_rec = read_tilt_series_set(project, good)["TS_ax"]
+    wrong_rec = read_tilt_series_set(project, wrong)["TS_ax"]
+    assert good_rec.tilt_axis_angle == pytest.approx(10.0)
+    assert wrong_rec.tilt_axis_angle == pytest.approx(100.0)
+    assert np.abs(shift_errors_px(good_rec, sim)).max() < TOL_PX
+    # Stretching along the wrong direction must show: larger errors, lower scores.
+    assert np.abs(shift_errors_px(wrong_rec, sim)).max() > np.abs(shift_errors_px(good_rec, sim)).max()
+    assert np.nanmedian(wrong_rec.correlation) < np.nanmedian(good_rec.correlation)
+
+
+def test_previous_alignment_is_applied_and_composed(tmp_path):
+    sim = write_simulated_tilt_series(tmp_path, "TS_prev", shape=(192, 192), n_views=25,
+                                      order="dose-symmetric", seed=6, **SIM)
+    project = create_project("previous")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    rng = np.random.default_rng(7)
+    previous = rng.uniform(-7.0, 7.0, size=(25, 2))  # (dy, dx), stack order
+    previous[int(np.argmin(np.abs(sim.tilt_angles.numpy())))] = 0.0  # axis stays centred
+    name = derive_tilt_series_set(project, imp, set_previous_shifts({"TS_prev": previous}))
+    prot = new_prealignment(project, imp, output_name=name, numberOfThreads=1)
+    assert any("already have an alignment" in w for w in prot.warnings())
+    prot = launch_and_wait(project, prot)
+    record = read_tilt_series_set(project, prot)["TS_prev"]
+    total = record.by_stack_index(record.shifts_dy_dx())
+    truth = sim.shifts.numpy().astype(float)
+    # Ignoring the previous alignment would give truth + previous, not composing it truth - previous.
+    assert np.abs(total - truth).max() < TOL_PX
+    assert np.abs(total - previous - truth).max() > 3.0
+    # The new part (total - previous) is what remained after applying the previous shifts.
+    new_part = total - previous
+    assert np.abs(new_part - (truth - previous)).max() < TOL_PX
+
+
+def test_corrupt_tilt_series_fail_alone(tmp_path):
+    sims = {ts: write_simulated_tilt_series(tmp_path, ts, shape=(128, 128), n_views=21,
+                                            seed=i, **SIM)
+            for i, ts in enumerate(["TS_good", "TS_trunc", "TS_nan"])}
+    project = create_project("corrupt")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    corrupt_file(tmp_path / "TS_trunc.mrc", "truncate")
+    import mrcfile
+
+    with mrcfile.open(tmp_path / "TS_nan.mrc", mode="r+") as mrc:
+        mrc.data[7, 20:40, 20:40] = np.nan
+    prot = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=3))
+    aligned = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    failed = read_tilt_series_set(project, prot, cts.OUTPUT_FAILED_TILT_SERIES)
+    assert sorted(aligned) == ["TS_good"]
+    assert sorted(failed) == ["TS_nan", "TS_trunc"]
+    # Small views: accuracy is tested elsewhere; here the good one must simply be aligned.
+    assert np.abs(shift_errors_px(aligned["TS_good"], sims["TS_good"])).max() < 1.0
+    assert failed["TS_trunc"].size == 21 and not failed["TS_trunc"].has_alignment
+    log = read_log(prot, n_chars=200_000)
+    assert "TS_trunc" in log and "TS_nan" in log and "NaN" in log
+    prot = project.getProtocol(prot.getObjId())
+    reasons = json.loads(prot.failureReasons.get())
+    assert set(reasons) == {"TS_nan", "TS_trunc"}
+    assert "TS_trunc" in reasons["TS_trunc"] and "NaN" in reasons["TS_nan"]
+    assert "Failed tilt series: 2" in " ".join(prot.summary())
+    assert output_stream_state(project, prot, cts.OUTPUT_FAILED_TILT_SERIES) == "closed"
+
+
+def test_validation_errors_and_warnings(tmp_path):
+    from tiltxcorr_scipion.simulate import simulate_tilt_series
+
+    sim = simulate_tilt_series(shape=(64, 64), n_views=7, tilt_range=(-84.0, 84.0), seed=8)
+    write_simulated_tilt_series(tmp_path, "TS_high", sim=sim)
+    project = create_project("validate")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    prot = new_prealignment(project, imp)
+    errors = " ".join(prot.validate())
+    assert "82" in errors and "TS_high" in errors
+    assert any("fewer than" in w for w in prot.warnings())
+    empty = new_prealignment(project, imp)
+    empty.inputSetOfTiltSeries.set(None)
+    assert empty.validate()
