@@ -173,10 +173,14 @@ def simulate_tilt_series(
                                   amplitudes[visible], sigmas[visible], (h, w))
         if signal_std is None:
             signal_std = float(blobs.std())
-        # The ramp is specimen density: it moves with the content, projects as 1/cos.
-        specimen_row = rows_grid + shifts[i, 0] - centre[0]
-        specimen_col = cols_grid + shifts[i, 1] - centre[1]
-        gradient = (specimen_row * ramp_direction[0] + specimen_col * ramp_direction[1]) / (0.5 * max(h, w))
+        # The ramp is a thickness gradient of the specimen: it moves with the
+        # content, is foreshortened across the axis and projects as 1/cos.
+        offset_row = rows_grid + shifts[i, 0] - centre[0]
+        offset_col = cols_grid + shifts[i, 1] - centre[1]
+        u_image = offset_row * perp[0] + offset_col * perp[1]
+        v_image = offset_row * axis[0] + offset_col * axis[1]
+        specimen_x = u_image / math.cos(theta)  # thin-slab approximation of the mid-plane
+        gradient = (specimen_x * ramp_direction[0] + v_image * ramp_direction[1]) / (0.5 * max(h, w))
         view = blobs + signal_std * (1.0 + ramp * gradient) / math.cos(theta)
         if noise > 0:
             view = view + noise * signal_std * torch.randn(h, w, generator=gen, dtype=torch.float64)

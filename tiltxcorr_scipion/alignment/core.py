@@ -1,0 +1,393 @@
+"""Coarse alignment of a tilt series by stretched cross-correlation (IMOD tiltxcorr's method).
+
+Outline:
+1. Sort the views by tilt; the reference is the view with the smallest |tilt|.
+   Walking outwards from it on each side, each view is paired with its
+   lower-tilt neighbour ("inner" view).
+2. For each pair the outer view is stretched across the tilt axis by
+   `cos(inner) / cos(outer)` about the image centre, so that a thin specimen
+   looks the same in both; both are tapered, padded, Fourier transformed and
+   cross-correlated through IMOD's filter. The peak is found on a coarse grid
+   and then climbed exactly (`peak.refine_peak`).
+3. The measured shift `s` lays the stretched outer view on the inner one. With
+   `e` the alignment shift of a view (content moves by `+e`), the geometry gives
+   `e_outer = K^-1 (e_inner + s)` with `K` the stretch: the running shift is
+   carried into the stretched frame, which keeps the tilt axis at the centre
+   (IMOD's "adjust the shift to bring the tilt axis to the true center").
+4. Optionally (`cumulative=True`), IMOD's cumulative correlation: each outer
+   view is correlated with the sum of all already aligned views of its branch,
+   each brought into the frame of the inner view.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .binning import bin_stack, binned_centre, binned_shape, resolve_binning
+from .correlate import CorrelationFilter, PairCorrelator
+from .geometry import axis_directions, stretch_factors, stretch_images, unstretch_shifts
+from .result import TiltxcorrResult
+from .validation import check_tilt_series
+
+MIN_BINNED_SIZE = 24
+WORKING_BYTES = 384 << 20  # rough budget for the temporaries of one chunk of pairs
+
+
+def chain_pairs(tilt_angles: torch.Tensor) -> tuple[int, list[tuple[int, int]]]:
+    """The reference view and the `(inner, outer)` pairs, each branch walked outwards.
+
+    `tilt_angles` `(b,)` in any order; returns input indices. Views with equal
+    tilts are paired in stack order.
+    """
+    order = torch.argsort(tilt_angles, stable=True).tolist()
+    position = min(range(len(order)), key=lambda p: (abs(float(tilt_angles[order[p]])), p))
+    reference = order[position]
+    pairs = [(order[p - 1], order[p]) for p in range(position + 1, len(order))]
+    pairs += [(order[p + 1], order[p]) for p in range(position - 1, -1, -1)]
+    return reference, pairs
+
+
+def chain_shifts(pairs: list[tuple[int, int]], pair_shifts: torch.Tensor, angles: torch.Tensor,
+                 across: torch.Tensor) -> torch.Tensor:
+    """Alignment shifts `(b, 2)` from pair shifts `(n_pairs, 2)`, walking each branch outwards.
+
+    `e_outer = K^-1 (e_inner + s)`: the inner view's shift is carried into the
+    stretched frame, which keeps the tilt axis at the image centre.
+    """
+    shifts = torch.zeros(angles.numel(), 2, dtype=torch.float64)
+    inner_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    outer_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    factors = stretch_factors(angles[inner_idx], angles[outer_idx])
+    for k, (inner, outer) in enumerate(pairs):
+        shifts[outer] = unstretch_shifts((shifts[inner] + pair_shifts[k])[None],
+                                         factors[k:k + 1], across)[0]
+    return shifts
+
+
+def _pairs_per_chunk(shape: tuple[int, int], fft_shape: tuple[int, int]) -> int:
+    h, w = shape
+    fh, fw = fft_shape
+    per_pair = 4 * (6 * h * w + 6 * fh * (fw // 2 + 1))  # stretched view, grid, spectra
+    return max(1, WORKING_BYTES // per_pair)
+
+
+def align_tilt_series(
+    tilt_series: torch.Tensor,
+    tilt_angles,
+    tilt_axis_angle: float,
+    *,
+    low_pass_cutoff: float = 0.25,
+    low_pass_sigma: float = 0.05,
+    high_pass_sigma: float = 0.03,
+    high_pass_radius: float = 0.0,
+    taper_fraction: float = 0.1,
+    pad_fraction: float = 0.05,
+    binning: int | str = "auto",
+    cumulative: bool = False,
+    reference_memory: float = 0.75,
+    refine: bool = True,
+    max_shift: float | None = None,
+    interpolation: str = "bicubic",
+    progress: Callable[[int, int], None] | None = None,
+) -> TiltxcorrResult:
+    """Align a tilt series by stretched cross-correlation of neighbouring views.
+
+    Parameters
+    ----------
+    tilt_series
+        `(b, h, w)` float tensor, views in any order, on any device (the work
+        runs there). Views need not be square.
+    tilt_angles
+        `(b,)` tilt angles in degrees, in the stack's order; |tilt| <= 82.
+    tilt_axis_angle
+        Degrees from the image Y axis, counter-clockwise positive (IMOD's
+        RotationAngle, Scipion's tiltAxisAngle). In `(row, col)` index space
+        the axis points along `(cos a, -sin a)`.
+    low_pass_cutoff, low_pass_sigma, high_pass_sigma, high_pass_radius
+        IMOD's filter on the correlation (-radius2, -sigma2, -sigma1,
+        -radius1), in cycles per binned pixel (0.5 is Nyquist). Defaults are
+        IMOD's recommended 0.25, 0.05, 0.03 and 0.
+    taper_fraction
+        Width of the edge taper, as a fraction of each side (at least 5 px).
+    pad_fraction
+        Zero padding on each side, as a fraction of the size (at most 20 px).
+    binning
+        ``"auto"`` (or 0): bin so that the views are at most 1180 pixels, up to
+        4x, as IMOD does; or an integer factor. Shifts are always returned in
+        input pixels.
+    cumulative
+        IMOD's CumulativeCorrelation: in the final pass, correlate each view
+        with the equally weighted sum of all already aligned lower-tilt views
+        of its branch (sets `reference_memory` to 1).
+    reference_memory
+        In the final pass each view is correlated with a weighted sum of the
+        lower-tilt views of its branch, the neighbour weighing 1, the next
+        `reference_memory`, then `reference_memory**2`... 0 uses the neighbour
+        alone (IMOD's default scheme); larger values average noise over more
+        views, smaller ones suit thick specimens, whose distant views differ.
+    refine
+        Locate each peak exactly on the band-limited correlation (Newton's
+        method on its Fourier series). False: parabolic fit on a coarse grid.
+    max_shift
+        Largest shift (input pixels) accepted between neighbouring views
+        (None: any shift the correlation can hold).
+    interpolation
+        ``"bicubic"`` or ``"bilinear"`` resampling for the stretch.
+    progress
+        Called as `progress(done, total)` while pairs are correlated.
+
+    Returns
+    -------
+    TiltxcorrResult
+        Shifts `(b, 2)` `(dy, dx)` in input pixels (content moves by `+shift`
+        to align; the reference view gets 0), per-view correlation scores, the
+        reference view, the pairing and the binning used.
+
+    Raises
+    ------
+    ValueError
+        For input that cannot be aligned: fewer than 2 views, an angle count
+        that does not match, NaN or infinite pixels, blank views, |tilt| > 82,
+        views too small for the taper, parameters out of range.
+    """
+    correlation_filter = CorrelationFilter(high_pass_sigma, high_pass_radius,
+                                           low_pass_cutoff, low_pass_sigma)
+    correlation_filter.check()
+    if not 0 <= taper_fraction < 0.5:
+        raise ValueError(f"taper_fraction must be in [0, 0.5), got {taper_fraction}")
+    if not 0 <= pad_fraction <= 0.5:
+        raise ValueError(f"pad_fraction must be in [0, 0.5], got {pad_fraction}")
+    if max_shift is not None and not (math.isfinite(max_shift) and max_shift > 0):
+        raise ValueError(f"max_shift must be a positive number of pixels or None, got {max_shift}")
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+    if not isinstance(tilt_series, torch.Tensor) or tilt_series.ndim != 3:
+        # let the validator word the error
+        check_tilt_series(tilt_series, tilt_angles, tilt_axis_angle, min_size=MIN_BINNED_SIZE)
+    shape = (int(tilt_series.shape[-2]), int(tilt_series.shape[-1]))
+    factor = resolve_binning(binning, shape)
+    work_shape = binned_shape(shape, factor)
+    if min(work_shape) < MIN_BINNED_SIZE:
+        raise ValueError(f"views of {shape[0]} x {shape[1]} pixels binned by {factor} are "
+                         f"{work_shape[0]} x {work_shape[1]}: at least {MIN_BINNED_SIZE} pixels "
+                         "per side are needed; use a smaller binning")
+    angles = check_tilt_series(tilt_series, tilt_angles, tilt_axis_angle, min_size=MIN_BINNED_SIZE)
+
+    device = tilt_series.device
+    views = bin_stack(tilt_series.detach(), factor)  # (b, hb, wb) float32
+    centre = binned_centre(shape, factor).to(device)
+    _, across = axis_directions(tilt_axis_angle, device=device)
+    correlator = PairCorrelator(work_shape, correlation_filter, taper_fraction=taper_fraction,
+                                pad_fraction=pad_fraction, device=device)
+    reference, pairs = chain_pairs(angles)
+    n_views = angles.numel()
+    binned_max_shift = None if max_shift is None else max_shift / factor
+
+    # Stage 1: neighbour pairs, on 2x binned views when they are large enough
+    # (it only has to land within a pixel or so), chained into first estimates.
+    if min(work_shape) >= PREVIEW_MIN_SIZE:
+        stage1_views = bin_stack(views, 2)
+        stage1_correlator = PairCorrelator(
+            binned_shape(shape, 2 * factor), correlation_filter.coarser(2),
+            taper_fraction=taper_fraction, pad_fraction=pad_fraction, device=device)
+        stage1_centre, stage1_scale = binned_centre(shape, 2 * factor).to(device), 2.0
+    else:
+        stage1_views, stage1_correlator, stage1_centre, stage1_scale = (
+            views, correlator, centre, 1.0)
+    pair_shifts, ncc, peak = _correlate_neighbours(
+        stage1_views, angles, pairs, stage1_correlator, across, stage1_centre, refine=refine,
+        max_shift=None if binned_max_shift is None else binned_max_shift / stage1_scale,
+        interpolation=interpolation)
+    estimates = chain_shifts(pairs, pair_shifts, angles, across.cpu()) * stage1_scale
+    del stage1_views
+
+    # Stage 2: every view against a (cumulative) reference in the reference
+    # view's frame, at full working resolution; solves for the residuals.
+    memory = 1.0 if cumulative else reference_memory
+    shifts, ncc, peak = refine_in_reference_frame(
+        views, angles, reference, pairs, estimates, correlator, across, centre,
+        memory=memory, refine=refine, interpolation=interpolation, progress=progress)
+
+    inner_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    outer_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    correlation = torch.full((n_views,), float("nan"), dtype=torch.float32)
+    peak_height = torch.full((n_views,), float("nan"), dtype=torch.float32)
+    paired_with = torch.full((n_views,), -1, dtype=torch.long)
+    correlation[outer_idx] = ncc[outer_idx].to(torch.float32)
+    peak_height[outer_idx] = peak[outer_idx].to(torch.float32)
+    paired_with[outer_idx] = inner_idx
+    return TiltxcorrResult(
+        shifts=(shifts * factor).to(torch.float32).to(device),
+        correlation=correlation.to(device),
+        peak_height=peak_height.to(device),
+        reference_view=reference,
+        paired_with=paired_with.to(device),
+        binning=factor,
+    )
+
+
+def _measure_pairs(views, angles, pairs, correlator, across, centre, *, start=None,
+                   refine=True, max_shift=None, interpolation="bicubic", progress=None):
+    """Shifts `(n, 2)`, NCC `(n,)` and peak `(n,)` of each `(inner, outer)` pair, by chunks.
+
+    Without `start`, a full search with the fixed taper. With `start` `(n, 2)`
+    (approximate shifts), windows matched to those shifts remove the taper's
+    bias and the peak is climbed from there.
+    """
+    device = views.device
+    n_pairs = len(pairs)
+    pair_shifts = torch.zeros(n_pairs, 2, dtype=torch.float64)
+    ncc = torch.zeros(n_pairs, dtype=torch.float64)
+    peak = torch.zeros(n_pairs, dtype=torch.float64)
+    chunk = _pairs_per_chunk(correlator.shape, correlator.fft_shape)
+    for first in range(0, n_pairs, chunk):
+        block = slice(first, min(first + chunk, n_pairs))
+        inner = torch.tensor([p[0] for p in pairs[block]], dtype=torch.long)
+        outer = torch.tensor([p[1] for p in pairs[block]], dtype=torch.long)
+        factors = stretch_factors(angles[inner], angles[outer])
+        stretched = stretch_images(views[outer.to(device)], factors, across, centre,
+                                   mode=interpolation)
+        guess = None if start is None else start[block].to(device)
+        reference_spectra = correlator.spectra(views[inner.to(device)], guess)
+        moving_spectra = correlator.spectra(stretched, None if guess is None else -guess)
+        s, c, p = correlator.correlate(reference_spectra, moving_spectra, refine=refine,
+                                       max_shift=max_shift, start=guess)
+        pair_shifts[block], ncc[block], peak[block] = s.cpu(), c.cpu(), p.cpu()
+        if progress is not None:
+            progress(block.stop, n_pairs)
+    return pair_shifts, ncc, peak
+
+
+PREVIEW_MIN_SIZE = 128  # stage 1 runs on 2x binned views when they are at least this large
+WINDOW_ITERATIONS = 3   # passes with matched windows, while a peak still moves
+RESIDUAL_SEARCH = 6.0   # pixels: stage 2 looks for residual shifts this far from its estimate
+
+
+def _correlate_neighbours(views, angles, pairs, correlator, across, centre, *, refine,
+                          max_shift, interpolation):
+    """Every outer view against its inner neighbour: shifts, NCC and peak per pair.
+
+    A full search with the fixed taper lands within a fraction of a pixel;
+    then windows matched to the found shift remove the taper's pull towards
+    zero, and the exact peak is climbed again, repeated while a peak still
+    moves by over 0.25 px.
+    """
+    shifts, ncc, peak = _measure_pairs(views, angles, pairs, correlator, across, centre,
+                                       refine=refine, max_shift=max_shift,
+                                       interpolation=interpolation)
+    todo = list(range(len(pairs)))
+    for _ in range(WINDOW_ITERATIONS):
+        s, c, p = _measure_pairs(views, angles, [pairs[k] for k in todo], correlator, across,
+                                 centre, start=shifts[todo], refine=refine,
+                                 interpolation=interpolation)
+        moved = (s - shifts[todo]).norm(dim=1)
+        shifts[todo], ncc[todo], peak[todo] = s, c, p
+        todo = [k for k, m in zip(todo, moved.tolist(), strict=True) if m > 0.25]
+        if not todo:
+            break
+    return shifts, ncc, peak
+
+
+def refine_in_reference_frame(views, angles, reference, pairs, estimates, correlator, across,
+                              centre, *, memory, refine, interpolation, progress=None):
+    """Final pass: each view against a weighted sum of its branch's lower-tilt views.
+
+    Every view is moved by its current estimate and stretched into the frame
+    of the reference view (by `cos(t_ref) / cos(t)`), once. In that common
+    frame, the reference for a view is the sum of the views before it in its
+    branch, weighted 1, `memory`, `memory**2`... from the neighbour inwards:
+    averaging several views beats the noise, and errors no longer add up
+    view after view as in a chain of neighbours. Residual shifts are small,
+    so the fixed taper causes no bias. The residuals `rho` then follow from
+    the measured `s` by `rho_m = K_m^-1 (s_m + sum_j w_j K_j rho_j)`.
+
+    Returns shifts `(b, 2)` float64 (binned pixels), NCC `(b,)` and peak `(b,)`
+    of each view against its reference (NaN for the reference view).
+    """
+    device = views.device
+    n_views = angles.numel()
+    cos_ref = math.cos(math.radians(float(angles[reference])))
+    factors = cos_ref / torch.cos(torch.deg2rad(angles))  # (b,) stretch into the reference frame
+    margin = float(estimates.abs().max()) + 1.0
+    window = correlator.inset_mask(margin)
+
+    spectra = []
+    chunk = _pairs_per_chunk(correlator.shape, correlator.fft_shape)
+    for first in range(0, n_views, chunk):
+        idx = torch.arange(first, min(first + chunk, n_views))
+        warped = stretch_images(views[idx.to(device)], factors[idx], across, centre,
+                                pre_shifts=estimates[idx].to(device), mode=interpolation)
+        spectra.append(correlator.spectra(warped, window=window))
+    spectra = torch.cat(spectra)  # (b, rows, cols)
+
+    # Branches: reference first, then outwards.
+    branches: list[list[int]] = []
+    for inner, outer in pairs:
+        if inner == reference:
+            branches.append([reference, outer])
+        else:
+            next(b for b in branches if b[-1] == inner).append(outer)
+
+    measured = torch.zeros(n_views, 2, dtype=torch.float64)
+    ncc = torch.full((n_views,), float("nan"), dtype=torch.float64)
+    peak = torch.full((n_views,), float("nan"), dtype=torch.float64)
+    weights_of: dict[int, dict[int, float]] = {}
+    done = 0
+    total = len(pairs)
+    for branch in branches:
+        summed = torch.zeros_like(spectra[0])
+        weights: dict[int, float] = {}
+        todo_views, todo_refs = [], []
+        for position in range(1, len(branch)):
+            inner, view = branch[position - 1], branch[position]
+            summed = summed * memory + spectra[inner]
+            weights = {j: w * memory for j, w in weights.items()}
+            weights[inner] = 1.0
+            norm = sum(weights.values())
+            weights_of[view] = {j: w / norm for j, w in weights.items()}
+            todo_views.append(view)
+            todo_refs.append(summed / norm)
+            if len(todo_views) == chunk or position == len(branch) - 1:
+                refs = torch.stack(todo_refs)
+                idx = torch.tensor(todo_views, device=device)
+                s, c, p = correlator.correlate(refs, spectra[idx], refine=refine,
+                                               max_shift=RESIDUAL_SEARCH)
+                measured[todo_views], ncc[todo_views], peak[todo_views] = s.cpu(), c.cpu(), p.cpu()
+                done += len(todo_views)
+                todo_views, todo_refs = [], []
+                if progress is not None:
+                    progress(done, total)
+
+    # Residuals, branch by branch from the reference outwards.
+    across64 = across.cpu().to(torch.float64)
+    stretch = [torch.eye(2, dtype=torch.float64) + (float(k) - 1.0) * torch.outer(across64, across64)
+               for k in factors.tolist()]
+    residual = torch.zeros(n_views, 2, dtype=torch.float64)
+    for branch in branches:
+        for view in branch[1:]:
+            pulled = sum((w * (stretch[j] @ residual[j]) for j, w in weights_of[view].items()),
+                         torch.zeros(2, dtype=torch.float64))
+            residual[view] = torch.linalg.solve(stretch[view], measured[view] + pulled)
+    return estimates + residual, ncc, peak
+
+
+def tiltxcorr(
+    tilt_series: torch.Tensor,
+    tilt_angles,
+    tilt_axis_angle: float,
+    low_pass_cutoff: float = 0.25,
+    **options,
+) -> torch.Tensor:
+    """Shifts `(b, 2)` float32 `(dy, dx)` that align each view of a tilt series.
+
+    The simple entry point, compatible with torch-tiltxcorr: moving the
+    content of view i by `+shifts[i]` (as `fourier_shift_image_2d` does)
+    aligns it; the view with the smallest |tilt| gets `(0, 0)`. Shifts are in
+    input pixels, in the input's view order, on the input's device. See
+    `align_tilt_series` for the options and for per-view correlation scores.
+    """
+    return align_tilt_series(tilt_series, tilt_angles, tilt_axis_angle,
+                             low_pass_cutoff=low_pass_cutoff, **options).shifts

@@ -1,0 +1,187 @@
+"""Filtered cross-correlation of image pairs, batched, with exact sub-pixel peaks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .fourier import (
+    filter_support,
+    frequency_grid,
+    imod_filter,
+    padded_size,
+    taper_mask,
+    taper_profile,
+    taper_width,
+)
+from .peak import coarse_peak, crop_half_spectrum, hermitian_weights, refine_peak
+
+
+@dataclass(frozen=True)
+class CorrelationFilter:
+    """IMOD's correlation filter, in cycles per (binned) pixel."""
+
+    high_pass_sigma: float = 0.03
+    high_pass_radius: float = 0.0
+    low_pass_cutoff: float = 0.25
+    low_pass_sigma: float = 0.05
+
+    def check(self) -> None:
+        for name, value in vars(self).items():
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative frequency in cycles per "
+                                 f"pixel, got {value}")
+        for name in ("high_pass_radius", "low_pass_cutoff"):
+            if getattr(self, name) > 0.5:
+                raise ValueError(f"{name} = {getattr(self, name)} is beyond the Nyquist "
+                                 "frequency: use a value between 0 and 0.5 cycles per pixel")
+
+
+    def coarser(self, factor: int) -> CorrelationFilter:
+        """The same filter for images binned `factor` times more (frequencies scale up)."""
+        return CorrelationFilter(
+            high_pass_sigma=self.high_pass_sigma * factor,
+            high_pass_radius=min(0.5, self.high_pass_radius * factor),
+            low_pass_cutoff=0.0 if self.low_pass_cutoff * factor >= 0.5
+            else self.low_pass_cutoff * factor,
+            low_pass_sigma=self.low_pass_sigma * factor,
+        )
+
+
+class PairCorrelator:
+    """Everything that depends only on the image size, built once per alignment.
+
+    Holds the taper mask `(h, w)`, the padded FFT size, and the filter and
+    frequencies cropped to the band where the filter is not negligible.
+    """
+
+    def __init__(self, shape: tuple[int, int], correlation_filter: CorrelationFilter, *,
+                 taper_fraction: float, pad_fraction: float, device: torch.device):
+        self.shape = shape
+        self.fft_shape = (padded_size(shape[0], pad_fraction), padded_size(shape[1], pad_fraction))
+        self.mask = taper_mask(shape, taper_fraction, device=device)
+        self.taper_rows = taper_width(shape[0], taper_fraction)
+        self.taper_cols = taper_width(shape[1], taper_fraction)
+        big_h, big_w = self.fft_shape
+        ky, kx = frequency_grid(self.fft_shape, device=device)
+        support = filter_support(correlation_filter.low_pass_cutoff,
+                                 correlation_filter.low_pass_sigma)
+        self.band_rows = min(big_h, 2 * math.ceil(support * big_h) + 1)
+        self.band_cols = min(big_w // 2 + 1, math.ceil(support * big_w) + 1)
+        self.ky = crop_half_spectrum(ky[:, None].expand(-1, kx.numel()), self.band_rows,
+                                     self.band_cols)[:, 0].contiguous()
+        self.kx = kx[: self.band_cols]
+        self.col_weights = hermitian_weights(big_w, device=device)[: self.band_cols]
+        self.filter = imod_filter(
+            self.ky, self.kx,
+            high_pass_sigma=correlation_filter.high_pass_sigma,
+            high_pass_radius=correlation_filter.high_pass_radius,
+            low_pass_cutoff=correlation_filter.low_pass_cutoff,
+            low_pass_sigma=correlation_filter.low_pass_sigma,
+        ).to(torch.float32)
+
+    def windows(self, window_shifts: torch.Tensor) -> torch.Tensor:
+        """Taper windows `(n, h, w)`: `w(r) * w(r - shift)` for window shifts `(n, 2)`.
+
+        Correlating two views whose content is displaced by `d` with one fixed
+        window biases the peak towards zero (the overlap of the windows falls
+        off with `d`). Giving the reference the window `w(r) w(r - d)` and the
+        moving view `w(r) w(r + d)` makes the two windowed images exact
+        translates of each other, so the peak sits at `d` without bias.
+        """
+        h, w = self.shape
+        rows = torch.arange(h, dtype=torch.float64, device=self.mask.device)
+        cols = torch.arange(w, dtype=torch.float64, device=self.mask.device)
+        shifts = window_shifts.to(device=self.mask.device, dtype=torch.float64)
+        row_window = taper_profile(rows[None] - shifts[:, 0:1], h, self.taper_rows)
+        col_window = taper_profile(cols[None] - shifts[:, 1:2], w, self.taper_cols)
+        row_window = row_window * taper_profile(rows, h, self.taper_rows)[None]
+        col_window = col_window * taper_profile(cols, w, self.taper_cols)[None]
+        return (row_window[:, :, None] * col_window[:, None, :]).to(torch.float32)
+
+    def inset_mask(self, margin: float) -> torch.Tensor:
+        """Taper mask `(h, w)` that is zero within `margin` pixels of every edge.
+
+        For views moved by up to `margin` pixels before correlating: the
+        window then covers only pixels that hold data in every view.
+        """
+        h, w = self.shape
+        m = min(margin, 0.25 * min(h, w))
+        device = self.mask.device
+        rows = taper_profile(torch.arange(h, dtype=torch.float64, device=device) - m,
+                             max(1, round(h - 2 * m)), self.taper_rows)
+        cols = taper_profile(torch.arange(w, dtype=torch.float64, device=device) - m,
+                             max(1, round(w - 2 * m)), self.taper_cols)
+        return (rows[:, None] * cols[None, :]).to(torch.float32)
+
+    def spectra(self, images: torch.Tensor, window_shifts: torch.Tensor | None = None,
+                window: torch.Tensor | None = None) -> torch.Tensor:
+        """Band of the spectra `(n, band_rows, band_cols)` of windowed, padded images `(n, h, w)`.
+
+        Each view is brought to zero weighted mean and multiplied by its taper
+        window (the fixed mask, or `windows(window_shifts)`), so it falls
+        smoothly to zero at the edges and the padding joins it without a step.
+        """
+        images = images.to(torch.float32)
+        if window_shifts is not None:
+            window = self.windows(window_shifts)
+        elif window is not None:
+            window = window[None]
+        else:
+            window = self.mask[None]
+        mean = (images * window).sum(dim=(-2, -1), keepdim=True) / window.sum(
+            dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        prepared = (images - mean) * window
+        spectrum = torch.fft.rfft2(prepared, s=self.fft_shape)
+        return crop_half_spectrum(spectrum, self.band_rows, self.band_cols)
+
+    def energy(self, spectra: torch.Tensor) -> torch.Tensor:
+        """Filtered energy `(n,)` of band spectra: the NCC normalisation (full-spectrum sum)."""
+        power = spectra.real ** 2 + spectra.imag ** 2
+        return (power * self.filter * self.col_weights.to(power.dtype)).sum(dim=(-2, -1)).to(
+            torch.float64)
+
+    def correlate(self, reference: torch.Tensor, moving: torch.Tensor, *, refine: bool = True,
+                  max_shift: float | None = None, start: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shift that lays each moving view on its reference.
+
+        Parameters
+        ----------
+        reference, moving
+            `(n, band_rows, band_cols)` band spectra from `spectra()`.
+        refine
+            Climb to the exact maximum of the correlation (else: the parabolic
+            estimate on the coarse grid).
+        max_shift
+            Search radius in pixels (None: the whole correlation).
+        start
+            `(n, 2)` known approximate shifts: skips the coarse search.
+
+        Returns
+        -------
+        `shifts (n, 2)` float64 `(dy, dx)` pixels (moving content by `+shift`
+        lays it on the reference), `ncc (n,)` normalised cross-correlation at
+        the peak, `peak (n,)` correlation value at the peak per pixel.
+        """
+        cross = reference * moving.conj() * self.filter  # (n, rows, cols)
+        if start is None:
+            start = coarse_peak(cross, self.fft_shape, max_shift=max_shift)
+        if refine:
+            shifts, value = refine_peak(cross, self.ky, self.kx, self.col_weights, start)
+        else:
+            shifts = start
+            value = _value_at(cross, self.ky, self.kx, self.col_weights, shifts)
+        norm = torch.sqrt(self.energy(reference) * self.energy(moving)).clamp_min(1e-300)
+        ncc = value / norm
+        peak = value / (self.fft_shape[0] * self.fft_shape[1])
+        return shifts, ncc, peak
+
+
+def _value_at(cross, ky, kx, col_weights, shifts) -> torch.Tensor:
+    phase_y = torch.exp(2j * math.pi * shifts[:, 0:1] * ky[None, :].to(torch.float64))
+    phase_x = torch.exp(2j * math.pi * shifts[:, 1:2] * kx[None, :].to(torch.float64))
+    weighted = cross.to(torch.complex128) * col_weights.to(torch.float64)
+    return torch.einsum("nh,nhw,nw->n", phase_y, weighted, phase_x).real
