@@ -370,7 +370,7 @@ SUBMIT_TEMPLATE = #!/bin/bash
     cd $SLURM_SUBMIT_DIR
     %_(JOB_COMMAND)s
 QUEUES = {{"{partition}": [["JOB_TIME", "1", "Time (hours)", "Wall-clock limit of the job, in hours"]]}}
-QUEUES_DEFAULT = {{"JOB_GPUS": "0"}}
+QUEUES_DEFAULT = {{"JOB_TIME": "1"}}
 """
 
 

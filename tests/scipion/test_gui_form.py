@@ -210,3 +210,10 @@ def test_protocol_form_and_tilt_axis_wizard(x_display: str, tmp_path: Path) -> N
         pixels = np.asarray(image.convert("L"), dtype=float)
     assert image.size[0] >= 600 and image.size[1] >= 450, image.size  # the form's minimum size
     assert pixels.std() > 10, "the screenshot is blank"
+
+
+def test_tilt_axis_wizard_without_input_explains() -> None:
+    from tiltxcorr_scipion.wizards import tilt_axis_angle_from_input
+
+    with pytest.raises(ValueError, match="choose the input set first"):
+        tilt_axis_angle_from_input(None)
