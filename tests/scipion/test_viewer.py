@@ -105,3 +105,112 @@ def test_extra_files_written_by_the_protocol(run):
                                record.by_stack_index(record.tilt_angles), atol=0.005)
     image = matplotlib.image.imread(str(extra / f"TS_01{cts.PLOT_SUFFIX}"))
     assert image.shape[:2] == (650, 800) and image[..., :3].std() > 0.05
+
+
+# --------------------------------------------------------------------------- the real GUI
+@pytest.fixture
+def x_display():
+    """Xvfb on a display it picks itself (``-displayfd``), ``DISPLAY`` set; stopped afterwards."""
+    import os
+    import shutil
+    import subprocess
+
+    missing = [name for name in ("Xvfb", "xwd", "convert") if shutil.which(name) is None]
+    if missing:
+        pytest.fail(f"the viewer GUI test needs {', '.join(missing)}: run "
+                    "`bash scripts/install-system-deps.sh` (Debian xvfb, x11-apps, imagemagick)",
+                    pytrace=False)
+    read_fd, write_fd = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1600x1024x24",
+                             "-nolisten", "tcp"], pass_fds=(write_fd,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    saved = os.environ.get("DISPLAY")
+    try:
+        number = b""
+        while not number.endswith(b"\n"):
+            chunk = os.read(read_fd, 16)
+            if not chunk:
+                pytest.fail("Xvfb did not start", pytrace=False)
+            number += chunk
+        os.environ["DISPLAY"] = f":{number.decode().strip()}"
+        yield os.environ["DISPLAY"]
+    finally:
+        os.close(read_fd)
+        if saved is None:
+            os.environ.pop("DISPLAY", None)
+        else:
+            os.environ["DISPLAY"] = saved
+        xvfb.terminate()
+        xvfb.wait(timeout=10)
+
+
+def test_viewer_opens_in_scipions_gui(run, x_display, tmp_path):
+    """Scipion finds the viewer for the protocol; its form and plot window open under Tk."""
+    import os
+    import subprocess
+
+    import matplotlib.pyplot as plt
+    import pyworkflow as pw
+    import pyworkflow.gui as pwgui
+    import pyworkflow.gui.project  # noqa: F401  (before the form module: circular import)
+    from pyworkflow.gui.plotter import Plotter
+    from pyworkflow.viewer import DESKTOP_TKINTER
+
+    project, prot, _ = run
+    prot = project.getProtocol(prot.getObjId())
+    assert TiltxcorrPrealignmentViewer in pw.Config.getDomain().findViewers(prot, DESKTOP_TKINTER)
+
+    Plotter.setBackend("TkAgg")  # what Scipion's project window does
+    seen: dict = {}
+    master = pwgui.Window("main")
+    viewer = TiltxcorrPrealignmentViewer(project=project, protocol=prot)
+    # TILTXCORR_UPDATE_DOCS=1 refreshes the README's copy, as for the form screenshot
+    shot = (Path(__file__).resolve().parents[2] / "docs" / "viewer.png"
+            if os.environ.get("TILTXCORR_UPDATE_DOCS") else tmp_path / "viewer.png")
+
+    def inspect() -> None:
+        try:
+            form = viewer.formWindow
+            form.root.geometry("+0+0")
+            form.root.update()
+            seen["choice"] = form.widgetDict["tiltSeriesChoice"].var.tkVar.get()
+            seen["labels"] = {name: widget.label.cget("text")
+                              for name, widget in form.widgetDict.items()
+                              if hasattr(widget, "label")}
+            viewer._visualizeParam("showAlignmentPlot")  # what the eye button does
+            form.root.update()
+            seen["figures"] = [len(plt.figure(n).axes) for n in plt.get_fignums()]
+            for number in plt.get_fignums():  # beside the form, for the screenshot
+                plt.figure(number).canvas.manager.window.wm_geometry(
+                    f"+{form.root.winfo_width() + 10}+0")
+            form.root.update()
+            xwd = subprocess.run(["xwd", "-root", "-silent"], capture_output=True, check=True,
+                                 timeout=30)
+            subprocess.run(["convert", "xwd:-", "-crop", "1420x700+0+0", "+repage", "-strip",
+                            f"png:{shot}"], input=xwd.stdout, check=True, timeout=30)
+        except BaseException as error:  # Tk would only print it
+            seen["error"] = error
+        finally:
+            master.root.quit()
+
+    master.root.after(1000, inspect)
+    master.root.after(60_000, lambda: (seen.setdefault("timed_out", True), master.root.quit()))
+    try:
+        viewer.visualize(prot, windows=master)
+    finally:
+        plt.close("all")
+        for widget in (getattr(viewer.formWindow, "root", None), master.root):
+            try:
+                widget.destroy()
+            except Exception:  # already gone
+                pass
+        Plotter.setBackend("Agg")
+    assert not seen.get("timed_out"), seen
+    if "error" in seen:
+        raise seen["error"]
+    assert seen["choice"] == "TS_01"
+    assert seen["labels"]["showAlignmentPlot"] == "Show shifts and correlation per view"
+    assert seen["figures"] == [2]  # one plot window: shifts and correlation panels
+    image = matplotlib.image.imread(str(shot))
+    assert image.shape[:2] == (700, 1420) and image[..., :3].std() > 0.05
