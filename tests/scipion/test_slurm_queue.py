@@ -14,6 +14,7 @@ output file written).
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,6 @@ def queue_project(slurm_cluster: SlurmCluster, tmp_path: Path):
     The working directory is the project folder (Scipion's paths are relative
     to it, and SLURM runs the job in the folder it was submitted from).
     """
-    import uuid
-
     from pyworkflow.project import Manager
 
     hosts_conf = slurm_cluster.write_hosts_conf(tmp_path / "hosts.conf")
