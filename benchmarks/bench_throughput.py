@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tiltxcorr_scipion.convert.engine_args import torch_threads_per_step
 
+    load_start = os.getloadavg()[0]
     try:
         t0 = time.perf_counter()
         data = root / "data"
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"\n{args.n_ts} tilt series of {args.views} x {args.size} x {args.size}, "
-          f"{cpus} CPU cores, CPU engine")
+          f"{cpus} CPU cores, CPU engine; load average at the start {load_start:.1f}, "
+          f"at the end {os.getloadavg()[0]:.1f} (other work on the machine slows every row)")
     header = ("| align threads | Scipion threads | torch threads/step | wall (s) | TS/min "
               "| TS/min (steps only) |")
     print(header)
