@@ -51,8 +51,8 @@ class ProgressBar:
             return
         now = time.monotonic()
         final = done >= total
-        if now - self.start < self.delay and not (final and self.drawn):
-            return
+        if now - self.start < self.delay and not self.drawn:
+            return  # a short run (so far): stay quiet
         if not final and now - self.last_draw < self.interval:
             return
         self.last_draw = now
