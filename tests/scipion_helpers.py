@@ -159,9 +159,15 @@ def new_prealignment(project, input_source, *, output_name: str = "outputTiltSer
 
 
 def reload_protocol(project, prot):
-    """Refresh ``prot`` from its run.db and return the project's copy (outputs, status)."""
+    """Refresh ``prot`` in place from its run.db (status, outputs) and return it.
+
+    Always keep using the object that was launched: ``project.getProtocol(id)``
+    returns the project mapper's cached copy, which goes stale while the
+    protocol runs.
+    """
     project._updateProtocol(prot)
-    return project.getProtocol(prot.getObjId())
+    project.mapper.commit()
+    return prot
 
 
 def wait_for_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
@@ -169,13 +175,13 @@ def wait_for_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
     """Poll until ``prot`` is no longer active (or ``until(prot)`` is true).
 
     On timeout the protocol is stopped (no process outlives the test) and
-    `TimeoutError` is raised. Returns the reloaded protocol.
+    `TimeoutError` is raised. Returns ``prot``, refreshed in place.
     """
     deadline = time.monotonic() + timeout
     while True:
-        project._updateProtocol(prot)
+        reload_protocol(project, prot)
         if (until is not None and until(prot)) or (until is None and not prot.isActive()):
-            return project.getProtocol(prot.getObjId())
+            return prot
         if time.monotonic() > deadline:
             try:
                 project.stopProtocol(prot)
@@ -191,7 +197,7 @@ def launch_and_wait(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
     """Launch ``prot`` (a new run or a "continue") and wait for it to stop.
 
     With ``expect_finished`` an `AssertionError` carrying the log tail is raised
-    unless the run ends in status finished. Returns the reloaded protocol.
+    unless the run ends in status finished. Returns ``prot``, refreshed in place.
     """
     project.launchProtocol(prot, wait=False)
     prot = wait_for_protocol(project, prot, timeout=timeout)
@@ -207,7 +213,7 @@ def continue_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
     """Scipion "continue" (resume mode) of an existing run, then wait for it."""
     from pyworkflow.protocol.constants import MODE_RESUME
 
-    prot = project.getProtocol(prot.getObjId())
+    reload_protocol(project, prot)
     prot.runMode.set(MODE_RESUME)
     return launch_and_wait(project, prot, timeout=timeout, expect_finished=expect_finished)
 
@@ -267,7 +273,7 @@ def read_tilt_series_set(project, prot, output_name: str = "TiltSeries") -> dict
     Returns an empty dict when the output does not exist. Reads clones, so no
     cursor stays open after the call.
     """
-    prot = project.getProtocol(prot.getObjId())
+    reload_protocol(project, prot)
     out_set = getattr(prot, output_name, None)
     if out_set is None:
         return {}
@@ -281,7 +287,7 @@ def read_tilt_series_set(project, prot, output_name: str = "TiltSeries") -> dict
 
 def output_stream_state(project, prot, output_name: str = "TiltSeries") -> str | None:
     """``"open"``, ``"closed"`` or None (no such output) for an output set of ``prot``."""
-    prot = project.getProtocol(prot.getObjId())
+    reload_protocol(project, prot)
     out_set = getattr(prot, output_name, None)
     if out_set is None:
         return None
@@ -358,7 +364,7 @@ def edit_tilt_series_set(project, prot, edit: Callable[[str, list], None], *,
     set's sqlite and in the project database. Only for changes that keep the
     stored columns: to add transforms use `derive_tilt_series_set`.
     """
-    prot = project.getProtocol(prot.getObjId())
+    reload_protocol(project, prot)
     the_set = getattr(prot, output_name)
     the_set.loadAllProperties()
     tilt_series = [ts.clone() for ts in the_set.iterItems()]
@@ -391,7 +397,7 @@ def derive_tilt_series_set(project, prot, edit: Callable[[str, list], None], *,
     from pyworkflow.object import Set
     from tomo.objects import SetOfTiltSeries, TiltSeries
 
-    prot = project.getProtocol(prot.getObjId())
+    reload_protocol(project, prot)
     source = getattr(prot, input_name)
     source.loadAllProperties()
     path = os.path.join(prot.getPath(), f"{output_name}.sqlite")
@@ -457,7 +463,7 @@ def reopen_for_streaming(project, prot, output_name: str = "outputTiltSeries"):
     """
     from pyworkflow.object import Set
 
-    prot = project.getProtocol(prot.getObjId())
+    reload_protocol(project, prot)
     the_set = getattr(prot, output_name)
     the_set.loadAllProperties()
     the_set.setStreamState(Set.STREAM_OPEN)
@@ -482,6 +488,7 @@ def append_tilt_series(the_set, ts_id: str, stack_path: str | os.PathLike, tilt_
 
     angles = np.asarray(tilt_angles, dtype=float)
     sel = range(len(angles))[views or slice(None)]
+    the_set.enableAppend()
     existing = the_set.getTiltSeriesFromTsId(ts_id) if ts_id in set(the_set.getTSIds() or []) else None
     if existing is None:
         ts = TiltSeries(tsId=ts_id)
@@ -499,6 +506,7 @@ def append_tilt_series(the_set, ts_id: str, stack_path: str | os.PathLike, tilt_
         the_set.append(ts)
     else:
         ts = existing
+        ts.enableAppend()
     for i in sel:
         ti = TiltImage(location=(i + 1, str(Path(stack_path).resolve())), tiltAngle=float(angles[i]),
                        acquisitionOrder=i + 1)

@@ -25,6 +25,7 @@ from scipion_helpers import (
     output_stream_state,
     read_log,
     read_tilt_series_set,
+    reload_protocol,
     set_previous_shifts,
     shift_errors_px,
     write_simulated_tilt_series,
@@ -89,7 +90,7 @@ def test_output_metadata_is_carried_over(aligned_run):
         assert out.file_names == inp.file_names
         assert out.ctf_corrected == inp.ctf_corrected and out.has_odd_even == inp.has_odd_even
     assert output_stream_state(project, prot, cts.OUTPUT_TILT_SERIES) == "closed"
-    prot = project.getProtocol(prot.getObjId())
+    prot = reload_protocol(project, prot)
     assert getattr(prot, cts.OUTPUT_FAILED_TILT_SERIES, None) is None
     assert prot.getOutputsSize() == 1
     # The output is related to the input in the project graph.
@@ -129,7 +130,7 @@ def test_continue_after_finish_does_not_duplicate(aligned_run):
     prot = continue_protocol(project, prot)
     after = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
     assert sorted(after) == sorted(sims)
-    prot = project.getProtocol(prot.getObjId())
+    prot = reload_protocol(project, prot)
     assert getattr(prot, cts.OUTPUT_TILT_SERIES).getSize() == len(sims)
     for ts_id in sims:
         assert after[ts_id].size == 31
@@ -139,7 +140,7 @@ def test_continue_after_finish_does_not_duplicate(aligned_run):
 
 def test_info_methods_and_citations(aligned_run):
     project, _, prot, _ = aligned_run
-    prot = project.getProtocol(prot.getObjId())
+    prot = reload_protocol(project, prot)
     summary = " ".join(prot.summary())
     assert "Aligned tilt series: 3" in summary
     methods = " ".join(prot.methods())
@@ -238,7 +239,7 @@ def test_corrupt_tilt_series_fail_alone(tmp_path):
     assert failed["TS_trunc"].size == 21 and not failed["TS_trunc"].has_alignment
     log = read_log(prot, n_chars=200_000)
     assert "TS_trunc" in log and "TS_nan" in log and "NaN" in log
-    prot = project.getProtocol(prot.getObjId())
+    prot = reload_protocol(project, prot)
     reasons = json.loads(prot.failureReasons.get())
     assert set(reasons) == {"TS_nan", "TS_trunc"}
     assert "TS_trunc" in reasons["TS_trunc"] and "NaN" in reasons["TS_nan"]

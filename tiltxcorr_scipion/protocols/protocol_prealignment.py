@@ -238,14 +238,11 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
                 stepIds.append(self._insertAlignStep(tsId))
                 queued.add(tsId)
                 self.info(f"Tilt series {tsId}: {sizes[tsId]} views, alignment step queued")
-            if ready:
-                self.updateSteps()
             pending = [tsId for tsId in sizes if tsId not in queued]
             if closed and not pending:
                 self.info("Input closed and every tilt series queued.")
                 self._insertFunctionStep(self.closeOutputSetsStep, prerequisites=stepIds,
                                          needsGPU=False)
-                self.updateSteps()
                 break
             lastSizes = sizes
             time.sleep(cts.STREAM_POLL_SECONDS)
