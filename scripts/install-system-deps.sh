@@ -6,7 +6,7 @@ set -euo pipefail
 missing=()
 command -v Xvfb >/dev/null || missing+=(xvfb)
 command -v xwd >/dev/null || missing+=(x11-apps)
-command -v convert >/dev/null || missing+=(imagemagick)
+convert -version 2>/dev/null | grep -q ImageMagick || missing+=(imagemagick)
 command -v slurmctld >/dev/null || missing+=(slurm-wlm)
 command -v munged >/dev/null || missing+=(munge)
 [ ${#missing[@]} -eq 0 ] && exit 0

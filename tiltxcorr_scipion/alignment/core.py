@@ -90,7 +90,7 @@ def align_tilt_series(
     reference_memory: float = 0.75,
     refine: bool = True,
     max_shift: float | None = None,
-    interpolation: str = "bicubic",
+    interpolation: str = "bilinear",
     progress: Callable[[int, int], None] | None = None,
 ) -> TiltxcorrResult:
     """Align a tilt series by stretched cross-correlation of neighbouring views.
@@ -207,8 +207,10 @@ def align_tilt_series(
     # Stage 2: every view against a (cumulative) reference in the reference
     # view's frame, at full working resolution; solves for the residuals.
     memory = 1.0 if cumulative else reference_memory
+    unpadded = PairCorrelator(work_shape, correlation_filter, taper_fraction=taper_fraction,
+                              pad_fraction=0.0, device=device)
     shifts, ncc, peak = refine_in_reference_frame(
-        views, angles, reference, pairs, estimates, correlator, across, centre,
+        views, angles, reference, pairs, estimates, unpadded, across, centre,
         memory=memory, refine=refine, interpolation=interpolation, progress=progress)
 
     inner_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
@@ -229,13 +231,29 @@ def align_tilt_series(
     )
 
 
-def _measure_pairs(views, angles, pairs, correlator, across, centre, *, start=None,
-                   refine=True, max_shift=None, interpolation="bicubic", progress=None):
+def _stretch_outer_views(views, angles, pairs, across, centre, *, interpolation):
+    """The outer view of every pair stretched onto its inner neighbour: `(n_pairs, h, w)`."""
+    device = views.device
+    out = torch.empty(len(pairs), *views.shape[1:], dtype=torch.float32, device=device)
+    chunk = max(1, WORKING_BYTES // (12 * views.shape[1] * views.shape[2]))
+    for first in range(0, len(pairs), chunk):
+        block = pairs[first:first + chunk]
+        inner = torch.tensor([p[0] for p in block], dtype=torch.long)
+        outer = torch.tensor([p[1] for p in block], dtype=torch.long)
+        out[first:first + len(block)] = stretch_images(
+            views[outer.to(device)], stretch_factors(angles[inner], angles[outer]), across,
+            centre, mode=interpolation)
+    return out
+
+
+def _measure_pairs(views, stretched, pairs, correlator, *, start=None, refine=True,
+                   max_shift=None):
     """Shifts `(n, 2)`, NCC `(n,)` and peak `(n,)` of each `(inner, outer)` pair, by chunks.
 
-    Without `start`, a full search with the fixed taper. With `start` `(n, 2)`
-    (approximate shifts), windows matched to those shifts remove the taper's
-    bias and the peak is climbed from there.
+    `stretched` `(n, h, w)` holds each pair's outer view stretched onto its
+    inner one. Without `start`, a full search with the fixed taper. With
+    `start` `(n, 2)` (approximate shifts), windows matched to those shifts
+    remove the taper's bias and the peak is climbed from there.
     """
     device = views.device
     n_pairs = len(pairs)
@@ -245,25 +263,20 @@ def _measure_pairs(views, angles, pairs, correlator, across, centre, *, start=No
     chunk = _pairs_per_chunk(correlator.shape, correlator.fft_shape)
     for first in range(0, n_pairs, chunk):
         block = slice(first, min(first + chunk, n_pairs))
-        inner = torch.tensor([p[0] for p in pairs[block]], dtype=torch.long)
-        outer = torch.tensor([p[1] for p in pairs[block]], dtype=torch.long)
-        factors = stretch_factors(angles[inner], angles[outer])
-        stretched = stretch_images(views[outer.to(device)], factors, across, centre,
-                                   mode=interpolation)
+        inner = torch.tensor([p[0] for p in pairs[block]], dtype=torch.long, device=device)
         guess = None if start is None else start[block].to(device)
-        reference_spectra = correlator.spectra(views[inner.to(device)], guess)
-        moving_spectra = correlator.spectra(stretched, None if guess is None else -guess)
+        reference_spectra = correlator.spectra(views[inner], guess)
+        moving_spectra = correlator.spectra(stretched[block], None if guess is None else -guess)
         s, c, p = correlator.correlate(reference_spectra, moving_spectra, refine=refine,
                                        max_shift=max_shift, start=guess)
         pair_shifts[block], ncc[block], peak[block] = s.cpu(), c.cpu(), p.cpu()
-        if progress is not None:
-            progress(block.stop, n_pairs)
     return pair_shifts, ncc, peak
 
 
 PREVIEW_MIN_SIZE = 128  # stage 1 runs on 2x binned views when they are at least this large
-WINDOW_ITERATIONS = 3   # passes with matched windows, while a peak still moves
+WINDOW_ITERATIONS = 2   # passes with matched windows, while a peak still moves
 RESIDUAL_SEARCH = 6.0   # pixels: stage 2 looks for residual shifts this far from its estimate
+COARSE_BAND = 0.2       # cycles/pixel: stage 2's short search needs only low frequencies
 
 
 def _correlate_neighbours(views, angles, pairs, correlator, across, centre, *, refine,
@@ -275,16 +288,18 @@ def _correlate_neighbours(views, angles, pairs, correlator, across, centre, *, r
     zero, and the exact peak is climbed again, repeated while a peak still
     moves by over 0.25 px.
     """
-    shifts, ncc, peak = _measure_pairs(views, angles, pairs, correlator, across, centre,
-                                       refine=refine, max_shift=max_shift,
-                                       interpolation=interpolation)
+    stretched = _stretch_outer_views(views, angles, pairs, across, centre,
+                                     interpolation=interpolation)
+    shifts, ncc, peak = _measure_pairs(views, stretched, pairs, correlator, refine=refine,
+                                       max_shift=max_shift)
     todo = list(range(len(pairs)))
     for _ in range(WINDOW_ITERATIONS):
-        s, c, p = _measure_pairs(views, angles, [pairs[k] for k in todo], correlator, across,
-                                 centre, start=shifts[todo], refine=refine,
-                                 interpolation=interpolation)
-        moved = (s - shifts[todo]).norm(dim=1)
-        shifts[todo], ncc[todo], peak[todo] = s, c, p
+        index = torch.tensor(todo, dtype=torch.long)
+        s, c, p = _measure_pairs(views, stretched[index.to(views.device)],
+                                 [pairs[k] for k in todo], correlator, start=shifts[index],
+                                 refine=refine)
+        moved = (s - shifts[index]).norm(dim=1)
+        shifts[index], ncc[index], peak[index] = s, c, p
         todo = [k for k, m in zip(todo, moved.tolist(), strict=True) if m > 0.25]
         if not todo:
             break
@@ -311,7 +326,9 @@ def refine_in_reference_frame(views, angles, reference, pairs, estimates, correl
     n_views = angles.numel()
     cos_ref = math.cos(math.radians(float(angles[reference])))
     factors = cos_ref / torch.cos(torch.deg2rad(angles))  # (b,) stretch into the reference frame
-    margin = float(estimates.abs().max()) + 1.0
+    # Views moved by up to max|estimate|: the window keeps clear of pixels that
+    # some view lacks, and of the search range, so no padding is needed either.
+    margin = float(estimates.abs().max()) + RESIDUAL_SEARCH
     window = correlator.inset_mask(margin)
 
     spectra = []
@@ -331,6 +348,7 @@ def refine_in_reference_frame(views, angles, reference, pairs, estimates, correl
         else:
             next(b for b in branches if b[-1] == inner).append(outer)
 
+    energies = correlator.energy(spectra)  # (b,)
     measured = torch.zeros(n_views, 2, dtype=torch.float64)
     ncc = torch.full((n_views,), float("nan"), dtype=torch.float64)
     peak = torch.full((n_views,), float("nan"), dtype=torch.float64)
@@ -340,24 +358,26 @@ def refine_in_reference_frame(views, angles, reference, pairs, estimates, correl
     for branch in branches:
         summed = torch.zeros_like(spectra[0])
         weights: dict[int, float] = {}
-        todo_views, todo_refs = [], []
+        todo_views: list[int] = []
+        refs = torch.empty(chunk, *spectra.shape[1:], dtype=spectra.dtype, device=device)
         for position in range(1, len(branch)):
             inner, view = branch[position - 1], branch[position]
-            summed = summed * memory + spectra[inner]
+            summed.mul_(memory).add_(spectra[inner])
             weights = {j: w * memory for j, w in weights.items()}
             weights[inner] = 1.0
             norm = sum(weights.values())
             weights_of[view] = {j: w / norm for j, w in weights.items()}
+            torch.div(summed, norm, out=refs[len(todo_views)])
             todo_views.append(view)
-            todo_refs.append(summed / norm)
             if len(todo_views) == chunk or position == len(branch) - 1:
-                refs = torch.stack(todo_refs)
                 idx = torch.tensor(todo_views, device=device)
-                s, c, p = correlator.correlate(refs, spectra[idx], refine=refine,
-                                               max_shift=RESIDUAL_SEARCH)
+                s, c, p = correlator.correlate(
+                    refs[:len(todo_views)], spectra[idx], refine=refine,
+                    max_shift=RESIDUAL_SEARCH, coarse_band=COARSE_BAND,
+                    moving_energy=energies[idx])
                 measured[todo_views], ncc[todo_views], peak[todo_views] = s.cpu(), c.cpu(), p.cpu()
                 done += len(todo_views)
-                todo_views, todo_refs = [], []
+                todo_views = []
                 if progress is not None:
                     progress(done, total)
 

@@ -144,7 +144,8 @@ class PairCorrelator:
             torch.float64)
 
     def correlate(self, reference: torch.Tensor, moving: torch.Tensor, *, refine: bool = True,
-                  max_shift: float | None = None, start: torch.Tensor | None = None
+                  max_shift: float | None = None, start: torch.Tensor | None = None,
+                  coarse_band: float | None = None, moving_energy: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shift that lays each moving view on its reference.
 
@@ -159,6 +160,11 @@ class PairCorrelator:
             Search radius in pixels (None: the whole correlation).
         start
             `(n, 2)` known approximate shifts: skips the coarse search.
+        coarse_band
+            Run the coarse search on frequencies up to this many cycles per
+            pixel only (a smaller, cheaper grid; enough for short searches).
+        moving_energy
+            `(n,)` precomputed `energy(moving)`, when the caller has it.
 
         Returns
         -------
@@ -168,13 +174,20 @@ class PairCorrelator:
         """
         cross = reference * moving.conj() * self.filter  # (n, rows, cols)
         if start is None:
-            start = coarse_peak(cross, self.fft_shape, max_shift=max_shift)
+            search = cross
+            if coarse_band is not None:
+                rows = min(cross.shape[-2], 2 * math.ceil(coarse_band * self.fft_shape[0]) + 1)
+                cols = min(cross.shape[-1], math.ceil(coarse_band * self.fft_shape[1]) + 1)
+                search = crop_half_spectrum(cross, rows, cols)
+            start = coarse_peak(search, self.fft_shape, max_shift=max_shift)
         if refine:
             shifts, value = refine_peak(cross, self.ky, self.kx, self.col_weights, start)
         else:
             shifts = start
             value = _value_at(cross, self.ky, self.kx, self.col_weights, shifts)
-        norm = torch.sqrt(self.energy(reference) * self.energy(moving)).clamp_min(1e-300)
+        if moving_energy is None:
+            moving_energy = self.energy(moving)
+        norm = torch.sqrt(self.energy(reference) * moving_energy).clamp_min(1e-300)
         ncc = value / norm
         peak = value / (self.fft_shape[0] * self.fft_shape[1])
         return shifts, ncc, peak

@@ -62,20 +62,44 @@ def stretch_images(images: torch.Tensor, factors: torch.Tensor, across: torch.Te
     `(n,)` about the centre. Samples outside the input repeat the border.
     """
     n, h, w = images.shape
-    dtype, device = images.dtype, images.device
-    rows = torch.arange(h, dtype=torch.float64, device=device) - centre[0]
-    cols = torch.arange(w, dtype=torch.float64, device=device) - centre[1]
+    device = images.device
+    # The map r -> centre + K^-1 (r - centre) - pre_shift is affine: build it as
+    # a (n, 2, 3) matrix in grid_sample's normalised (x = col, y = row) space.
     across = across.to(device=device, dtype=torch.float64)
-    proj = rows[:, None] * across[0] + cols[None, :] * across[1]  # (h, w), distance across axis
-    scale = (1.0 / factors.to(device=device, dtype=torch.float64) - 1.0)[:, None, None]
-    src_row = centre[0] + rows[None, :, None] + scale * proj[None] * across[0]  # (n, h, w)
-    src_col = centre[1] + cols[None, None, :] + scale * proj[None] * across[1]
+    centre = centre.to(device=device, dtype=torch.float64)
+    scale = 1.0 / factors.to(device=device, dtype=torch.float64) - 1.0  # (n,)
+    p = torch.stack([across[1], across[0]])  # across direction in (x, y) order
+    eye = torch.eye(2, dtype=torch.float64, device=device)
+    inverse = eye[None] + scale[:, None, None] * torch.outer(p, p)[None]  # (n, 2, 2) in (x, y)
+    c = torch.stack([centre[1], centre[0]])
+    offset = c[None] - (inverse @ c)  # (n, 2)
     if pre_shifts is not None:
         pre = pre_shifts.to(device=device, dtype=torch.float64)
-        src_row = src_row - pre[:, 0, None, None]
-        src_col = src_col - pre[:, 1, None, None]
-    # grid_sample with align_corners=True: -1 and +1 are the centres of the edge pixels
-    grid = torch.stack([src_col * (2.0 / (w - 1)) - 1.0, src_row * (2.0 / (h - 1)) - 1.0], dim=-1)
-    out = F.grid_sample(images[:, None], grid.to(dtype), mode=mode, padding_mode="border",
+        offset = offset - torch.stack([pre[:, 1], pre[:, 0]], dim=1)
+    # pixel -> normalised: u = 2 x / (size - 1) - 1 (align_corners=True)
+    to_norm = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], dtype=torch.float64, device=device)
+    from_norm = 1.0 / to_norm
+    matrix = to_norm[None, :, None] * inverse * from_norm[None, None, :]
+    translation = to_norm[None] * (offset + (inverse @ from_norm)) - 1.0
+    theta = torch.cat([matrix, translation[:, :, None]], dim=2).to(images.dtype)  # (n, 2, 3)
+    grid = _affine_grid(theta, h, w)
+    out = F.grid_sample(images[:, None], grid, mode=mode, padding_mode="border",
                         align_corners=True)
     return out[:, 0]
+
+
+def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """`F.affine_grid(theta, (n, 1, h, w), align_corners=True)`, several times faster on CPU.
+
+    Two broadcast multiply-adds per output plane instead of a batched matmul
+    over a homogeneous base grid.
+    """
+    n = theta.shape[0]
+    x = torch.linspace(-1.0, 1.0, w, dtype=theta.dtype, device=theta.device)
+    y = torch.linspace(-1.0, 1.0, h, dtype=theta.dtype, device=theta.device)
+    grid = torch.empty(n, h, w, 2, dtype=theta.dtype, device=theta.device)
+    for axis in range(2):
+        along_x = theta[:, axis, 0, None, None] * x[None, None, :]  # (n, 1, w)
+        along_y = theta[:, axis, 1, None] * y[None, :] + theta[:, axis, 2, None]  # (n, h)
+        torch.add(along_x, along_y[:, :, None], out=grid[..., axis])
+    return grid

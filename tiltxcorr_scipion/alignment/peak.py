@@ -108,7 +108,7 @@ def _correlation_derivatives(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Value `(n,)`, gradient `(n, 2)` and Hessian `(n, 2, 2)` of the correlation at `shift`.
 
-    `spectrum` `(n, hk, wk)` complex128, `ky` `(hk,)`, `kx` `(wk,)` in cycles
+    `spectrum` `(n, hk, wk)` complex64 or complex128, `ky` `(hk,)`, `kx` `(wk,)` in cycles
     per pixel, `col_weights` `(wk,)` Hermitian weights, `shift` `(n, 2)`.
     Values are sums over the full spectrum (not divided by its size).
     """
@@ -117,10 +117,11 @@ def _correlation_derivatives(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch
     ex = torch.exp(1j * two_pi * shift[:, 1:2] * kx[None, :])  # (n, wk)
     powers_x = torch.stack([torch.ones_like(kx), kx, kx * kx], dim=1)  # (wk, 3)
     powers_y = torch.stack([torch.ones_like(ky), ky, ky * ky], dim=1)  # (hk, 3)
-    mx = ex[:, :, None] * (col_weights[:, None] * powers_x)[None]  # (n, wk, 3)
-    my = ey[:, :, None] * powers_y[None]  # (n, hk, 3)
+    # Phases in double precision; the big sum runs in the spectrum's precision.
+    mx = (ex[:, :, None] * (col_weights[:, None] * powers_x)[None]).to(spectrum.dtype)
+    my = (ey[:, :, None] * powers_y[None]).to(spectrum.dtype)  # (n, hk, 3)
     partial = torch.bmm(spectrum, mx)  # (n, hk, 3): sum over kx
-    t = torch.einsum("nhi,nhj->nij", my, partial)  # (n, 3, 3): [ky power, kx power]
+    t = torch.einsum("nhi,nhj->nij", my, partial).to(torch.complex128)  # [ky power, kx power]
     value = t[:, 0, 0].real
     gradient = torch.stack([-two_pi * t[:, 1, 0].imag, -two_pi * t[:, 0, 1].imag], dim=1)
     hyy = -(two_pi ** 2) * t[:, 2, 0].real
@@ -151,7 +152,6 @@ def refine_peak(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor,
     correlation there, as a full-spectrum sum (divide by the number of pixels
     for the circular correlation value).
     """
-    spectrum = spectrum.to(torch.complex128)
     ky, kx, col_weights = (v.to(torch.float64) for v in (ky, kx, col_weights))
     shift = start.to(torch.float64).clone()
     value = None

@@ -11,8 +11,10 @@ MAX_STRETCH_TILT = 82.0  # IMOD refuses to stretch beyond this: 1/cos(82) is alr
 
 
 def _views_preview(indices: Sequence[int], limit: int = 8) -> str:
+    """'view 3' or 'views 3, 4 and 9 more' (0-based stack positions)."""
     shown = ", ".join(str(i) for i in indices[:limit])
-    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+    more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
+    return ("view " if len(indices) == 1 else "views ") + shown + more
 
 
 def check_tilt_series(tilt_series: torch.Tensor, tilt_angles, tilt_axis_angle: float,
@@ -47,11 +49,11 @@ def check_tilt_series(tilt_series: torch.Tensor, tilt_angles, tilt_axis_angle: f
                          "give exactly one angle per view, in stack order")
     if not torch.isfinite(angles).all():
         bad = torch.nonzero(~torch.isfinite(angles)).flatten().tolist()
-        raise ValueError(f"tilt angles of views {_views_preview(bad)} are not finite numbers")
+        raise ValueError(f"tilt angle of {_views_preview(bad)} (0-based): not a finite number")
     too_high = torch.nonzero(angles.abs() > MAX_STRETCH_TILT).flatten().tolist()
     if too_high:
         worst = float(angles.abs().max())
-        raise ValueError(f"views {_views_preview(too_high)} are tilted beyond "
+        raise ValueError(f"{_views_preview(too_high)} (0-based): tilted beyond "
                          f"+-{MAX_STRETCH_TILT:g} degrees (up to {worst:.1f}): cosine "
                          "stretching is undefined there; exclude those views")
     if not math.isfinite(float(tilt_axis_angle)):
@@ -60,16 +62,15 @@ def check_tilt_series(tilt_series: torch.Tensor, tilt_angles, tilt_axis_angle: f
     non_finite: list[int] = []
     constant: list[int] = []
     for start in range(0, b, chunk_views):
-        chunk = tilt_series[start:start + chunk_views]
-        finite = torch.isfinite(chunk).flatten(1).all(dim=1)
+        chunk = tilt_series[start:start + chunk_views].flatten(1)
+        low, high = torch.aminmax(chunk, dim=1)  # one pass; NaN and inf show up here
+        finite = torch.isfinite(low) & torch.isfinite(high)
         non_finite += (torch.nonzero(~finite).flatten() + start).tolist()
-        spread = chunk.flatten(1).amax(dim=1) - chunk.flatten(1).amin(dim=1)
-        flat = finite & (spread <= 0)
-        constant += (torch.nonzero(flat).flatten() + start).tolist()
+        constant += (torch.nonzero(finite & (high <= low)).flatten() + start).tolist()
     if non_finite:
-        raise ValueError(f"views {_views_preview(non_finite)} contain NaN or infinite pixels: "
-                         "the stack file may be corrupt; exclude or repair those views")
+        raise ValueError(f"{_views_preview(non_finite)} (0-based): NaN or infinite pixels; "
+                         "the stack file may be corrupt: exclude or repair the view")
     if constant:
-        raise ValueError(f"views {_views_preview(constant)} are constant images (blank): "
-                         "there is nothing to correlate; exclude those views")
+        raise ValueError(f"{_views_preview(constant)} (0-based): constant (blank) image, "
+                         "nothing to correlate: exclude the view")
     return angles
