@@ -181,7 +181,7 @@ def wait_for_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
     while True:
         reload_protocol(project, prot)
         if (until is not None and until(prot)) or (until is None and not prot.isActive()):
-            return prot
+            return _trust_run_db(project, prot)
         if time.monotonic() > deadline:
             try:
                 project.stopProtocol(prot)
@@ -190,6 +190,34 @@ def wait_for_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
                     f"protocol {prot.getRunName()!r} still {prot.getStatus()} after "
                     f"{timeout:.0f} s; stopped. Log tail:\n{read_log(prot)}")
         time.sleep(poll)
+
+
+def _trust_run_db(project, prot):
+    """Correct a status the project set by itself.
+
+    When ``project._updateProtocol`` cannot read a busy run.db three times in a row
+    it marks the protocol failed in the project, although the run goes on. The
+    protocol's own run.db has the truth: use its status if they disagree.
+    """
+    from pyworkflow.protocol import getProtocolFromDb
+
+    if not prot.isFailed():
+        return prot
+    try:
+        own = getProtocolFromDb(project.path, prot.getDbPath(), prot.getObjId())
+        status = own.getStatus()
+        own.getProject().closeMapper()
+        own.closeMappers()
+    except Exception:
+        return prot
+    if status != prot.getStatus():
+        print(f"[scipion_helpers] project said {prot.getStatus()!r}, run.db says {status!r}")
+        if own.isActive():
+            return wait_for_protocol(project, prot)
+        prot.setStatus(status)
+        project.mapper.store(prot)
+        project.mapper.commit()
+    return prot
 
 
 def launch_and_wait(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,

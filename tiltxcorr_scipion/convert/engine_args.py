@@ -19,10 +19,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .stacks import StackReadError, read_stack_views
 from .transforms import (
@@ -33,6 +32,9 @@ from .transforms import (
     rotation_angles_deg,
     shifts_to_transforms,
 )
+
+if TYPE_CHECKING:  # torch is imported where used: Scipion imports the protocol (and so
+    import torch  # this module) in every process at plugin discovery; torch takes 1-2 s.
 
 __all__ = [
     "FORM_DEFAULTS",
@@ -267,6 +269,8 @@ def align_view_table(table: ViewTable, tilt_axis_angle: float, engine_kwargs: Ma
     Raises `TiltSeriesFailure` (naming the tilt series) for unreadable data or
     anything the engine refuses (NaN pixels, |tilt| > 82, blank views...).
     """
+    import torch
+
     from tiltxcorr_scipion.alignment import align_tilt_series
 
     device = torch.device(device)
@@ -329,6 +333,8 @@ def select_device(use_gpu: bool, gpu_ids: list[int] | None) -> tuple[torch.devic
     ``gpu_ids`` are the GPUs the step executor booked for this step (Scipion's
     ``GPU_LIST`` numbering). CUDA is used only when asked for and available.
     """
+    import torch
+
     if not use_gpu:
         return torch.device("cpu"), "running on CPU (GPU not requested)"
     if not torch.cuda.is_available():

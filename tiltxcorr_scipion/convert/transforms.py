@@ -24,9 +24,12 @@ All arrays are batch-first: `(n, 3, 3)` transforms, `(n, 2)` shifts `(dy, dx)`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where used: Scipion imports this module at plugin discovery
+    import torch
 
 __all__ = [
     "identity_transforms",
@@ -120,6 +123,9 @@ def apply_transforms_2d(images: torch.Tensor, transforms: np.ndarray | torch.Ten
     from outside the raw image get the view's mean, so the edges add no step
     the correlation could lock onto.
     """
+    import torch
+    import torch.nn.functional as F
+
     if images.ndim != 3:
         raise ValueError(f"images must be (b, h, w), got shape {tuple(images.shape)}")
     b, h, w = images.shape

@@ -21,6 +21,7 @@ from pwem.protocols import EMProtocol
 from pyworkflow import BETA
 from pyworkflow.object import Float, Set, String
 from pyworkflow.protocol import STEPS_PARALLEL, ProtStreamingBase
+from pyworkflow.protocol.executor import StepExecutor, ThreadStepExecutor
 from tomo.objects import SetOfTiltSeries, TiltImage, TiltSeries
 from tomo.protocols import ProtTomoBase
 
@@ -79,6 +80,9 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.failureReasons = String()  # JSON {tsId: reason}, persisted for the summary
+        # Tilt series whose steps are inserted but not done, when the input was closed at
+        # launch (None in streaming mode, where a closing step follows the generator).
+        self._pendingTsIds: set[str] | None = None
 
     @classmethod
     def worksInStreaming(cls):
@@ -196,6 +200,25 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
         form.addParallelSection(threads=3, mpi=0)
 
     # ------------------------------------------------------------------ steps
+    def setStepsExecutor(self, executor=None):
+        """Use the plain executor when the input is closed and holds one tilt series to align.
+
+        The thread executor notices a finished step only at its next 3-s poll; with a
+        single tilt series there is nothing to run in parallel, so the step runs in the
+        main thread and the protocol ends as soon as it is done. Any other case
+        (several tilt series, streaming, queues) keeps Scipion's executor.
+        """
+        if type(executor) is ThreadStepExecutor:
+            try:
+                inSet = self.inputSetOfTiltSeries.get()
+                inSet.loadAllProperties()
+                if not inSet.isStreamOpen() and inSet.getSize() == 1:
+                    executor = StepExecutor(executor.hostConfig, gpuList=executor.gpuList)
+                inSet.close()
+            except Exception as exc:  # keep Scipion's choice if the input cannot be read now
+                logger.debug(f"keeping the thread executor: {exc}")
+        super().setStepsExecutor(executor)
+
     def _insertAllSteps(self):
         inSet = self.inputSetOfTiltSeries.get()
         inSet.loadAllProperties()  # the stream state as the producer wrote it last
@@ -213,12 +236,17 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
                              "tilt series are aligned only after the input is closed.")
             ProtStreamingBase._insertAllSteps(self)
             return
-        # Closed input: all steps now, no generator polling (faster on small runs).
+        # Closed input: all steps now, no generator polling. The last alignment step to
+        # finish closes the outputs (no separate closing step: the thread executor
+        # would notice it only after another of its 3-s polls).
         tsIds = [tsId for tsId in self._inputTsIds(inSet) if tsId not in self._processedTsIds]
         workers = min(max(1, nThreads - 1), max(1, len(tsIds)))
         self._setTorchThreads(workers)
-        stepIds = [self._insertAlignStep(tsId) for tsId in tsIds]
-        self._insertFunctionStep(self.closeOutputSetsStep, prerequisites=stepIds, needsGPU=False)
+        self._pendingTsIds = set(tsIds)
+        for tsId in tsIds:
+            self._insertAlignStep(tsId)
+        if not tsIds:
+            self._insertFunctionStep(self.closeOutputSetsStep, needsGPU=False)
 
     def stepsGeneratorStep(self):
         """Follow an open input: insert one alignment step per complete tilt series."""
@@ -253,6 +281,21 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
 
     def alignTiltSeriesStep(self, tsId: str):
         """Read, align and register one tilt series; failures go to FailedTiltSeries."""
+        try:
+            self._alignTiltSeries(tsId)
+        finally:
+            self._closeIfLast(tsId)
+
+    def _closeIfLast(self, tsId: str):
+        with self._lock:
+            if self._pendingTsIds is None:
+                return
+            self._pendingTsIds.discard(tsId)
+            last = not self._pendingTsIds
+        if last:
+            self.closeOutputSetsStep()
+
+    def _alignTiltSeries(self, tsId: str):
         t0 = time.perf_counter()
         try:
             inTs, items = self._readInputTiltSeries(tsId)
