@@ -261,3 +261,50 @@ def test_validation_errors_and_warnings(tmp_path):
     empty = new_prealignment(project, imp)
     empty.inputSetOfTiltSeries.set(None)
     assert empty.validate()
+
+
+def test_aligned_stacks_and_gpu_fallback(tmp_path):
+    """writeAlignedStacks with binning 2 -> InterpolatedTiltSeries; USE_GPU without CUDA -> CPU."""
+    import mrcfile
+    import torch
+
+    sims = {ts: write_simulated_tilt_series(tmp_path, ts, shape=(128, 160), n_views=21,
+                                            seed=40 + i, **SIM)
+            for i, ts in enumerate(["TS_a", "TS_b"])}
+    project = create_project("interpolated")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS, sampling_rate=1.5)
+    prot = new_prealignment(project, imp, numberOfThreads=3, writeAlignedStacks=True,
+                            alignedBinning=2, useGpu=True, gpuList="0")
+    prot = launch_and_wait(project, prot)
+    aligned = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    interp = read_tilt_series_set(project, prot, cts.OUTPUT_INTERPOLATED_TILT_SERIES)
+    assert sorted(interp) == sorted(sims) == sorted(aligned)
+    log = read_log(prot, n_chars=200_000)
+    if not torch.cuda.is_available():
+        assert log.count("GPU requested but CUDA is not available") == len(sims)
+    for ts_id, rec in interp.items():
+        assert rec.interpolated and not rec.has_alignment and not rec.has_transform.any()
+        assert rec.sampling_rate == pytest.approx(3.0)
+        assert rec.size == 21
+        np.testing.assert_array_equal(rec.tilt_angles, aligned[ts_id].tilt_angles)
+        path = Path(project.getPath(), rec.file_names[0])
+        assert path.name == f"{ts_id}{cts.ALIGNED_STACK_SUFFIX}"
+        with mrcfile.open(path, permissive=True) as mrc:
+            assert mrc.data.shape == (21, 64, 80)
+            assert float(mrc.voxel_size.x) == pytest.approx(3.0)
+            stack = np.asarray(mrc.data, dtype=np.float64)
+        # Aligned views agree better with their neighbours than the raw ones do.
+        raw = sims[ts_id].images.numpy().astype(np.float64)
+        raw = raw.reshape(21, 64, 2, 80, 2).mean(axis=(2, 4))
+        order = np.argsort(sims[ts_id].tilt_angles.numpy())
+        assert _neighbour_ncc(stack, order) > _neighbour_ncc(raw, order) + 0.05
+
+
+def _neighbour_ncc(views: np.ndarray, order: np.ndarray) -> float:
+    """Mean normalised correlation of the central parts of consecutive low-tilt views."""
+    scores = []
+    for a, b in zip(order[5:15], order[6:16], strict=True):
+        x, y = views[a][12:-12, 12:-12], views[b][12:-12, 12:-12]
+        x, y = x - x.mean(), y - y.mean()
+        scores.append((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+    return float(np.mean(scores))
