@@ -42,7 +42,7 @@ TOL_PX = 0.5
 
 @pytest.fixture(scope="module")
 def aligned_run(tmp_path_factory):
-    """Three tilt series (.mrc, dose-symmetric stacks), 3 threads: 2 aligned at a time."""
+    """Three tilt series (.mrc; dose-symmetric, sorted, random stacks), 4 threads: all at once."""
     data = tmp_path_factory.mktemp("data")
     sims = {
         "TS_01": write_simulated_tilt_series(data, "TS_01", shape=(192, 192), n_views=31,
@@ -55,7 +55,7 @@ def aligned_run(tmp_path_factory):
     project = create_project("aligned")
     imp = import_tilt_series(project, data, "*.mrc", tilt_axis_angle=AXIS, sampling_rate=2.5,
                              dose_per_tilt=3.0)
-    prot = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=3))
+    prot = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=4))
     return project, imp, prot, sims
 
 
@@ -122,6 +122,24 @@ def test_log_reports_time_split_and_extra_files(aligned_run):
         png = extra / f"{ts_id}{cts.PLOT_SUFFIX}"
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (extra / f"{ts_id}.prexg").exists() and (extra / f"{ts_id}.tlt").exists()
+
+
+def test_tilt_series_were_aligned_in_parallel(aligned_run):
+    """Registration from parallel steps (under the protocol lock) lost nothing."""
+    import datetime
+    import re
+
+    project, _, prot, sims = aligned_run
+    spans = {}
+    for line in read_log(prot, n_chars=200_000).splitlines():
+        m = re.search(r"(STARTED|FINISHED)\S*: alignTiltSeriesStep, step (\d+), time (\S+ \S+)", line)
+        if m:
+            spans.setdefault(m.group(2), {})[m.group(1)] = datetime.datetime.fromisoformat(m.group(3))
+    assert len(spans) == len(sims)
+    starts = sorted(s["STARTED"] for s in spans.values())
+    first_end = min(s["FINISHED"] for s in spans.values())
+    assert starts[1] < first_end, "alignment steps did not overlap"
+    assert len(read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)) == len(sims)
 
 
 def test_continue_after_finish_does_not_duplicate(aligned_run):
