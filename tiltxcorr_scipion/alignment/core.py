@@ -189,11 +189,13 @@ def align_tilt_series(
     # Stage 1: neighbour pairs, on 2x binned views when they are large enough
     # (it only has to land within a pixel or so), chained into first estimates.
     if min(work_shape) >= PREVIEW_MIN_SIZE:
-        stage1_views = bin_stack(views, 2)
+        extra = 4 if min(work_shape) >= 4 * PREVIEW_MIN_SIZE and max(work_shape) >= 1024 else 2
+        stage1_views = bin_stack(views, extra)
         stage1_correlator = PairCorrelator(
-            binned_shape(shape, 2 * factor), correlation_filter.coarser(2),
+            binned_shape(shape, extra * factor), correlation_filter.coarser(extra),
             taper_fraction=taper_fraction, pad_fraction=pad_fraction, device=device)
-        stage1_centre, stage1_scale = binned_centre(shape, 2 * factor).to(device), 2.0
+        stage1_centre = binned_centre(shape, extra * factor).to(device)
+        stage1_scale = float(extra)
     else:
         stage1_views, stage1_correlator, stage1_centre, stage1_scale = (
             views, correlator, centre, 1.0)
@@ -276,7 +278,7 @@ def _measure_pairs(views, stretched, pairs, correlator, *, start=None, refine=Tr
 PREVIEW_MIN_SIZE = 128  # stage 1 runs on 2x binned views when they are at least this large
 WINDOW_ITERATIONS = 2   # passes with matched windows, while a peak still moves
 RESIDUAL_SEARCH = 6.0   # pixels: stage 2 looks for residual shifts this far from its estimate
-COARSE_BAND = 0.2       # cycles/pixel: stage 2's short search needs only low frequencies
+COARSE_BAND = 0.12      # cycles/pixel: stage 2's short search needs only low frequencies
 
 
 def _correlate_neighbours(views, angles, pairs, correlator, across, centre, *, refine,
@@ -290,7 +292,8 @@ def _correlate_neighbours(views, angles, pairs, correlator, across, centre, *, r
     """
     stretched = _stretch_outer_views(views, angles, pairs, across, centre,
                                      interpolation=interpolation)
-    shifts, ncc, peak = _measure_pairs(views, stretched, pairs, correlator, refine=refine,
+    # The first search only has to land near the peak: no refinement yet.
+    shifts, ncc, peak = _measure_pairs(views, stretched, pairs, correlator, refine=False,
                                        max_shift=max_shift)
     todo = list(range(len(pairs)))
     for _ in range(WINDOW_ITERATIONS):
@@ -356,18 +359,23 @@ def refine_in_reference_frame(views, angles, reference, pairs, estimates, correl
     done = 0
     total = len(pairs)
     for branch in branches:
-        summed = torch.zeros_like(spectra[0])
+        # refs[k] = spectra[inner] + memory * refs[k - 1]: one pass per view; the
+        # normalisation by the weights' sum changes neither peak nor NCC.
+        previous = torch.zeros_like(spectra[0])
         weights: dict[int, float] = {}
         todo_views: list[int] = []
+        norms: list[float] = []
         refs = torch.empty(chunk, *spectra.shape[1:], dtype=spectra.dtype, device=device)
         for position in range(1, len(branch)):
             inner, view = branch[position - 1], branch[position]
-            summed.mul_(memory).add_(spectra[inner])
+            slot = refs[len(todo_views)]
+            torch.add(spectra[inner], previous, alpha=memory, out=slot)
+            previous = slot
             weights = {j: w * memory for j, w in weights.items()}
             weights[inner] = 1.0
             norm = sum(weights.values())
             weights_of[view] = {j: w / norm for j, w in weights.items()}
-            torch.div(summed, norm, out=refs[len(todo_views)])
+            norms.append(norm)
             todo_views.append(view)
             if len(todo_views) == chunk or position == len(branch) - 1:
                 idx = torch.tensor(todo_views, device=device)
@@ -375,9 +383,11 @@ def refine_in_reference_frame(views, angles, reference, pairs, estimates, correl
                     refs[:len(todo_views)], spectra[idx], refine=refine,
                     max_shift=RESIDUAL_SEARCH, coarse_band=COARSE_BAND,
                     moving_energy=energies[idx])
-                measured[todo_views], ncc[todo_views], peak[todo_views] = s.cpu(), c.cpu(), p.cpu()
+                measured[todo_views], ncc[todo_views] = s.cpu(), c.cpu()
+                peak[todo_views] = p.cpu() / torch.tensor(norms, dtype=torch.float64)
                 done += len(todo_views)
-                todo_views = []
+                previous = previous.clone()  # refs is overwritten by the next chunk
+                todo_views, norms = [], []
                 if progress is not None:
                     progress(done, total)
 
