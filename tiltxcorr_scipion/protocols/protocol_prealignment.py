@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import traceback
+from datetime import datetime
 
 import numpy as np
 import pyworkflow.protocol.params as params
@@ -220,6 +221,10 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
         super().setStepsExecutor(executor)
 
     def _insertAllSteps(self):
+        # Steps carry this run's time stamp, so a "continue" never mistakes them for the
+        # previous run's finished steps: which tilt series remain is decided from the
+        # outputs instead (all those not in TiltSeries nor FailedTiltSeries).
+        self._runStamp = datetime.now().isoformat(timespec="seconds")
         inSet = self.inputSetOfTiltSeries.get()
         inSet.loadAllProperties()  # the stream state as the producer wrote it last
         nThreads = max(1, self.numberOfThreads.get() or 1)
@@ -246,7 +251,7 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
         for tsId in tsIds:
             self._insertAlignStep(tsId)
         if not tsIds:
-            self._insertFunctionStep(self.closeOutputSetsStep, needsGPU=False)
+            self._insertFunctionStep(self.closeOutputSetsStep, self._runStamp, needsGPU=False)
 
     def stepsGeneratorStep(self):
         """Follow an open input: insert one alignment step per complete tilt series."""
@@ -269,17 +274,17 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
             pending = [tsId for tsId in sizes if tsId not in queued]
             if closed and not pending:
                 self.info("Input closed and every tilt series queued.")
-                self._insertFunctionStep(self.closeOutputSetsStep, prerequisites=stepIds,
-                                         needsGPU=False)
+                self._insertFunctionStep(self.closeOutputSetsStep, self._runStamp,
+                                         prerequisites=stepIds, needsGPU=False)
                 break
             lastSizes = sizes
             time.sleep(cts.STREAM_POLL_SECONDS)
 
     def _insertAlignStep(self, tsId: str) -> int:
-        return self._insertFunctionStep(self.alignTiltSeriesStep, tsId, prerequisites=[],
-                                        needsGPU=self._useGpu())
+        return self._insertFunctionStep(self.alignTiltSeriesStep, tsId, self._runStamp,
+                                        prerequisites=[], needsGPU=self._useGpu())
 
-    def alignTiltSeriesStep(self, tsId: str):
+    def alignTiltSeriesStep(self, tsId: str, runStamp: str | None = None):
         """Read, align and register one tilt series; failures go to FailedTiltSeries."""
         try:
             self._alignTiltSeries(tsId)
@@ -330,7 +335,7 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
             f"registration {t2 - t1:.2f} s, extra files {t3 - t2:.2f} s{extraTimes}, "
             f"total {t3 - t0:.2f} s")
 
-    def closeOutputSetsStep(self):
+    def closeOutputSetsStep(self, runStamp: str | None = None):
         with self._lock:
             self._closeOutputSet()
         failed = self._failureReasons()
