@@ -94,6 +94,7 @@ def simulate_tilt_series(
     ramp: float = 0.5,
     order: str = "sorted",
     seed: int = 0,
+    shifts: torch.Tensor | None = None,
 ) -> SimulatedTiltSeries:
     """Simulate a tilt series of a slab of blobs, with known alignment shifts.
 
@@ -126,6 +127,9 @@ def simulate_tilt_series(
         Stack order: ``"sorted"``, ``"dose-symmetric"`` or ``"random"``.
     seed
         Seed of the random generator: equal seeds give equal series.
+    shifts
+        `(n_views, 2)` alignment shifts `(dy, dx)` to use instead of random
+        ones, in stack order; the lowest-|tilt| view's must be zero.
     """
     gen = torch.Generator().manual_seed(seed)
     h, w = shape
@@ -148,9 +152,15 @@ def simulate_tilt_series(
     sigmas = blob_sigma[0] + (blob_sigma[1] - blob_sigma[0]) * uniform(n_blobs)
     amplitudes = 0.5 + uniform(n_blobs)
 
-    shifts = (2 * torch.rand(n_views, 2, generator=gen, dtype=torch.float64) - 1) * max_shift
+    random_shifts = (2 * torch.rand(n_views, 2, generator=gen, dtype=torch.float64) - 1) * max_shift
     reference = int(torch.argmin(angles.abs()))
-    shifts[reference] = 0.0
+    random_shifts[reference] = 0.0
+    if shifts is None:
+        shifts = random_shifts
+    else:
+        shifts = torch.as_tensor(shifts, dtype=torch.float64).reshape(n_views, 2).clone()
+        if shifts[reference].abs().max() > 0:
+            raise ValueError("the lowest-|tilt| view defines the alignment: its shift must be 0")
 
     alpha = math.radians(tilt_axis_angle)
     axis = torch.tensor([math.cos(alpha), -math.sin(alpha)], dtype=torch.float64)  # (row, col)

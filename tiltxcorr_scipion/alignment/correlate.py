@@ -192,7 +192,7 @@ class PairCorrelator:
         if moving_energy is None:
             moving_energy = self.energy(moving)
         norm = torch.sqrt(self.energy(reference) * moving_energy).clamp_min(1e-300)
-        ncc = value / norm
+        ncc = (value / norm).clamp(-1.0, 1.0)  # float32 spectra can overshoot by 1e-6
         peak = value / (self.fft_shape[0] * self.fft_shape[1])
         return shifts, ncc, peak
 
