@@ -300,6 +300,12 @@ def test_aligned_stacks_and_gpu_fallback(tmp_path):
     log = read_log(prot, n_chars=200_000)
     if not torch.cuda.is_available():
         assert log.count("GPU requested but CUDA is not available") == len(sims)
+    # Each step booked the one GPU of the list through Scipion's executor, so with one
+    # GPU the two alignment steps ran one after the other despite 2 free threads.
+    assert log.count("GPUs [0] assigned to step") == len(sims)
+    started = [ln for ln in log.splitlines() if "alignTiltSeriesStep" in ln
+               and ("STARTED" in ln or "FINISHED" in ln)]
+    assert ["STARTED" in ln for ln in started] == [True, False, True, False]
     for ts_id, rec in interp.items():
         assert rec.interpolated and not rec.has_alignment and not rec.has_transform.any()
         assert rec.sampling_rate == pytest.approx(3.0)
