@@ -285,6 +285,7 @@ class TiltSeriesRecord:
     accum_dose: np.ndarray  # (n,)
     size: int
     extra: dict = field(default_factory=dict)
+    odd_even: list = field(default_factory=list)  # (odd, even) file names per item, or None
 
     def shifts_dy_dx(self) -> np.ndarray:
         """`(n, 2)` `(dy, dx)` = `(DY, DX)` of the transforms (IMOD forward convention)."""
@@ -364,6 +365,7 @@ def _record_from(ts, items) -> TiltSeriesRecord:
         dose_per_frame=np.array([_dose(ti, "getDosePerFrame") for ti in items]),
         accum_dose=np.array([_dose(ti, "getAccumDose") for ti in items]),
         size=int(ts.getSize()),
+        odd_even=[(ti.getOdd(), ti.getEven()) if ti.hasOddEven() else None for ti in items],
     )
 
 

@@ -221,11 +221,20 @@ def test_previous_alignment_is_applied_and_composed(tmp_path):
     rng = np.random.default_rng(7)
     previous = rng.uniform(-7.0, 7.0, size=(25, 2))  # (dy, dx), stack order
     previous[int(np.argmin(np.abs(sim.tilt_angles.numpy())))] = 0.0  # axis stays centred
-    name = derive_tilt_series_set(project, imp, set_previous_shifts({"TS_prev": previous}))
+    shift_items = set_previous_shifts({"TS_prev": previous})
+
+    def edit(ts_id, items):  # previous alignment + odd/even halves, as after motion correction
+        shift_items(ts_id, items)
+        for ti in items:
+            ti.setOddEven([f"{ti.getIndex()}@odd.mrc", f"{ti.getIndex()}@even.mrc"])
+
+    name = derive_tilt_series_set(project, imp, edit)
     prot = new_prealignment(project, imp, output_name=name, numberOfThreads=1)
     assert any("already have an alignment" in w for w in prot.warnings())
     prot = launch_and_wait(project, prot)
     record = read_tilt_series_set(project, prot)["TS_prev"]
+    assert record.has_odd_even  # carried over
+    assert record.odd_even == [(f"{i}@odd.mrc", f"{i}@even.mrc") for i in record.stack_indices]
     total = record.by_stack_index(record.shifts_dy_dx())
     truth = sim.shifts.numpy().astype(float)
     # Ignoring the previous alignment would give truth + previous, not composing it truth - previous.
