@@ -108,14 +108,16 @@ def write_simulated_tilt_series(folder: str | os.PathLike, ts_id: str, *,
 def import_tilt_series(project, folder: str | os.PathLike, pattern: str = "*.mrc", *,
                        sampling_rate: float = 1.0, tilt_axis_angle: float = 0.0,
                        voltage: float = 300.0, dose_per_tilt: float = 3.0,
-                       timeout: float = DEFAULT_TIMEOUT_S, wait: bool = True):
+                       timeout: float = DEFAULT_TIMEOUT_S, wait: bool = True,
+                       **extra_params):
     """Import every stack matching ``folder/pattern`` with tomo's ``ProtImportTs``.
 
     Angles come from the ``.tlt`` beside each stack (``anglesFrom=2``). The tsId is
     the file's base name when ``pattern`` contains ``{TS}`` (e.g. ``"{TS}.mrc"``) or
     when a single file matches; a ``*`` pattern with several files is turned into
-    ``{TS}`` + extension automatically. With ``wait`` the run must finish, and the
-    reloaded protocol is returned (output ``outputTiltSeries``).
+    ``{TS}`` + extension automatically. ``extra_params`` are more form values of
+    ProtImportTs (e.g. ``ctfCorrected=True``). With ``wait`` the run must finish, and
+    the protocol is returned (output ``outputTiltSeries``).
     """
     from tomo.protocols import ProtImportTs
 
@@ -133,6 +135,7 @@ def import_tilt_series(project, folder: str | os.PathLike, pattern: str = "*.mrc
         samplingRate=sampling_rate,
         tiltAxisAngle=tilt_axis_angle,
         dosePerFrame=dose_per_tilt,
+        **extra_params,
     )
     if not wait:
         project.launchProtocol(prot, wait=False)

@@ -173,7 +173,8 @@ def test_disabled_views_st_non_square_and_axis_override(tmp_path):
     sim = write_simulated_tilt_series(tmp_path, "TS_st", ext=".st", shape=(160, 224), n_views=25,
                                       order="dose-symmetric", seed=4, **SIM)
     project = create_project("st_disabled")
-    imp = import_tilt_series(project, tmp_path, "{TS}.st", tilt_axis_angle=0.0)  # wrong axis
+    imp = import_tilt_series(project, tmp_path, "{TS}.st", tilt_axis_angle=0.0,  # wrong axis
+                             ctfCorrected=True)
     order = np.argsort(sim.tilt_angles.numpy())
     # Stack positions of the most negative tilt, one between it and 0, the most positive.
     disabled = sorted([int(order[0]) + 1, int(order[8]) + 1, int(order[-1]) + 1])
@@ -192,6 +193,7 @@ def test_disabled_views_st_non_square_and_axis_override(tmp_path):
     assert np.abs(errors).max() < TOL_PX
     assert record.tilt_axis_angle == pytest.approx(AXIS)  # the axis used, not the acquisition's
     assert record.file_names[0].endswith(".st")
+    assert record.ctf_corrected  # flag carried over
 
 
 def test_axis_from_acquisition_when_form_empty(tmp_path):
