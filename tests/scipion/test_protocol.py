@@ -248,9 +248,11 @@ def test_previous_alignment_is_applied_and_composed(tmp_path):
 
 
 def test_corrupt_tilt_series_fail_alone(tmp_path):
+    """Truncated stack, NaN pixels, deleted stack, 2 enabled views: each fails alone."""
+    bad = ["TS_trunc", "TS_nan", "TS_gone", "TS_few"]
     sims = {ts: write_simulated_tilt_series(tmp_path, ts, shape=(128, 128), n_views=21,
                                             seed=i, **SIM)
-            for i, ts in enumerate(["TS_good", "TS_trunc", "TS_nan"])}
+            for i, ts in enumerate(["TS_good", *bad])}
     project = create_project("corrupt")
     imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
     corrupt_file(tmp_path / "TS_trunc.mrc", "truncate")
@@ -258,21 +260,29 @@ def test_corrupt_tilt_series_fail_alone(tmp_path):
 
     with mrcfile.open(tmp_path / "TS_nan.mrc", mode="r+") as mrc:
         mrc.data[7, 20:40, 20:40] = np.nan
+    (tmp_path / "TS_gone.mrc").unlink()
+    edit_tilt_series_set(project, imp, disable_views({"TS_few": list(range(3, 22))}))
     prot = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=3))
     aligned = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
     failed = read_tilt_series_set(project, prot, cts.OUTPUT_FAILED_TILT_SERIES)
     assert sorted(aligned) == ["TS_good"]
-    assert sorted(failed) == ["TS_nan", "TS_trunc"]
+    assert sorted(failed) == sorted(bad)
     # Small views: accuracy is tested elsewhere; here the good one must simply be aligned.
     assert np.abs(shift_errors_px(aligned["TS_good"], sims["TS_good"])).max() < 1.0
-    assert failed["TS_trunc"].size == 21 and not failed["TS_trunc"].has_alignment
-    log = read_log(prot, n_chars=200_000)
-    assert "TS_trunc" in log and "TS_nan" in log and "NaN" in log
+    for ts_id in bad:  # the input tilt series, unchanged
+        assert failed[ts_id].size == 21 and not failed[ts_id].has_alignment
+    assert failed["TS_few"].enabled.sum() == 2
     prot = reload_protocol(project, prot)
     reasons = json.loads(prot.failureReasons.get())
-    assert set(reasons) == {"TS_nan", "TS_trunc"}
-    assert "TS_trunc" in reasons["TS_trunc"] and "NaN" in reasons["TS_nan"]
-    assert "Failed tilt series: 2" in " ".join(prot.summary())
+    assert set(reasons) == set(bad)
+    assert all(reason.startswith(f"tilt series {ts_id}:") for ts_id, reason in reasons.items())
+    assert "NaN" in reasons["TS_nan"]
+    assert "does not exist" in reasons["TS_gone"]
+    assert "only 2 enabled view(s)" in reasons["TS_few"]
+    log = read_log(prot, n_chars=200_000)
+    for ts_id in bad:
+        assert f"FAILED tilt series {ts_id}:" in log
+    assert "Failed tilt series: 4" in " ".join(prot.summary())
     assert output_stream_state(project, prot, cts.OUTPUT_FAILED_TILT_SERIES) == "closed"
 
 
