@@ -353,3 +353,16 @@ def _neighbour_ncc(views: np.ndarray, order: np.ndarray) -> float:
         x, y = x - x.mean(), y - y.mean()
         scores.append((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
     return float(np.mean(scores))
+
+
+def test_run_fails_when_nothing_could_be_aligned(tmp_path):
+    write_simulated_tilt_series(tmp_path, "TS_only", shape=(96, 96), n_views=15, seed=9, **SIM)
+    project = create_project("allfailed")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    corrupt_file(tmp_path / "TS_only.mrc", "garbage")
+    prot = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=1),
+                           expect_finished=False)
+    assert prot.isFailed()
+    assert "No tilt series could be aligned" in prot.getErrorMessage()
+    assert sorted(read_tilt_series_set(project, prot, cts.OUTPUT_FAILED_TILT_SERIES)) == ["TS_only"]
+    assert read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES) == {}
