@@ -363,10 +363,11 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
     def _setTorchThreads(self, parallelSteps: int):
         import torch
 
-        nThreads = torch_threads_per_step(parallelSteps)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        nThreads = torch_threads_per_step(parallelSteps, cpus)
         torch.set_num_threads(nThreads)
         self.info(f"{parallelSteps} tilt series at a time x {nThreads} torch thread(s) each "
-                  f"({os.cpu_count()} CPUs)")
+                  f"({cpus} CPUs available)")
 
     def _engineKwargs(self) -> dict:
         values = {name: self.getAttributeValue(name, default)
