@@ -15,7 +15,6 @@ copy, run with ``TILTXCORR_UPDATE_DOCS=1``: it is then written to
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from scipion_helpers import (
     new_prealignment,
     write_simulated_tilt_series,
 )
+from xvfb import virtual_display
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS_SCREENSHOT = REPO / "docs" / "protocol_form.png"
@@ -49,56 +49,11 @@ MAIN_PARAMS = {
 }
 
 
-def _require_programs() -> None:
-    """Fail (not skip) with the fix when the virtual screen tools are missing."""
-    missing = [name for name in ("Xvfb", "xwd", "convert") if shutil.which(name) is None]
-    if not missing:
-        version = subprocess.run(["convert", "-version"], capture_output=True, text=True)
-        if "ImageMagick" not in version.stdout:
-            missing.append("convert (ImageMagick; the one on PATH is not)")
-    if missing:
-        pytest.fail(
-            f"GUI form test needs {', '.join(missing)}: Debian packages xvfb, x11-apps and "
-            "imagemagick. Install them with `bash scripts/install-system-deps.sh` (run by "
-            "`make test`) or `apt-get install xvfb x11-apps imagemagick`.", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def x_display() -> Iterator[str]:
-    """A running Xvfb on a display it picked itself (``-displayfd``); stopped afterwards.
-
-    ``DISPLAY`` is set for this process while the module runs.
-    """
-    _require_programs()
-    read_fd, write_fd = os.pipe()
-    xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", SCREEN, "-nolisten", "tcp"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    os.close(write_fd)
-    saved = os.environ.get("DISPLAY")
-    try:
-        number = b""
-        while not number.endswith(b"\n"):  # Xvfb writes the number once it accepts clients
-            chunk = os.read(read_fd, 16)
-            if not chunk:
-                error = xvfb.stderr.read().decode(errors="replace") if xvfb.poll() is not None else ""
-                pytest.fail(f"Xvfb did not start: {error[-2000:]}", pytrace=False)
-            number += chunk
-        display = f":{number.decode().strip()}"
-        os.environ["DISPLAY"] = display
+    """A running Xvfb for this module, ``DISPLAY`` set; stopped afterwards."""
+    with virtual_display(SCREEN) as display:
         yield display
-    finally:
-        os.close(read_fd)
-        if saved is None:
-            os.environ.pop("DISPLAY", None)
-        else:
-            os.environ["DISPLAY"] = saved
-        xvfb.terminate()
-        try:
-            xvfb.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            xvfb.kill()
-            xvfb.wait(timeout=10)
 
 
 def _screenshot(display: str, geometry: tuple[int, int, int, int], path: Path) -> None:

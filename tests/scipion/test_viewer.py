@@ -15,8 +15,10 @@ from scipion_helpers import (
     launch_and_wait,
     new_prealignment,
     read_tilt_series_set,
+    reload_protocol,
     write_simulated_tilt_series,
 )
+from xvfb import virtual_display
 
 from tiltxcorr_scipion import constants as cts
 from tiltxcorr_scipion.convert.imod import read_tlt, read_xf
@@ -46,7 +48,7 @@ def run(tmp_path_factory):
 
 
 def output_tilt_series(project, prot):
-    prot = project.getProtocol(prot.getObjId())
+    prot = reload_protocol(project, prot)
     return prot, next(iter(getattr(prot, cts.OUTPUT_TILT_SERIES).iterItems()))
 
 
@@ -92,7 +94,7 @@ def test_protocol_viewer_builds_the_plot_and_the_report(run):
 def test_extra_files_written_by_the_protocol(run):
     """The protocol calls the IMOD writer and the plot writer for each tilt series."""
     project, prot, _ = run
-    prot = project.getProtocol(prot.getObjId())
+    prot = reload_protocol(project, prot)
     extra = Path(prot._getExtraPath())
     record = read_tilt_series_set(project, prot)["TS_01"]
     registered = record.transforms[np.argsort(record.stack_indices, kind="stable")]
@@ -110,39 +112,9 @@ def test_extra_files_written_by_the_protocol(run):
 # --------------------------------------------------------------------------- the real GUI
 @pytest.fixture
 def x_display():
-    """Xvfb on a display it picks itself (``-displayfd``), ``DISPLAY`` set; stopped afterwards."""
-    import os
-    import shutil
-    import subprocess
-
-    missing = [name for name in ("Xvfb", "xwd", "convert") if shutil.which(name) is None]
-    if missing:
-        pytest.fail(f"the viewer GUI test needs {', '.join(missing)}: run "
-                    "`bash scripts/install-system-deps.sh` (Debian xvfb, x11-apps, imagemagick)",
-                    pytrace=False)
-    read_fd, write_fd = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1600x1024x24",
-                             "-nolisten", "tcp"], pass_fds=(write_fd,),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write_fd)
-    saved = os.environ.get("DISPLAY")
-    try:
-        number = b""
-        while not number.endswith(b"\n"):
-            chunk = os.read(read_fd, 16)
-            if not chunk:
-                pytest.fail("Xvfb did not start", pytrace=False)
-            number += chunk
-        os.environ["DISPLAY"] = f":{number.decode().strip()}"
-        yield os.environ["DISPLAY"]
-    finally:
-        os.close(read_fd)
-        if saved is None:
-            os.environ.pop("DISPLAY", None)
-        else:
-            os.environ["DISPLAY"] = saved
-        xvfb.terminate()
-        xvfb.wait(timeout=10)
+    """Xvfb with ``DISPLAY`` set for one test; stopped afterwards."""
+    with virtual_display("1600x1024x24") as display:
+        yield display
 
 
 def test_viewer_opens_in_scipions_gui(run, x_display, tmp_path):
@@ -158,7 +130,7 @@ def test_viewer_opens_in_scipions_gui(run, x_display, tmp_path):
     from pyworkflow.viewer import DESKTOP_TKINTER
 
     project, prot, _ = run
-    prot = project.getProtocol(prot.getObjId())
+    prot = reload_protocol(project, prot)
     assert TiltxcorrPrealignmentViewer in pw.Config.getDomain().findViewers(prot, DESKTOP_TKINTER)
 
     Plotter.setBackend("TkAgg")  # what Scipion's project window does

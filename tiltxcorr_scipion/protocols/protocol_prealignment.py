@@ -7,7 +7,6 @@ maths live in `tiltxcorr_scipion.convert` (unit-tested without Scipion).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -44,13 +43,6 @@ from tiltxcorr_scipion.convert.engine_args import (
 logger = logging.getLogger(__name__)
 
 FEW_VIEWS_WARNING = 10
-
-
-def _module_available(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ImportError:
-        return False
 
 
 class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
@@ -101,7 +93,7 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
                            "unaligned. If the tilt series already carry an alignment, it is "
                            "applied to the images first and the new shifts are added to it.")
         form.addParam("tiltAxisAngle", params.FloatParam, default=None, allowsNull=True,
-                      label="Tilt axis angle (deg)",
+                      label="Tilt axis angle (deg; empty = from input)",
                       help="Angle of the tilt axis in the raw images, from the Y axis, "
                            "counter-clockwise positive (IMOD's RotationAngle). Leave empty "
                            "to use the value stored in each tilt series' acquisition "
@@ -139,21 +131,25 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
         form.addParam("cumulativeCorrelation", params.BooleanParam,
                       default=FORM_DEFAULTS["cumulativeCorrelation"],
                       label="Cumulative correlation",
-                      help="Correlate each view with the sum of the already aligned "
-                           "lower-tilt views instead of its single neighbour (IMOD "
-                           "-cumulative). Helps with thick or low-contrast specimens; "
-                           "slower.")
+                      help="In the final pass, correlate each view with the equally weighted "
+                           "sum of all already aligned lower-tilt views of its side (IMOD "
+                           "-cumulative). By default the reference already sums several "
+                           "lower-tilt views with weights falling by 0.75 per view, which beats "
+                           "noise without blurring thick specimens; equal weights average "
+                           "noise further (very noisy, thin specimens) but blur thick ones.")
         form.addParam("binning", params.IntParam, default=FORM_DEFAULTS["binning"],
                       validators=[params.GE(0)],
-                      label="Binning",
+                      label="Binning (0 = auto)",
                       help="Reduce the images by this factor before correlating. 0 = "
                            "automatic (as tiltxcorr: down to at most ~1180 pixels, at most "
                            "4x). Shifts are always reported in the tilt series' own pixels.")
         form.addParam("subpixelRefinement", params.BooleanParam,
                       default=FORM_DEFAULTS["subpixelRefinement"],
                       label="Sub-pixel refinement",
-                      help="Refine each correlation peak to a fraction of a pixel (parabolic "
-                           "fit on the re-stretched image). Turn off only for speed tests.")
+                      help="Locate each correlation peak exactly: climb to the maximum of the "
+                           "filtered correlation itself (Newton's method on its Fourier "
+                           "series), to about 0.005 px on clean data. No: a parabola through "
+                           "the grid maximum, faster but biased towards whole pixels.")
 
         group = form.addGroup("Advanced", expertLevel=params.LEVEL_ADVANCED)
         group.addParam("taperFraction", params.FloatParam,
@@ -474,25 +470,25 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
         tsId = table.ts_id
         notes = []
         stackOrder = np.argsort(table.stack_indices, kind="stable")
-        if _module_available("tiltxcorr_scipion.convert.imod"):
-            try:
-                from tiltxcorr_scipion.convert.imod import write_imod_files
+        # imported here: plugin discovery (every Scipion process) need not load
+        # matplotlib or torch
+        from tiltxcorr_scipion.convert.imod import write_imod_files
+        from tiltxcorr_scipion.plots import save_alignment_plot
 
-                write_imod_files(self._getExtraPath(), tsId, outcome.transforms[stackOrder],
-                                 table.tilt_angles[stackOrder])
-            except Exception as exc:
-                self.warning(f"Tilt series {tsId}: IMOD files not written: {exc}")
-        if _module_available("tiltxcorr_scipion.plots"):
-            t = time.perf_counter()
-            try:
-                from tiltxcorr_scipion.plots import save_alignment_plot
-
-                save_alignment_plot(self._getExtraPath(f"{tsId}{cts.PLOT_SUFFIX}"), tsId,
-                                    table.tilt_angles, outcome.shifts, table.enabled,
-                                    outcome.correlation)
-            except Exception as exc:
-                self.warning(f"Tilt series {tsId}: alignment plot not written: {exc}")
-            notes.append(f"plot {time.perf_counter() - t:.2f} s")
+        try:
+            write_imod_files(self._getExtraPath(), tsId, outcome.transforms[stackOrder],
+                             table.tilt_angles[stackOrder])
+        except Exception as exc:
+            self.warning(f"Tilt series {tsId}: IMOD files not written: {exc}")
+        t = time.perf_counter()
+        try:
+            # view numbers are stack positions, as in the viewer and the IMOD files
+            save_alignment_plot(self._getExtraPath(f"{tsId}{cts.PLOT_SUFFIX}"), tsId,
+                                table.tilt_angles, outcome.shifts, table.enabled,
+                                outcome.correlation, view_numbers=table.stack_indices)
+        except Exception as exc:
+            self.warning(f"Tilt series {tsId}: alignment plot not written: {exc}")
+        notes.append(f"plot {time.perf_counter() - t:.2f} s")
         if self.getAttributeValue("writeAlignedStacks", False):
             t = time.perf_counter()
             self._writeInterpolated(table, outcome, inTs, items, stackOrder)
@@ -502,9 +498,6 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
     def _writeInterpolated(self, table: ViewTable, outcome: AlignmentOutcome, inTs, items,
                            stackOrder: np.ndarray):
         tsId = table.ts_id
-        if not _module_available("tiltxcorr_scipion.convert.aligned_stack"):
-            self.warning(f"Tilt series {tsId}: aligned stacks are not available in this version")
-            return
         if len(set(table.file_names)) != 1 or not np.array_equal(
                 np.sort(table.stack_indices), np.arange(1, table.n_views + 1)):
             self.warning(f"Tilt series {tsId}: views are not one complete stack; "
