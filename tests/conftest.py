@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 _SCIPION_ROOT = Path(tempfile.mkdtemp(prefix="tiltxcorr-scipion-tests-")).resolve()
 
 os.environ["SCIPION_DOMAIN"] = "pwem"
@@ -43,3 +45,26 @@ except ImportError:  # engine-only environment: Scipion tests will fail loudly o
 
 def pytest_report_header(config):
     return f"scipion test root: {_SCIPION_ROOT}"
+
+
+@pytest.fixture(scope="session")
+def _xvfb_server():
+    """One Xvfb for every GUI test of the session; stopped at the end."""
+    from xvfb import virtual_display
+
+    with virtual_display() as display:
+        yield display
+
+
+@pytest.fixture
+def x_display(_xvfb_server):
+    """The session's virtual screen (``DISPLAY`` set), with pyworkflow's Tk state reset.
+
+    pyworkflow caches Tk images in a module dict; they belong to the Tk
+    interpreter that made them, which an earlier GUI test has destroyed.
+    """
+    from pyworkflow.gui import gui as pyworkflow_gui
+
+    pyworkflow_gui.image_cache.clear()
+    yield _xvfb_server
+    pyworkflow_gui.image_cache.clear()

@@ -1,4 +1,10 @@
-"""A virtual X screen (Debian's Xvfb) for the tests that open Scipion's Tk GUI."""
+"""A virtual X screen (Debian's Xvfb) for the tests that open Scipion's Tk GUI.
+
+One screen serves the whole test session (fixture ``x_display`` in
+conftest.py): pyworkflow keeps Tk state between windows, and if the X server
+of an earlier test were gone, Xlib's I/O error handler would end the whole
+pytest process at the next GUI test.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ def require_x_programs() -> None:
 
 
 @contextmanager
-def virtual_display(screen: str = "1280x1024x24") -> Iterator[str]:
+def virtual_display(screen: str = "1600x1024x24") -> Iterator[str]:
     """Run Xvfb on a display it picks itself (``-displayfd``), with ``DISPLAY`` set.
 
     Yields the display name; Xvfb is stopped and ``DISPLAY`` restored afterwards.

@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--max-shift", metavar="PX", type=_positive_float,
                         help="largest shift between neighbouring views, in stack pixels "
                              "(default: any)")
-    engine.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bicubic",
-                        help="resampling for the cosine stretch; default bicubic")
+    engine.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bilinear",
+                        help="resampling for the cosine stretch; default bilinear")
     engine.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to compute: 'cuda' (a GPU), 'cpu', or 'auto' (the GPU if "
                              "torch sees one); default auto")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,10 @@ from scipion_helpers import (
     new_prealignment,
     write_simulated_tilt_series,
 )
-from xvfb import virtual_display
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS_SCREENSHOT = REPO / "docs" / "protocol_form.png"
 ACQUISITION_AXIS = 72.5  # the import's tilt axis, the value the wizard must fetch
-SCREEN = "1280x1024x24"
 GUI_TIMEOUT_MS = 60_000
 
 #: Parameters a user must find on the first tab, with a word their label must hold.
@@ -48,12 +45,6 @@ MAIN_PARAMS = {
     "writeAlignedStacks": "aligned",
 }
 
-
-@pytest.fixture(scope="module")
-def x_display() -> Iterator[str]:
-    """A running Xvfb for this module, ``DISPLAY`` set; stopped afterwards."""
-    with virtual_display(SCREEN) as display:
-        yield display
 
 
 def _screenshot(display: str, geometry: tuple[int, int, int, int], path: Path) -> None:

@@ -18,7 +18,6 @@ from scipion_helpers import (
     reload_protocol,
     write_simulated_tilt_series,
 )
-from xvfb import virtual_display
 
 from tiltxcorr_scipion import constants as cts
 from tiltxcorr_scipion.convert.imod import read_tlt, read_xf
@@ -110,11 +109,7 @@ def test_extra_files_written_by_the_protocol(run):
 
 
 # --------------------------------------------------------------------------- the real GUI
-@pytest.fixture
-def x_display():
-    """Xvfb with ``DISPLAY`` set for one test; stopped afterwards."""
-    with virtual_display("1600x1024x24") as display:
-        yield display
+
 
 
 def test_viewer_opens_in_scipions_gui(run, x_display, tmp_path):
