@@ -12,11 +12,16 @@ Outline:
 3. The measured shift `s` lays the stretched outer view on the inner one. With
    `e` the alignment shift of a view (content moves by `+e`), the geometry gives
    `e_outer = K^-1 (e_inner + s)` with `K` the stretch: the running shift is
-   carried into the stretched frame, which keeps the tilt axis at the centre
-   (IMOD's "adjust the shift to bring the tilt axis to the true center").
-4. Optionally (`cumulative=True`), IMOD's cumulative correlation: each outer
-   view is correlated with the sum of all already aligned views of its branch,
-   each brought into the frame of the inner view.
+   carried into the stretched frame, which keeps the tilt axis at the image
+   centre (IMOD's "adjust the shift to bring the tilt axis to the true center").
+   Steps 2-3 run on 2x or 4x binned copies of large views ("stage 1"): they
+   only have to land within a pixel.
+4. Stage 2, at full working resolution: every view, moved by its estimate, is
+   stretched once into the reference view's frame and correlated with a
+   weighted sum of the lower-tilt views of its branch (weights 1,
+   `reference_memory`, `reference_memory**2`...; all 1 with `cumulative=True`,
+   IMOD's CumulativeCorrelation). The residual shifts follow from a linear
+   recursion (`refine_in_reference_frame`).
 """
 
 from __future__ import annotations
@@ -180,14 +185,12 @@ def align_tilt_series(
     views = bin_stack(tilt_series.detach(), factor)  # (b, hb, wb) float32
     centre = binned_centre(shape, factor).to(device)
     _, across = axis_directions(tilt_axis_angle, device=device)
-    correlator = PairCorrelator(work_shape, correlation_filter, taper_fraction=taper_fraction,
-                                pad_fraction=pad_fraction, device=device)
     reference, pairs = chain_pairs(angles)
     n_views = angles.numel()
     binned_max_shift = None if max_shift is None else max_shift / factor
 
-    # Stage 1: neighbour pairs, on 2x binned views when they are large enough
-    # (it only has to land within a pixel or so), chained into first estimates.
+    # Stage 1: neighbour pairs, on 2x or 4x binned views when they are large
+    # enough (it only has to land within a pixel or so), chained into estimates.
     if min(work_shape) >= PREVIEW_MIN_SIZE:
         extra = 4 if min(work_shape) >= 4 * PREVIEW_MIN_SIZE and max(work_shape) >= 1024 else 2
         stage1_views = bin_stack(views, extra)
@@ -197,9 +200,11 @@ def align_tilt_series(
         stage1_centre = binned_centre(shape, extra * factor).to(device)
         stage1_scale = float(extra)
     else:
-        stage1_views, stage1_correlator, stage1_centre, stage1_scale = (
-            views, correlator, centre, 1.0)
-    pair_shifts, ncc, peak = _correlate_neighbours(
+        stage1_views, stage1_centre, stage1_scale = views, centre, 1.0
+        stage1_correlator = PairCorrelator(work_shape, correlation_filter,
+                                           taper_fraction=taper_fraction,
+                                           pad_fraction=pad_fraction, device=device)
+    pair_shifts, _, _ = _correlate_neighbours(
         stage1_views, angles, pairs, stage1_correlator, across, stage1_centre, refine=refine,
         max_shift=None if binned_max_shift is None else binned_max_shift / stage1_scale,
         interpolation=interpolation)
