@@ -193,7 +193,11 @@ class ProtTiltxcorrPrealignment(EMProtocol, ProtTomoBase, ProtStreamingBase):
                             "available.")
         form.addHidden(params.GPU_LIST, params.StringParam, default="0",
                        label="GPU IDs",
-                       help="GPUs to use, e.g. '0 1': N GPUs align N tilt series at a time.")
+                       help="Yes: align on CUDA GPUs, each tilt series step booking one GPU "
+                            "from this list, e.g. '0 1': N GPUs align N tilt series at a time. "
+                            "If torch sees no CUDA device the steps say so in the log and run "
+                            "on the CPU. No: CPU only; the threads below set how many tilt "
+                            "series are aligned at a time.")
         form.addParallelSection(threads=3, mpi=0)
 
     # ------------------------------------------------------------------ steps
