@@ -4,14 +4,13 @@ They keep literal copies (so that --help and plugin discovery need not import
 torch); this test keeps the copies true.
 """
 
-import inspect
+from dataclasses import fields
 
-from tiltxcorr_scipion.alignment import align_tilt_series
 from tiltxcorr_scipion.cli import build_parser
 from tiltxcorr_scipion.convert.engine_args import FORM_DEFAULTS, engine_kwargs_from_form
+from tiltxcorr_scipion.options import CoarseOptions
 
-ENGINE = {name: p.default for name, p in inspect.signature(align_tilt_series).parameters.items()
-          if p.kind is inspect.Parameter.KEYWORD_ONLY}
+ENGINE = {field.name: field.default for field in fields(CoarseOptions)}
 
 CLI_TO_ENGINE = {
     "low_pass": "low_pass_cutoff", "low_pass_sigma": "low_pass_sigma",

@@ -7,10 +7,26 @@
 `shifts` is `(b, 2)` `(dy, dx)` in input pixels: moving the content of each
 view by `+shift` aligns it; the lowest-|tilt| view gets `(0, 0)`.
 `align_tilt_series` takes the same arguments and returns a `TiltxcorrResult`
-with per-view correlation scores too.
+with per-view correlation scores too. `bin_chunks` and `align_binned_views`
+do the same on views that arrive a few at a time (a stack read from disk),
+so that only the binned views are ever held in memory.
 """
 
-from .core import align_tilt_series, chain_pairs, tiltxcorr
+from ..options import CoarseOptions, OptionError
+from .binning import BinnedViews, bin_chunks
+from .core import align_binned_views, align_tilt_series, chain_pairs, tiltxcorr
 from .result import TiltxcorrResult
+from .validation import ViewError
 
-__all__ = ["tiltxcorr", "align_tilt_series", "TiltxcorrResult", "chain_pairs"]
+__all__ = [
+    "BinnedViews",
+    "CoarseOptions",
+    "OptionError",
+    "TiltxcorrResult",
+    "ViewError",
+    "align_binned_views",
+    "align_tilt_series",
+    "bin_chunks",
+    "chain_pairs",
+    "tiltxcorr",
+]

@@ -1,64 +1,157 @@
-"""Binning: reduce large views before correlating, as IMOD's tiltxcorr does."""
+"""Binning: average blocks of pixels, centred on the view, as IMOD does.
+
+One convention for everything that bins (the correlation, the aligned stacks):
+a side of `n` pixels binned by `f` keeps `n // f` whole blocks, centred on the
+view; the `n % f` leftover pixels are trimmed from both edges, the odd one (if
+any) from the high edge. IMOD's tiltxcorr and newstack also centre the binned
+pixels on the view (they keep the leftover pixels in partial blocks at the
+edges instead, which the taper removes anyway). Centring keeps the image
+centre, where the tilt axis passes, at the same place in every binning; a
+block average keeps the mean density.
+
+Views are binned a chunk at a time as they arrive (`bin_chunks`), so a large
+stack never exists in memory at full size, and their pixels are checked on
+the way (`ViewError` for NaN, infinite or constant views).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-AUTO_MAX_SIZE = 1180  # IMOD reduces views to at most about this many pixels
-AUTO_MAX_BINNING = 4
+from .validation import ViewError
+
+__all__ = ["BinnedViews", "bin_chunks", "bin_stack", "bin_views", "binned_shape"]
 
 
-def resolve_binning(binning: int | str, shape: tuple[int, int]) -> int:
-    """The binning factor to use: `binning` itself, or for ``"auto"`` the smallest
-    factor (up to 4) that brings the larger side to at most 1180 pixels."""
-    if binning == "auto" or binning == 0:
-        size = max(shape)
-        for factor in range(1, AUTO_MAX_BINNING + 1):
-            if size / factor <= AUTO_MAX_SIZE:
-                return factor
-        return AUTO_MAX_BINNING
-    if isinstance(binning, bool) or not isinstance(binning, int) or binning < 1:
-        raise ValueError(f"binning must be 'auto' (or 0) or a positive integer, got {binning!r}")
-    return binning
+def _trim(n: int, factor: int) -> int:
+    """Pixels trimmed from the low edge of an `n`-pixel side binned by `factor`."""
+    return (n - (n // factor) * factor) // 2
 
 
 def binned_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
-    """`(h // factor, w // factor)`: trailing rows and columns that do not fill a bin are dropped."""
+    """`(h // factor, w // factor)`: the whole blocks of a view binned by `factor`."""
     return shape[0] // factor, shape[1] // factor
 
 
-def binned_centre(shape: tuple[int, int], factor: int) -> torch.Tensor:
-    """The input's geometric centre `(2,)` in binned pixel coordinates.
-
-    Binned pixel j covers input pixels `j*factor .. j*factor + factor - 1`, so
-    its centre is input `j*factor + (factor - 1)/2`. When a side is not a
-    multiple of `factor` the binned image's own centre differs from this by a
-    fraction of a pixel; the stretch must use this one.
-    """
-    h, w = shape
-    return torch.tensor([((h - 1) / 2 - (factor - 1) / 2) / factor,
-                         ((w - 1) / 2 - (factor - 1) / 2) / factor], dtype=torch.float64)
-
-
 def bin_views(views: torch.Tensor, factor: int) -> torch.Tensor:
-    """Average `factor x factor` blocks of `(n, h, w)` views, in float32: `(n, h//f, w//f)`."""
+    """Average `factor x factor` blocks of `(n, h, w)` views, centred: `(n, h//f, w//f)` float32."""
     views = views.to(torch.float32)
     if factor == 1:
         return views
-    return F.avg_pool2d(views[:, None], kernel_size=factor, stride=factor)[:, 0]
+    h, w = views.shape[-2:]
+    hb, wb = binned_shape((h, w), factor)
+    top, left = _trim(h, factor), _trim(w, factor)
+    block = views[:, top:top + hb * factor, left:left + wb * factor]
+    return F.avg_pool2d(block[:, None], kernel_size=factor, stride=factor)[:, 0]
 
 
-def bin_stack(stack: torch.Tensor, factor: int, chunk_bytes: int = 256 << 20) -> torch.Tensor:
+@dataclass(frozen=True)
+class BinnedViews:
+    """Views binned for the correlation, and where their pixels lie in the input.
+
+    Attributes
+    ----------
+    views
+        `(b, hb, wb)` float32 binned views.
+    factor
+        Binning factor relative to the input views.
+    full_shape
+        `(h, w)` of the input views.
+    origin
+        `(row, col)` input pixel where binned pixel `(0, 0)`'s block starts:
+        binned pixel `j` averages input pixels `origin + j*factor` to
+        `origin + j*factor + factor - 1`.
+    """
+
+    views: torch.Tensor
+    factor: int
+    full_shape: tuple[int, int]
+    origin: tuple[int, int]
+
+    @property
+    def centre(self) -> torch.Tensor:
+        """The input's centre `((h-1)/2, (w-1)/2)` in binned pixel coordinates, `(2,)` float64.
+
+        Input pixel `x` sits at binned coordinate `(x - origin - (factor - 1)/2) / factor`.
+        When a leftover is odd the binned view's own centre differs from this
+        by a fraction of a pixel; the geometry must use this one.
+        """
+        h, w = self.full_shape
+        f = self.factor
+        return torch.tensor([((h - 1) / 2 - self.origin[0] - (f - 1) / 2) / f,
+                             ((w - 1) / 2 - self.origin[1] - (f - 1) / 2) / f],
+                            dtype=torch.float64, device=self.views.device)
+
+    def rebinned(self, extra: int) -> BinnedViews:
+        """These views binned `extra` times more (same centring rule), `factor * extra` in all."""
+        hb, wb = self.views.shape[-2:]
+        return BinnedViews(
+            views=bin_views(self.views, extra),
+            factor=self.factor * extra,
+            full_shape=self.full_shape,
+            origin=(self.origin[0] + _trim(hb, extra) * self.factor,
+                    self.origin[1] + _trim(wb, extra) * self.factor),
+        )
+
+
+def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[int, int],
+               factor: int, *, device: torch.device | str | None = None) -> BinnedViews:
+    """Bin views that arrive a few at a time, checking their pixels.
+
+    Parameters
+    ----------
+    chunks
+        `(k, h, w)` tensors (any real dtype, any device), consecutive views
+        in order, `n_views` in all.
+    full_shape
+        `(h, w)` of every view.
+    device
+        Where the binned views are kept (default: the first chunk's device).
+
+    Raises
+    ------
+    ViewError
+        After all chunks are read: the views (0-based, in arrival order) with
+        NaN or infinite pixels, else those that are constant (blank).
+    """
+    hb, wb = binned_shape(full_shape, factor)
+    out = None
+    start = 0
+    non_finite: list[int] = []
+    constant: list[int] = []
+    for chunk in chunks:
+        if out is None:
+            target = chunk.device if device is None else torch.device(device)
+            out = torch.empty(n_views, hb, wb, dtype=torch.float32, device=target)
+        if tuple(chunk.shape[-2:]) != tuple(full_shape) or start + chunk.shape[0] > n_views:
+            raise ValueError(f"views {start}..{start + chunk.shape[0] - 1} have shape "
+                             f"{tuple(chunk.shape[1:])}, expected {n_views} views of "
+                             f"{tuple(full_shape)}")
+        binned = bin_views(chunk.to(out.device), factor)
+        low, high = torch.aminmax(binned.flatten(1), dim=1)  # one pass; NaN and inf show here
+        finite = torch.isfinite(low) & torch.isfinite(high)
+        non_finite += (torch.nonzero(~finite).flatten() + start).tolist()
+        constant += (torch.nonzero(finite & (high <= low)).flatten() + start).tolist()
+        out[start:start + binned.shape[0]] = binned
+        start += binned.shape[0]
+    if start != n_views:
+        raise ValueError(f"got {start} views, expected {n_views}")
+    if non_finite:
+        raise ViewError(non_finite, "NaN or infinite pixels; the stack file may be corrupt: "
+                                    "exclude or repair the view")
+    if constant:
+        raise ViewError(constant, "constant (blank) image, nothing to correlate: exclude the view")
+    top, left = _trim(full_shape[0], factor), _trim(full_shape[1], factor)
+    return BinnedViews(views=out, factor=factor, full_shape=tuple(full_shape), origin=(top, left))
+
+
+def bin_stack(stack: torch.Tensor, factor: int, chunk_bytes: int = 256 << 20) -> BinnedViews:
     """Bin a whole `(b, h, w)` stack a few views at a time (no full-size float copy)."""
     b, h, w = stack.shape
-    if factor == 1 and stack.dtype == torch.float32:
-        return stack
-    hb, wb = binned_shape((h, w), factor)
-    out = torch.empty(b, hb, wb, dtype=torch.float32, device=stack.device)
     per_chunk = max(1, math.floor(chunk_bytes / (h * w * 4)))
-    for start in range(0, b, per_chunk):
-        out[start:start + per_chunk] = bin_views(stack[start:start + per_chunk], factor)
-    return out
+    return bin_chunks(stack.split(per_chunk), b, (h, w), factor)

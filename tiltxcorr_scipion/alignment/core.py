@@ -31,13 +31,13 @@ from collections.abc import Callable
 
 import torch
 
-from .binning import bin_stack, binned_centre, binned_shape, resolve_binning
+from ..options import MIN_BINNED_SIZE, CoarseOptions, resolve_binning
+from .binning import BinnedViews, bin_stack, binned_shape
 from .correlate import CorrelationFilter, PairCorrelator
 from .geometry import axis_directions, stretch_factors, stretch_images, unstretch_shifts
 from .result import TiltxcorrResult
-from .validation import check_tilt_series
+from .validation import check_angles, check_stack
 
-MIN_BINNED_SIZE = 24
 WORKING_BYTES = 384 << 20  # rough budget for the temporaries of one chunk of pairs
 
 
@@ -84,19 +84,8 @@ def align_tilt_series(
     tilt_angles,
     tilt_axis_angle: float,
     *,
-    low_pass_cutoff: float = 0.25,
-    low_pass_sigma: float = 0.05,
-    high_pass_sigma: float = 0.03,
-    high_pass_radius: float = 0.0,
-    taper_fraction: float = 0.1,
-    pad_fraction: float = 0.05,
-    binning: int | str = "auto",
-    cumulative: bool = False,
-    reference_memory: float = 0.75,
-    refine: bool = True,
-    max_shift: float | None = None,
-    interpolation: str = "bilinear",
     progress: Callable[[int, int], None] | None = None,
+    **options,
 ) -> TiltxcorrResult:
     """Align a tilt series by stretched cross-correlation of neighbouring views.
 
@@ -111,38 +100,18 @@ def align_tilt_series(
         Degrees from the image Y axis, counter-clockwise positive (IMOD's
         RotationAngle, Scipion's tiltAxisAngle). In `(row, col)` index space
         the axis points along `(cos a, -sin a)`.
-    low_pass_cutoff, low_pass_sigma, high_pass_sigma, high_pass_radius
-        IMOD's filter on the correlation (-radius2, -sigma2, -sigma1,
-        -radius1), in cycles per binned pixel (0.5 is Nyquist). Defaults are
-        IMOD's recommended 0.25, 0.05, 0.03 and 0.
-    taper_fraction
-        Width of the edge taper, as a fraction of each side (at least 5 px).
-    pad_fraction
-        Zero padding on each side, as a fraction of the size (at most 20 px).
-    binning
-        ``"auto"`` (or 0): bin so that the views are at most 1180 pixels, up to
-        4x, as IMOD does; or an integer factor. Shifts are always returned in
-        input pixels.
-    cumulative
-        IMOD's CumulativeCorrelation: in the final pass, correlate each view
-        with the equally weighted sum of all already aligned lower-tilt views
-        of its branch (sets `reference_memory` to 1).
-    reference_memory
-        In the final pass each view is correlated with a weighted sum of the
-        lower-tilt views of its branch, the neighbour weighing 1, the next
-        `reference_memory`, then `reference_memory**2`... 0 uses the neighbour
-        alone (IMOD's default scheme); larger values average noise over more
-        views, smaller ones suit thick specimens, whose distant views differ.
-    refine
-        Locate each peak exactly on the band-limited correlation (Newton's
-        method on its Fourier series). False: parabolic fit on a coarse grid.
-    max_shift
-        Largest shift (input pixels) accepted between neighbouring views
-        (None: any shift the correlation can hold).
-    interpolation
-        ``"bicubic"`` or ``"bilinear"`` resampling for the stretch.
     progress
         Called as `progress(done, total)` while pairs are correlated.
+    **options
+        The fields of `tiltxcorr_scipion.options.CoarseOptions`, with IMOD's
+        defaults: `low_pass_cutoff` (0.25), `low_pass_sigma` (0.05),
+        `high_pass_sigma` (0.03), `high_pass_radius` (0; all four in cycles
+        per binned pixel, IMOD's -radius2, -sigma2, -sigma1, -radius1),
+        `taper_fraction` (0.1), `pad_fraction` (0.05), `binning` ("auto": at
+        most 1180 px, up to 4x; or an integer), `cumulative` (False),
+        `reference_memory` (0.75), `refine` (True: exact sub-pixel peaks),
+        `max_shift` (None: any; input pixels between neighbours),
+        `interpolation` ("bilinear" or "bicubic").
 
     Returns
     -------
@@ -155,70 +124,93 @@ def align_tilt_series(
     ------
     ValueError
         For input that cannot be aligned: fewer than 2 views, an angle count
-        that does not match, NaN or infinite pixels, blank views, |tilt| > 82,
-        views too small for the taper, parameters out of range.
+        that does not match, |tilt| > 82, views too small for the taper,
+        options out of range (`OptionError`); `ViewError` (naming the views by
+        their 0-based index in `tilt_series`) for NaN, infinite or blank views.
     """
-    correlation_filter = CorrelationFilter(high_pass_sigma, high_pass_radius,
-                                           low_pass_cutoff, low_pass_sigma)
-    correlation_filter.check()
-    if not 0 <= taper_fraction < 0.5:
-        raise ValueError(f"taper_fraction must be in [0, 0.5), got {taper_fraction}")
-    if not 0 <= pad_fraction <= 0.5:
-        raise ValueError(f"pad_fraction must be in [0, 0.5], got {pad_fraction}")
-    if max_shift is not None and not (math.isfinite(max_shift) and max_shift > 0):
-        raise ValueError(f"max_shift must be a positive number of pixels or None, got {max_shift}")
-    if interpolation not in ("bicubic", "bilinear"):
-        raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
-    if not isinstance(tilt_series, torch.Tensor) or tilt_series.ndim != 3:
-        # let the validator word the error
-        check_tilt_series(tilt_series, tilt_angles, tilt_axis_angle, min_size=MIN_BINNED_SIZE)
-    shape = (int(tilt_series.shape[-2]), int(tilt_series.shape[-1]))
+    opts = CoarseOptions.from_kwargs(**options)
+    b, h, w = check_stack(tilt_series)
+    factor = check_binned_size((h, w), opts.binning)
+    angles = check_angles(tilt_angles, b, tilt_axis_angle)
+    binned = bin_stack(tilt_series.detach(), factor)
+    return _align(binned, angles, tilt_axis_angle, opts, progress)
+
+
+def align_binned_views(
+    binned: BinnedViews,
+    tilt_angles,
+    tilt_axis_angle: float,
+    options: CoarseOptions | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> TiltxcorrResult:
+    """`align_tilt_series` on views binned already (e.g. by `bin_chunks` as they were read).
+
+    `options.binning` is not used: the views' own binning is. Everything
+    else, including the result, is as in `align_tilt_series`.
+    """
+    opts = CoarseOptions() if options is None else options
+    check_binned_size(binned.full_shape, binned.factor)
+    angles = check_angles(tilt_angles, binned.views.shape[0], tilt_axis_angle)
+    return _align(binned, angles, tilt_axis_angle, opts, progress)
+
+
+def check_binned_size(shape: tuple[int, int], binning: int | str) -> int:
+    """The binning factor for views of `shape`; a ValueError when they are too small for it."""
     factor = resolve_binning(binning, shape)
     work_shape = binned_shape(shape, factor)
-    if min(work_shape) < MIN_BINNED_SIZE:
-        raise ValueError(f"views of {shape[0]} x {shape[1]} pixels binned by {factor} are "
-                         f"{work_shape[0]} x {work_shape[1]}: at least {MIN_BINNED_SIZE} pixels "
-                         "per side are needed; use a smaller binning")
-    angles = check_tilt_series(tilt_series, tilt_angles, tilt_axis_angle, min_size=MIN_BINNED_SIZE)
+    if min(work_shape) >= MIN_BINNED_SIZE:
+        return factor
+    if factor == 1:
+        raise ValueError(f"views of {shape[0]} x {shape[1]} pixels are too small: the taper "
+                         f"and the correlation need at least {MIN_BINNED_SIZE} pixels on "
+                         "each side")
+    raise ValueError(f"views of {shape[0]} x {shape[1]} pixels binned by {factor} are "
+                     f"{work_shape[0]} x {work_shape[1]}: at least {MIN_BINNED_SIZE} pixels "
+                     "per side are needed; use a smaller binning")
 
-    device = tilt_series.device
-    views = bin_stack(tilt_series.detach(), factor)  # (b, hb, wb) float32
-    centre = binned_centre(shape, factor).to(device)
+
+def _align(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: float,
+           opts: CoarseOptions, progress) -> TiltxcorrResult:
+    """The alignment proper, on checked angles `(b,)` float64 and binned views."""
+    correlation_filter = CorrelationFilter(opts.high_pass_sigma, opts.high_pass_radius,
+                                           opts.low_pass_cutoff, opts.low_pass_sigma)
+    views, factor = binned.views, binned.factor
+    work_shape = tuple(views.shape[-2:])
+    device = views.device
+    centre = binned.centre
     _, across = axis_directions(tilt_axis_angle, device=device)
     reference, pairs = chain_pairs(angles)
     n_views = angles.numel()
-    binned_max_shift = None if max_shift is None else max_shift / factor
+    binned_max_shift = None if opts.max_shift is None else opts.max_shift / factor
 
     # Stage 1: neighbour pairs, on 2x or 4x binned views when they are large
     # enough (it only has to land within a pixel or so), chained into estimates.
     if min(work_shape) >= PREVIEW_MIN_SIZE:
         extra = 4 if min(work_shape) >= 4 * PREVIEW_MIN_SIZE and max(work_shape) >= 1024 else 2
-        stage1_views = bin_stack(views, extra)
-        stage1_correlator = PairCorrelator(
-            binned_shape(shape, extra * factor), correlation_filter.coarser(extra),
-            taper_fraction=taper_fraction, pad_fraction=pad_fraction, device=device)
-        stage1_centre = binned_centre(shape, extra * factor).to(device)
-        stage1_scale = float(extra)
+        stage1 = binned.rebinned(extra)
+        stage1_filter = correlation_filter.coarser(extra)
     else:
-        stage1_views, stage1_centre, stage1_scale = views, centre, 1.0
-        stage1_correlator = PairCorrelator(work_shape, correlation_filter,
-                                           taper_fraction=taper_fraction,
-                                           pad_fraction=pad_fraction, device=device)
+        extra, stage1, stage1_filter = 1, binned, correlation_filter
+    stage1_correlator = PairCorrelator(tuple(stage1.views.shape[-2:]), stage1_filter,
+                                       taper_fraction=opts.taper_fraction,
+                                       pad_fraction=opts.pad_fraction, device=device)
     pair_shifts, _, _ = _correlate_neighbours(
-        stage1_views, angles, pairs, stage1_correlator, across, stage1_centre, refine=refine,
-        max_shift=None if binned_max_shift is None else binned_max_shift / stage1_scale,
-        interpolation=interpolation)
-    estimates = chain_shifts(pairs, pair_shifts, angles, across.cpu()) * stage1_scale
-    del stage1_views
+        stage1.views, angles, pairs, stage1_correlator, across, stage1.centre,
+        refine=opts.refine,
+        max_shift=None if binned_max_shift is None else binned_max_shift / extra,
+        interpolation=opts.interpolation)
+    estimates = chain_shifts(pairs, pair_shifts, angles, across.cpu()) * extra
+    del stage1
 
     # Stage 2: every view against a (cumulative) reference in the reference
     # view's frame, at full working resolution; solves for the residuals.
-    memory = 1.0 if cumulative else reference_memory
-    unpadded = PairCorrelator(work_shape, correlation_filter, taper_fraction=taper_fraction,
+    memory = 1.0 if opts.cumulative else opts.reference_memory
+    unpadded = PairCorrelator(work_shape, correlation_filter, taper_fraction=opts.taper_fraction,
                               pad_fraction=0.0, device=device)
     shifts, ncc, peak = refine_in_reference_frame(
         views, angles, reference, pairs, estimates, unpadded, across, centre,
-        memory=memory, refine=refine, interpolation=interpolation, progress=progress)
+        memory=memory, refine=opts.refine, interpolation=opts.interpolation, progress=progress)
 
     inner_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
     outer_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long)
@@ -413,7 +405,7 @@ def tiltxcorr(
     tilt_series: torch.Tensor,
     tilt_angles,
     tilt_axis_angle: float,
-    low_pass_cutoff: float = 0.25,
+    low_pass_cutoff: float = CoarseOptions.low_pass_cutoff,
     **options,
 ) -> torch.Tensor:
     """Shifts `(b, 2)` float32 `(dy, dx)` that align each view of a tilt series.

@@ -28,17 +28,6 @@ class CorrelationFilter:
     low_pass_cutoff: float = 0.25
     low_pass_sigma: float = 0.05
 
-    def check(self) -> None:
-        for name, value in vars(self).items():
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a non-negative frequency in cycles per "
-                                 f"pixel, got {value}")
-        for name in ("high_pass_radius", "low_pass_cutoff"):
-            if getattr(self, name) > 0.5:
-                raise ValueError(f"{name} = {getattr(self, name)} is beyond the Nyquist "
-                                 "frequency: use a value between 0 and 0.5 cycles per pixel")
-
-
     def coarser(self, factor: int) -> CorrelationFilter:
         """The same filter for images binned `factor` times more (frequencies scale up)."""
         return CorrelationFilter(

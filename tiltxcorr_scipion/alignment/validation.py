@@ -7,70 +7,70 @@ from collections.abc import Sequence
 
 import torch
 
-MAX_STRETCH_TILT = 82.0  # IMOD refuses to stretch beyond this: 1/cos(82) is already 7.2
+from ..options import MAX_TILT_DEG
 
 
-def _views_preview(indices: Sequence[int], limit: int = 8) -> str:
-    """'view 3' or 'views 3, 4 and 9 more' (0-based stack positions)."""
-    shown = ", ".join(str(i) for i in indices[:limit])
-    more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
-    return ("view " if len(indices) == 1 else "views ") + shown + more
+def views_preview(numbers: Sequence, limit: int = 8) -> str:
+    """'view 3' or 'views 3, 4 and 9 more', for view numbers in whatever numbering the caller uses."""
+    shown = ", ".join(str(i) for i in numbers[:limit])
+    more = f" and {len(numbers) - limit} more" if len(numbers) > limit else ""
+    return ("view " if len(numbers) == 1 else "views ") + shown + more
 
 
-def check_tilt_series(tilt_series: torch.Tensor, tilt_angles, tilt_axis_angle: float,
-                      *, min_size: int, chunk_views: int = 8) -> torch.Tensor:
-    """Validate the inputs of an alignment and return the angles as a float64 tensor `(b,)`.
+class ViewError(ValueError):
+    """Some views cannot be aligned.
 
-    Checked: a floating `(b, h, w)` stack of at least 2 views, each view at
-    least `min_size` pixels on a side, finite pixels, no constant view, one
-    finite tilt angle per view within +-82 degrees, a finite axis angle.
-    The pixel checks run a few views at a time so that a large stack costs no
-    large temporary.
+    `views` are their indices in the engine's input (0-based positions in
+    `tilt_series`); `problem` says what is wrong. A caller that numbers views
+    differently (1-based stack positions, say) words the message with
+    `describe`.
     """
+
+    def __init__(self, views: Sequence[int], problem: str) -> None:
+        self.views = [int(v) for v in views]
+        self.problem = problem
+        super().__init__(f"{views_preview(self.views)} (0-based): {problem}")
+
+    def describe(self, number_of) -> str:
+        """The message with each view named by `number_of(index)` (e.g. its stack position)."""
+        return f"{views_preview([number_of(v) for v in self.views])}: {self.problem}"
+
+
+def check_stack(tilt_series) -> tuple[int, int, int]:
+    """`(b, h, w)` of a floating-point `(b, h, w)` tensor of at least 2 views, or a ValueError."""
     if not isinstance(tilt_series, torch.Tensor):
         raise ValueError(f"tilt_series must be a torch.Tensor of shape (b, h, w), "
                          f"got {type(tilt_series).__name__}")
     if tilt_series.ndim != 3:
         raise ValueError(f"tilt_series must have shape (b, h, w), got shape {tuple(tilt_series.shape)}")
-    if not (tilt_series.is_floating_point()):
+    if not tilt_series.is_floating_point():
         raise ValueError(f"tilt_series must hold floating-point pixels, got {tilt_series.dtype}; "
                          "convert it with .float()")
     b, h, w = tilt_series.shape
-    if b < 2:
-        raise ValueError(f"a tilt series needs at least 2 views to be aligned, got {b}")
-    if min(h, w) < min_size:
-        raise ValueError(f"views of {h} x {w} pixels are too small: the taper and the "
-                         f"correlation need at least {min_size} pixels on each side "
-                         f"(after binning)")
+    return int(b), int(h), int(w)
 
+
+def check_angles(tilt_angles, n_views: int, tilt_axis_angle: float) -> torch.Tensor:
+    """Validate the geometry of an alignment; return the angles as a float64 CPU tensor `(b,)`.
+
+    Checked: at least 2 views, one finite tilt angle per view within
+    +-82 degrees (IMOD's limit for stretching), a finite axis angle.
+    """
+    if n_views < 2:
+        raise ValueError(f"a tilt series needs at least 2 views to be aligned, got {n_views}")
     angles = torch.as_tensor(tilt_angles, dtype=torch.float64).detach().cpu().reshape(-1)
-    if angles.numel() != b:
-        raise ValueError(f"got {angles.numel()} tilt angles for {b} views: "
+    if angles.numel() != n_views:
+        raise ValueError(f"got {angles.numel()} tilt angles for {n_views} views: "
                          "give exactly one angle per view, in stack order")
     if not torch.isfinite(angles).all():
         bad = torch.nonzero(~torch.isfinite(angles)).flatten().tolist()
-        raise ValueError(f"tilt angle of {_views_preview(bad)} (0-based): not a finite number")
-    too_high = torch.nonzero(angles.abs() > MAX_STRETCH_TILT).flatten().tolist()
+        raise ViewError(bad, "tilt angle is not a finite number")
+    too_high = torch.nonzero(angles.abs() > MAX_TILT_DEG).flatten().tolist()
     if too_high:
         worst = float(angles.abs().max())
-        raise ValueError(f"{_views_preview(too_high)} (0-based): tilted beyond "
-                         f"+-{MAX_STRETCH_TILT:g} degrees (up to {worst:.1f}): cosine "
-                         "stretching is undefined there; exclude those views")
+        raise ViewError(too_high, f"tilted beyond +-{MAX_TILT_DEG:g} degrees (up to "
+                                  f"{worst:.1f}): cosine stretching is undefined there; "
+                                  "exclude those views")
     if not math.isfinite(float(tilt_axis_angle)):
         raise ValueError(f"tilt axis angle must be a finite number of degrees, got {tilt_axis_angle}")
-
-    non_finite: list[int] = []
-    constant: list[int] = []
-    for start in range(0, b, chunk_views):
-        chunk = tilt_series[start:start + chunk_views].flatten(1)
-        low, high = torch.aminmax(chunk, dim=1)  # one pass; NaN and inf show up here
-        finite = torch.isfinite(low) & torch.isfinite(high)
-        non_finite += (torch.nonzero(~finite).flatten() + start).tolist()
-        constant += (torch.nonzero(finite & (high <= low)).flatten() + start).tolist()
-    if non_finite:
-        raise ValueError(f"{_views_preview(non_finite)} (0-based): NaN or infinite pixels; "
-                         "the stack file may be corrupt: exclude or repair the view")
-    if constant:
-        raise ValueError(f"{_views_preview(constant)} (0-based): constant (blank) image, "
-                         "nothing to correlate: exclude the view")
     return angles
