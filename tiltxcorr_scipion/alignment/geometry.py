@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from .resample import warp_images
 
 
 def axis_directions(tilt_axis_angle: float, *, dtype=torch.float64, device=None
@@ -25,12 +26,6 @@ def axis_directions(tilt_axis_angle: float, *, dtype=torch.float64, device=None
     along = torch.tensor([math.cos(a), -math.sin(a)], dtype=dtype, device=device)
     across = torch.tensor([math.sin(a), math.cos(a)], dtype=dtype, device=device)
     return along, across
-
-
-def image_centre(shape: tuple[int, int], *, dtype=torch.float64, device=None) -> torch.Tensor:
-    """Geometric centre `(2,)` of an `(h, w)` image in `(row, col)` index coordinates."""
-    h, w = shape
-    return torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=dtype, device=device)
 
 
 def stretch_factors(inner_tilts: torch.Tensor, outer_tilts: torch.Tensor) -> torch.Tensor:
@@ -53,53 +48,22 @@ def unstretch_shifts(shifts: torch.Tensor, factors: torch.Tensor, across: torch.
 
 def stretch_images(images: torch.Tensor, factors: torch.Tensor, across: torch.Tensor,
                    centre: torch.Tensor, pre_shifts: torch.Tensor | None = None,
-                   mode: str = "bicubic") -> torch.Tensor:
+                   mode: str = "bilinear") -> torch.Tensor:
     """Stretch images `(n, h, w)` across the tilt axis about `centre`.
 
     Output pixel `r` takes the value of the input at
     `centre + K^-1 (r - centre) - pre_shift`, i.e. the view is first moved by
     `pre_shift` (content moves by `+pre_shift`), then stretched by `factors`
-    `(n,)` about the centre. Samples outside the input repeat the border.
+    `(n,)` about the centre. Sources outside the view get its mean
+    (`resample.warp_images`).
     """
-    n, h, w = images.shape
     device = images.device
-    # The map r -> centre + K^-1 (r - centre) - pre_shift is affine: build it as
-    # a (n, 2, 3) matrix in grid_sample's normalised (x = col, y = row) space.
     across = across.to(device=device, dtype=torch.float64)
     centre = centre.to(device=device, dtype=torch.float64)
     scale = 1.0 / factors.to(device=device, dtype=torch.float64) - 1.0  # (n,)
-    p = torch.stack([across[1], across[0]])  # across direction in (x, y) order
-    eye = torch.eye(2, dtype=torch.float64, device=device)
-    inverse = eye[None] + scale[:, None, None] * torch.outer(p, p)[None]  # (n, 2, 2) in (x, y)
-    c = torch.stack([centre[1], centre[0]])
-    offset = c[None] - (inverse @ c)  # (n, 2)
+    inverse = (torch.eye(2, dtype=torch.float64, device=device)[None]
+               + scale[:, None, None] * torch.outer(across, across)[None])  # (n, 2, 2) K^-1
+    offset = centre[None] - inverse @ centre  # (n, 2)
     if pre_shifts is not None:
-        pre = pre_shifts.to(device=device, dtype=torch.float64)
-        offset = offset - torch.stack([pre[:, 1], pre[:, 0]], dim=1)
-    # pixel -> normalised: u = 2 x / (size - 1) - 1 (align_corners=True)
-    to_norm = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], dtype=torch.float64, device=device)
-    from_norm = 1.0 / to_norm
-    matrix = to_norm[None, :, None] * inverse * from_norm[None, None, :]
-    translation = to_norm[None] * (offset + (inverse @ from_norm)) - 1.0
-    theta = torch.cat([matrix, translation[:, :, None]], dim=2).to(images.dtype)  # (n, 2, 3)
-    grid = _affine_grid(theta, h, w)
-    out = F.grid_sample(images[:, None], grid, mode=mode, padding_mode="border",
-                        align_corners=True)
-    return out[:, 0]
-
-
-def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """`F.affine_grid(theta, (n, 1, h, w), align_corners=True)`, several times faster on CPU.
-
-    Two broadcast multiply-adds per output plane instead of a batched matmul
-    over a homogeneous base grid.
-    """
-    n = theta.shape[0]
-    x = torch.linspace(-1.0, 1.0, w, dtype=theta.dtype, device=theta.device)
-    y = torch.linspace(-1.0, 1.0, h, dtype=theta.dtype, device=theta.device)
-    grid = torch.empty(n, h, w, 2, dtype=theta.dtype, device=theta.device)
-    for axis in range(2):
-        along_x = theta[:, axis, 0, None, None] * x[None, None, :]  # (n, 1, w)
-        along_y = theta[:, axis, 1, None] * y[None, :] + theta[:, axis, 2, None]  # (n, h)
-        torch.add(along_x, along_y[:, :, None], out=grid[..., axis])
-    return grid
+        offset = offset - pre_shifts.to(device=device, dtype=torch.float64)
+    return warp_images(images, torch.cat([inverse, offset[:, :, None]], dim=2), mode=mode)
