@@ -1,29 +1,19 @@
-"""tiltxcorr-scipion: coarse tilt-series alignment by stretched cross-correlation.
+"""tiltxcorr-scipion: tilt-series alignment by stretched cross-correlation, in PyTorch.
 
-The engine (``tiltxcorr_scipion.alignment``) is pure torch and needs no Scipion.
-This module is also the Scipion plugin entry point (group ``pyworkflow.plugin``).
+The engine (``tiltxcorr_scipion.alignment``) is pure torch: importing it loads
+no Scipion module. This package is also the Scipion plugin (entry point group
+``pyworkflow.plugin``): Scipion's discovery reads ``tiltxcorr_scipion.Plugin``,
+which loads the Scipion side (``_plugin``) only then.
 """
 
 __version__ = "0.1.0"
 
-try:
-    import pwem
-except ImportError:  # the engine and the command line work without Scipion
-    pwem = None
 
-if pwem is not None:
-    from . import _sqlite_fix
+def __getattr__(name: str):
+    # Loaded on first use so that `import tiltxcorr_scipion.alignment` stays free of
+    # pyworkflow and pwem; Scipion asks for Plugin right after importing the package.
+    if name == "Plugin":
+        from ._plugin import Plugin
 
-    _sqlite_fix.install()
-
-    class Plugin(pwem.Plugin):
-        """Scipion plugin: tiltxcorr coarse alignment in PyTorch (CPU or CUDA)."""
-
-        _url = "https://github.com/tiltxcorr-scipion/tiltxcorr-scipion"
-        _pathVars = []
-        _supportedVersions = [__version__]
-
-        @classmethod
-        def _defineVariables(cls):
-            # Nothing external to locate: the engine is a Python dependency.
-            pass
+        return Plugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,18 +1,17 @@
-"""Command line: coarse tilt-series alignment outside Scipion, with IMOD output files.
+"""Command line: align a tilt series outside Scipion, with IMOD output files.
 
     tiltxcorr-scipion align STACK.mrc --tlt STACK.tlt --axis 85 [--out PREFIX] [--aligned]
 
-writes ``PREFIX.prexf`` (view-to-previous transforms, as tiltxcorr writes),
-``PREFIX.prexg`` (global, as ``xftoxg -nfit 0`` writes), ``PREFIX.tlt`` and,
-with ``--aligned``, the aligned stack ``PREFIX.ali``. Exit status: 0 on
-success, 2 for bad input (a one-line ``error:`` message, no traceback),
-130 when interrupted.
+Arguments are parsed and checked here, everything else is the shared
+per-tilt-series path (`tiltxcorr_scipion.pipeline`), then a table is printed.
+Exit status: 0 on success, 2 for bad input or an output that cannot be
+written (a one-line ``error:`` message, no traceback, no partial file), 130
+when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -21,99 +20,96 @@ from typing import TextIO
 
 import numpy as np
 
+from .options import CoarseOptions, OptionError, check_option
+
 __all__ = ["main", "parse_view_list"]
 
 PROG = "tiltxcorr-scipion"
+DEFAULTS = CoarseOptions()
+
+#: Engine option -> its command-line flag (the name every message uses).
+OPTION_FLAGS = {
+    "low_pass_cutoff": "--low-pass",
+    "low_pass_sigma": "--low-pass-sigma",
+    "high_pass_sigma": "--high-pass-sigma",
+    "high_pass_radius": "--high-pass-radius",
+    "taper_fraction": "--taper",
+    "pad_fraction": "--pad",
+    "binning": "--binning",
+    "cumulative": "--cumulative",
+    "refine": "--no-refine",
+    "max_shift": "--max-shift",
+    "interpolation": "--interpolation",
+}
 
 
 class UserError(Exception):
     """Bad input: reported as one line on stderr, exit status 2."""
 
 
-# --------------------------------------------------------------------------- progress
-class ProgressBar:
-    """A one-line text bar on a terminal stream, redrawn in place.
-
-    Drawn only when `enabled`; redraws at most every `interval` seconds, and
-    only once the task has run `delay` seconds (short runs stay quiet).
-    """
-
-    def __init__(self, label: str, stream: TextIO, *, enabled: bool, width: int = 30,
-                 interval: float = 0.1, delay: float = 0.5, unit: str = "") -> None:
-        self.label, self.stream, self.enabled = label, stream, enabled
-        self.width, self.interval, self.delay, self.unit = width, interval, delay, unit
-        self.start = time.monotonic()
-        self.last_draw = -math.inf
-        self.drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        final = done >= total
-        if now - self.start < self.delay and not self.drawn:
-            return  # a short run (so far): stay quiet
-        if not final and now - self.last_draw < self.interval:
-            return
-        self.last_draw = now
-        fraction = 0.0 if total <= 0 else min(1.0, done / total)
-        filled = int(round(fraction * self.width))
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r{self.label:<10} [{bar}] {done}/{total}{self.unit} "
-                          f"{now - self.start:6.1f} s")
-        self.stream.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        """End the bar's line (if one was drawn)."""
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
-
-
 # --------------------------------------------------------------------------- parsing
-def parse_view_list(text: str) -> list[int]:
-    """IMOD-style list of 1-based view numbers: ``"1,4-6,40"`` -> ``[1, 4, 5, 6, 40]``."""
-    views: set[int] = set()
+def parse_view_list(text: str) -> tuple[range, ...]:
+    """IMOD-style list of 1-based view numbers, ``"1,4-6,40"``, as sorted, merged ranges.
+
+    Ranges stay ranges (``1-1000000000`` costs nothing). pyworkflow's
+    ``getListFromRangeString`` is not used: it builds every number in a list
+    and lets reversed ranges (``6-4``) pass silently.
+    """
+    spans: list[tuple[int, int]] = []
     for part in text.replace(" ", "").split(","):
         if not part:
             continue
         try:
-            if "-" in part:
-                first, last = part.split("-", 1)
-                low, high = int(first), int(last)
-                if low > high:
-                    raise ValueError
-                views.update(range(low, high + 1))
-            else:
-                views.add(int(part))
+            first, _, last = part.partition("-")
+            low, high = int(first), int(last or first)
+            if low > high:
+                raise ValueError
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a list of view numbers like 1,4-6,40") from None
-    if any(v < 1 for v in views):
-        raise argparse.ArgumentTypeError(f"view numbers start at 1, got {text!r}")
-    return sorted(views)
+        if low < 1:
+            raise argparse.ArgumentTypeError(f"view numbers start at 1, got {text!r}")
+        spans.append((low, high))
+    merged: list[list[int]] = []
+    for low, high in sorted(spans):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    return tuple(range(low, high + 1) for low, high in merged)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+def _option_type(option: str, convert):
+    """An argparse type: convert the text, then check it as the engine would."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        try:
+            return check_option(option, value)
+        except OptionError as error:
+            raise argparse.ArgumentTypeError(error.problem) from None
+    return parse
+
+
+def _binning_value(text: str) -> int | str:
+    value = text if text == "auto" else int(text)
+    if value == 0:
+        raise ValueError  # 0 means "auto" in the form only; here it is a typo
     return value
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and 0 <= value <= 0.5):
-        raise argparse.ArgumentTypeError(f"must be between 0 and 0.5, got {text}")
-    return value
+def _positive_number(convert, what: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not (np.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    return parse
 
 
 def _finite_float(text: str) -> float:
@@ -121,30 +117,8 @@ def _finite_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
+    if not np.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _binning(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
 
 
@@ -170,13 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "  PREFIX.tlt    the tilt angles, one per line\n"
                     "  PREFIX.ali    with --aligned: the aligned stack (Fourier-shifted, the\n"
                     "                lowest-tilt view unmoved), binned by --aligned-binning\n"
-                    "  PREFIX_alignment.png  with --plot: shifts and correlation per view",
+                    "  PREFIX_alignment.png  with --plot: shifts and correlation per view\n"
+                    "Files appear only when complete; if one cannot be written, none is left.",
         epilog="Filter frequencies are in cycles per pixel of the binned image used for the\n"
-               "correlation (0.5 = Nyquist), as IMOD's -radius2/-sigma2/-sigma1/-radius1.\n\n"
+               "correlation (0.5 = Nyquist), as IMOD's -radius2/-sigma2/-sigma1/-radius1.\n"
+               "Views are numbered by their 1-based position in the stack, as in IMOD.\n\n"
                "example:\n"
                f"  {PROG} align TS_01.st --tlt TS_01.rawtlt --axis 85.3 --aligned "
                "--aligned-binning 4\n\n"
-               "Exit status: 0 done, 2 bad input (a one-line message), 130 interrupted.")
+               "Exit status: 0 done, 2 bad input or unwritable output (a one-line message),\n"
+               "130 interrupted.")
     align.add_argument("stack", metavar="STACK",
                        help="MRC tilt-series stack (.mrc, .st, ...), views in any tilt order")
     inputs = align.add_argument_group("input")
@@ -186,19 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--axis", metavar="DEG", type=_finite_float, required=True,
                         help="tilt axis angle in degrees from the image Y axis, counter-clockwise "
                              "positive (IMOD's RotationAngle, Scipion's tilt axis angle); required")
-    inputs.add_argument("--exclude", metavar="LIST", type=parse_view_list, default=[],
+    inputs.add_argument("--exclude", metavar="LIST", type=parse_view_list, default=(),
                         help="views to leave out of the alignment, 1-based stack positions like "
                              "1,4-6 (IMOD's -SkipViews); they get the identity transform")
-    inputs.add_argument("--pixel-size", metavar="A", type=_positive_float,
+    inputs.add_argument("--pixel-size", metavar="A", type=_positive_number(float, "a positive "
+                                                                           "number"),
                         help="pixel size in Angstrom for the .ali header (default: STACK's header, "
                              "or 1 if the header has none)")
 
     outputs = align.add_argument_group("output")
     outputs.add_argument("--out", metavar="PREFIX",
-                         help="output path prefix (default: STACK without its extension)")
+                         help="output path prefix (default: STACK without its extension); a "
+                              "folder (ending in /) writes FOLDER/STACKNAME.*")
     outputs.add_argument("--aligned", action="store_true",
                          help="also write the aligned stack PREFIX.ali")
-    outputs.add_argument("--aligned-binning", metavar="N", type=_positive_int, default=1,
+    outputs.add_argument("--aligned-binning", metavar="N", default=1,
+                         type=_positive_number(int, "an integer >= 1"),
                          help="bin the aligned stack by N (block averaging; header pixel size "
                               "multiplied by N); default 1")
     outputs.add_argument("--plot", action="store_true",
@@ -213,38 +193,57 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print nothing but errors (no per-view table)")
 
     engine = align.add_argument_group("alignment (IMOD tiltxcorr's options and defaults)")
-    engine.add_argument("--low-pass", metavar="F", type=_fraction, default=0.25,
+    frequency = lambda option: _option_type(option, float)  # noqa: E731
+    engine.add_argument("--low-pass", dest="low_pass_cutoff", metavar="F",
+                        type=frequency("low_pass_cutoff"),
+                        default=DEFAULTS.low_pass_cutoff,
                         help="low-pass cutoff of the correlation filter, cycles/pixel (IMOD "
-                             "-radius2); default 0.25")
-    engine.add_argument("--low-pass-sigma", metavar="F", type=_fraction, default=0.05,
+                             f"-radius2); default {DEFAULTS.low_pass_cutoff:g}")
+    engine.add_argument("--low-pass-sigma", dest="low_pass_sigma", metavar="F",
+                        type=frequency("low_pass_sigma"),
+                        default=DEFAULTS.low_pass_sigma,
                         help="Gaussian fall-off beyond the cutoff, cycles/pixel (IMOD -sigma2); "
-                             "default 0.05")
-    engine.add_argument("--high-pass-sigma", metavar="F", type=_fraction, default=0.03,
+                             f"default {DEFAULTS.low_pass_sigma:g}")
+    engine.add_argument("--high-pass-sigma", dest="high_pass_sigma", metavar="F",
+                        type=frequency("high_pass_sigma"),
+                        default=DEFAULTS.high_pass_sigma,
                         help="high-pass: inverted Gaussian rising from zero frequency, "
-                             "cycles/pixel (IMOD -sigma1); default 0.03")
-    engine.add_argument("--high-pass-radius", metavar="F", type=_fraction, default=0.0,
+                             f"cycles/pixel (IMOD -sigma1); default {DEFAULTS.high_pass_sigma:g}")
+    engine.add_argument("--high-pass-radius", dest="high_pass_radius", metavar="F",
+                        type=frequency("high_pass_radius"),
+                        default=DEFAULTS.high_pass_radius,
                         help="radius below which the high-pass starts, cycles/pixel (IMOD "
-                             "-radius1); default 0")
-    engine.add_argument("--taper", metavar="F", type=_fraction, default=0.1,
+                             f"-radius1); default {DEFAULTS.high_pass_radius:g}")
+    engine.add_argument("--taper", dest="taper_fraction", metavar="F",
+                        type=frequency("taper_fraction"),
+                        default=DEFAULTS.taper_fraction,
                         help="edge taper width as a fraction of each side (IMOD -taper); "
-                             "default 0.1")
-    engine.add_argument("--pad", metavar="F", type=_fraction, default=0.05,
+                             f"default {DEFAULTS.taper_fraction:g}")
+    engine.add_argument("--pad", dest="pad_fraction", metavar="F",
+                        type=frequency("pad_fraction"),
+                        default=DEFAULTS.pad_fraction,
                         help="zero padding per side as a fraction of the size (IMOD -pad); "
-                             "default 0.05")
-    engine.add_argument("--binning", metavar="N", type=_binning, default="auto",
+                             f"default {DEFAULTS.pad_fraction:g}")
+    engine.add_argument("--binning", dest="binning", metavar="N",
+                        type=_option_type("binning", _binning_value),
+                        default=DEFAULTS.binning,
                         help="bin the views for the correlation: 'auto' (at most 1180 pixels, "
                              "up to 4x, as IMOD) or an integer; shifts stay in stack pixels")
-    engine.add_argument("--cumulative", action="store_true",
+    engine.add_argument("--cumulative", action="store_true", default=DEFAULTS.cumulative,
                         help="correlate each view with the sum of the already aligned lower-tilt "
                              "views (IMOD -cumulative)")
     engine.add_argument("--no-refine", dest="refine", action="store_false",
+                        default=DEFAULTS.refine,
                         help="locate peaks by a parabolic fit only, not the exact sub-pixel "
                              "refinement")
-    engine.add_argument("--max-shift", metavar="PX", type=_positive_float,
+    engine.add_argument("--max-shift", dest="max_shift", metavar="PX",
+                        type=_option_type("max_shift", float),
+                        default=DEFAULTS.max_shift,
                         help="largest shift between neighbouring views, in stack pixels "
                              "(default: any)")
-    engine.add_argument("--interpolation", choices=("bicubic", "bilinear"), default="bilinear",
-                        help="resampling for the cosine stretch; default bilinear")
+    engine.add_argument("--interpolation", choices=("bicubic", "bilinear"),
+                        default=DEFAULTS.interpolation,
+                        help=f"resampling for the cosine stretch; default {DEFAULTS.interpolation}")
     engine.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to compute: 'cuda' (a GPU), 'cpu', or 'auto' (the GPU if "
                              "torch sees one); default auto")
@@ -252,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- the command
+def _engine_options(args: argparse.Namespace) -> CoarseOptions:
+    """The engine options of the parsed arguments, checked together (e.g. the filter band)."""
+    try:
+        return CoarseOptions(**{option: getattr(args, option) for option in OPTION_FLAGS})
+    except OptionError as error:
+        raise UserError(error.describe(OPTION_FLAGS.get(error.option, error.option))) from None
+
+
 def _default_tlt(stack: str) -> str:
     base = os.path.splitext(stack)[0]
     for ext in (".tlt", ".rawtlt"):
@@ -265,182 +272,161 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
+def _output_folder_and_name(stack: str, out: str | None) -> tuple[str, str]:
+    """Where the outputs go: ``--out`` as a prefix, or a folder (``dir/``) for STACKNAME.*."""
+    stack_name = os.path.splitext(os.path.basename(stack))[0]
+    if out is None:
+        return os.path.dirname(os.path.abspath(stack)), stack_name
+    if out.endswith(os.sep) or os.path.isdir(out):
+        return os.path.abspath(out), stack_name
+    return os.path.dirname(os.path.abspath(out)), os.path.basename(out)
+
+
 def _device(choice: str):
-    import torch
+    from .pipeline import select_device
 
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
-    return torch.device(choice)
+    if choice == "cuda":
+        import torch
 
-
-def _read_stack(path: str, skip: set[int]):
-    """`(n, h, w)` shape, the kept views as float32 `(k, h, w)`, and the header pixel size."""
-    from .convert.aligned_stack import open_stack
-
-    try:
-        handle = open_stack(path)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    with handle:
-        data = handle.data
-        if data.ndim == 2:
-            data = data[None]
-        if data.ndim != 3:
-            raise UserError(f"{path} holds a {data.ndim}-D volume; expected a stack of 2-D views")
-        n = data.shape[0]
-        keep = [i for i in range(n) if i + 1 not in skip]
-        views = np.empty((len(keep), *data.shape[1:]), dtype=np.float32)
-        for j, i in enumerate(keep):
-            views[j] = data[i]
-            if not np.all(np.isfinite(views[j])):
-                raise UserError(f"{path}: view {i + 1} contains NaN or infinite pixels; repair it "
-                                f"or leave it out with --exclude {i + 1}")
-        pixel_size = float(handle.voxel_size.x)
-    return data.shape, keep, views, pixel_size
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: torch sees no CUDA GPU on this machine; "
+                            "use --device cpu")
+    return select_device({"auto": None, "cpu": False, "cuda": True}[choice])[0]
 
 
-def _print_table(out: TextIO, angles, shifts, enabled, correlation, low) -> None:
+def _progress_bar(label: str, unit: str, enabled: bool, forced: bool):
+    """A tqdm bar on stderr, drawn after 0.5 s (at once with --progress), or a no-op."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, disable=not enabled, file=sys.stderr, delay=0.0 if forced else 0.5,
+               ascii=".#", bar_format=f"{label:<10} [{{bar:30}}] {{n_fmt}}/{{total_fmt}} {unit} "
+                                      "{elapsed_s:6.1f} s", mininterval=0.1)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def _print_table(out: TextIO, outcome, low: np.ndarray) -> None:
+    views = outcome.views
     out.write(" view    tilt       dx       dy   correlation\n")
-    for i in range(len(angles)):
-        if not enabled[i]:
-            note, score = "excluded", "       -"
-        elif not np.isfinite(correlation[i]):
-            note, score = "reference", "       -"
+    for i in views.stack_order:
+        score = outcome.correlation[i]
+        if not views.enabled[i]:
+            note, text = "excluded", "       -"
+        elif i == outcome.reference_position:
+            note, text = "reference", "       -"
         else:
-            note, score = ("LOW" if low[i] else ""), f"{correlation[i]:8.3f}"
-        out.write(f"{i + 1:5d} {angles[i]:7.2f} {shifts[i, 1]:8.2f} {shifts[i, 0]:8.2f}"
-                  f"   {score}  {note}\n".rstrip() + "\n")
+            note, text = ("LOW" if low[i] else ""), f"{score:8.3f}"
+        out.write(f"{views.stack_positions[i]:5d} {views.tilt_angles[i]:7.2f} "
+                  f"{outcome.shifts[i, 1]:8.2f} {outcome.shifts[i, 0]:8.2f}   {text}  {note}"
+                  .rstrip() + "\n")
 
 
 def align_command(args: argparse.Namespace) -> int:
-    """Run ``align``: read, align, write; raise `UserError` for bad input."""
-    stack = args.stack
-    if not os.path.isfile(stack):
-        raise UserError(f"{stack}: no such file; give the path of an MRC tilt-series stack")
-    tlt_path = args.tlt if args.tlt is not None else _default_tlt(stack)
-    if not os.path.isfile(tlt_path):
-        raise UserError(f"{tlt_path}: no such file; give the tilt angles with --tlt")
-    prefix = args.out if args.out is not None else os.path.splitext(stack)[0]
-    out_dir = os.path.dirname(os.path.abspath(prefix))
-    if not os.path.isdir(out_dir):
-        raise UserError(f"cannot write {prefix}.*: folder {out_dir} does not exist")
-    paths = {"prexf": prefix + ".prexf", "prexg": prefix + ".prexg", "tlt": prefix + ".tlt"}
-    if args.aligned:
-        paths["ali"] = prefix + ".ali"
-    if args.plot:
-        paths["png"] = prefix + "_alignment.png"
-    keep_input_tlt = _same_file(paths["tlt"], tlt_path)
-    if _same_file(paths.get("ali", ""), stack):
-        raise UserError(f"{paths['ali']} is the input stack: choose another --out")
-    if not args.overwrite:
-        existing = [p for key, p in paths.items()
-                    if os.path.exists(p) and not (key == "tlt" and keep_input_tlt)]
-        if existing:
-            raise UserError(f"{existing[0]} already exists; use --overwrite to replace it, "
-                            "or choose another --out")
-
+    """Run ``align``: check everything, align, write all files or none, then report."""
+    from .convert.aligned_stack import check_aligned_binning
     from .convert.imod import read_tlt
+    from .convert.mrc import MrcStack, StackReadError
+    from .pipeline import (
+        TiltSeriesFailure,
+        TiltSeriesViews,
+        align_views,
+        output_paths,
+        write_outputs,
+    )
 
+    stack = args.stack
+    options = _engine_options(args)
     try:
+        source = MrcStack.open(stack)
+        tlt_path = args.tlt if args.tlt is not None else _default_tlt(stack)
+        if not os.path.isfile(tlt_path):
+            raise UserError(f"{tlt_path}: no such file; give the tilt angles with --tlt")
         angles = read_tlt(tlt_path)
-    except ValueError as error:
+    except (StackReadError, ValueError) as error:
         raise UserError(str(error)) from None
-    skip = set(args.exclude)
-    shape, keep, views, header_pixel_size = _read_stack(stack, skip)
-    n = shape[0]
+    n = source.n_views
     if len(angles) != n:
         raise UserError(f"{stack} has {n} views but {tlt_path} has {len(angles)} tilt angles: "
                         "give one angle per view, in stack order")
-    beyond = sorted(v for v in skip if v > n)
+    beyond = [span.stop - 1 for span in args.exclude if span.stop - 1 > n]
     if beyond:
         raise UserError(f"--exclude {beyond[0]}: {stack} has only {n} views")
-    if len(keep) < 2:
-        raise UserError(f"only {len(keep)} view(s) left to align in {stack}: at least 2 are "
-                        "needed; exclude fewer views")
+    enabled = np.ones(n, dtype=bool)
+    for span in args.exclude:
+        enabled[span.start - 1:span.stop - 1] = False
+    if args.aligned:
+        try:
+            check_aligned_binning(args.aligned_binning, source.view_shape)
+        except ValueError as error:
+            raise UserError(f"--aligned-binning: {error}") from None
 
-    import torch
-
-    from .alignment import align_tilt_series
-
-    device = _device(args.device)
-    # --progress: always, from the start; by default only on a terminal, after 0.5 s
-    show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
-    show_bar = bool(show_bar) and not args.quiet
-    delay = 0.0 if args.progress else 0.5
-    bar = ProgressBar("aligning", sys.stderr, enabled=show_bar, unit=" pairs", delay=delay)
-    started = time.monotonic()
+    folder, name = _output_folder_and_name(stack, args.out)
     try:
-        result = align_tilt_series(
-            torch.from_numpy(views).to(device), torch.from_numpy(angles[keep]), args.axis,
-            low_pass_cutoff=args.low_pass, low_pass_sigma=args.low_pass_sigma,
-            high_pass_sigma=args.high_pass_sigma, high_pass_radius=args.high_pass_radius,
-            taper_fraction=args.taper, pad_fraction=args.pad, binning=args.binning,
-            cumulative=args.cumulative, refine=args.refine, max_shift=args.max_shift,
-            interpolation=args.interpolation, progress=bar)
+        paths = output_paths(folder, name, plot=args.plot, aligned=args.aligned)
+    except ValueError as error:
+        raise UserError(f"cannot write {args.out or name}.*: {error}") from None
+    keep_input_tlt = _same_file(paths["tlt"], tlt_path)
+    if keep_input_tlt:
+        del paths["tlt"]
+    if _same_file(paths.get("ali", ""), stack):
+        raise UserError(f"{paths['ali']} is the input stack: choose another --out")
+    existing = [path for path in paths.values() if os.path.exists(path)]
+    if existing and not args.overwrite:
+        raise UserError(f"{os.path.relpath(existing[0])} already exists; use --overwrite to "
+                        "replace it, or choose another --out")
+
+    views = TiltSeriesViews.from_stack(source, angles, enabled=enabled,
+                                       pixel_size=args.pixel_size)
+    device = _device(args.device)
+    show = bool(sys.stderr.isatty() if args.progress is None else args.progress) and not args.quiet
+    started = time.monotonic()
+    bar, update = _progress_bar("aligning", "pairs", show, bool(args.progress))
+    try:
+        outcome = align_views(views, options, args.axis, device=device, progress=update)
+        bar.close()
+        elapsed = time.monotonic() - started
+        bar, update = _progress_bar("writing", "views", show, bool(args.progress))
+        write_outputs(outcome, paths, aligned_binning=args.aligned_binning, progress=update)
+    except TiltSeriesFailure as failure:
+        if failure.views:  # say how, with this command
+            advice = ("repair it or leave it out with --exclude "
+                      + ",".join(str(v) for v in failure.views))
+        else:
+            advice = failure.advice
+        raise UserError(f"{stack}: {failure.cause}" + (f"; {advice}" if advice else "")) from None
     except ValueError as error:
         raise UserError(f"{stack}: {error}") from None
     finally:
         bar.close()
-    elapsed = time.monotonic() - started
-    del views
-
-    shifts = np.zeros((n, 2))
-    correlation = np.full(n, np.nan)
-    enabled = np.zeros(n, dtype=bool)
-    shifts[keep] = result.shifts.detach().cpu().double().numpy()
-    correlation[keep] = result.correlation.detach().cpu().double().numpy()
-    enabled[keep] = True
-    transforms = np.tile(np.eye(3), (n, 1, 1))
-    transforms[:, 0, 2] = shifts[:, 1]  # DX = dx
-    transforms[:, 1, 2] = shifts[:, 0]  # DY = dy
-
-    from .convert.imod import global_to_previous, write_tlt, write_xf, xftoxg
-
-    previous = global_to_previous(transforms)
-    write_xf(paths["prexf"], previous)
-    write_xf(paths["prexg"], xftoxg(previous))
-    if not keep_input_tlt:
-        write_tlt(paths["tlt"], angles)
-
-    if args.aligned:
-        from .convert.aligned_stack import write_aligned_stack
-
-        pixel_size = args.pixel_size or (header_pixel_size if header_pixel_size > 0 else 1.0)
-        bar = ProgressBar("writing", sys.stderr, enabled=show_bar, unit=" views", delay=delay)
-        try:
-            write_aligned_stack(stack, paths["ali"], transforms, args.aligned_binning, pixel_size,
-                                progress=bar)
-        except ValueError as error:
-            raise UserError(str(error)) from None
-        finally:
-            bar.close()
-
-    from .plots import low_correlation_views
-
-    low = low_correlation_views(angles, correlation, enabled)
-    if args.plot:
-        from .plots import save_alignment_plot
-
-        save_alignment_plot(paths["png"], os.path.basename(prefix), angles, shifts, enabled,
-                            correlation)
 
     if not args.quiet:
-        out = sys.stdout
-        _print_table(out, angles, shifts, enabled, correlation, low)
-        reference = keep[result.reference_view]
-        out.write(f"aligned {len(keep)} of {n} views in {elapsed:.1f} s on {device.type} "
-                  f"(correlation binned by {result.binning}; reference view {reference + 1} "
-                  f"at {angles[reference]:.2f} deg)\n")
-        if low.any():
-            out.write("low correlation, check these views: "
-                      + ", ".join(str(i + 1) for i in np.flatnonzero(low)) + "\n")
-        for key in ("prexf", "prexg", "tlt", "ali", "png"):
-            if key in paths:
-                note = " (the input, kept)" if key == "tlt" and keep_input_tlt else ""
-                out.write(f"wrote {paths[key]}{note}\n")
+        _report(sys.stdout, outcome, elapsed, paths, keep_input_tlt, tlt_path)
     return 0
+
+
+def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_input_tlt: bool,
+            tlt_path: str) -> None:
+    from .plots import low_correlation_views
+
+    views = outcome.views
+    low = low_correlation_views(views.tilt_angles, outcome.correlation, views.enabled)
+    _print_table(out, outcome, low)
+    out.write(f"aligned {int(views.enabled.sum())} of {views.n_views} views in {elapsed:.1f} s on "
+              f"{outcome.device.split(':')[0]} (correlation binned by {outcome.binning}; reference "
+              f"view {outcome.reference_number} at "
+              f"{views.tilt_angles[outcome.reference_position]:.2f} deg)\n")
+    if low.any():
+        out.write("low correlation, check these views: "
+                  + ", ".join(str(v) for v in np.sort(views.stack_positions[low])) + "\n")
+    for kind in ("prexf", "prexg", "tlt", "ali", "png"):
+        if kind in paths:
+            out.write(f"wrote {os.path.relpath(paths[kind])}\n")
+        elif kind == "tlt" and keep_input_tlt:
+            out.write(f"wrote {os.path.relpath(tlt_path)} (the input, kept)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -457,6 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``| head``): the files are written;
+        # stop quietly, as a Unix tool killed by SIGPIPE does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

@@ -2,8 +2,8 @@
 
 The engine (`tiltxcorr_scipion.alignment`), the Scipion form and the command
 line all take their defaults from here, and check values with the same code,
-so they cannot drift apart. Plain Python: importing this module loads neither
-torch nor Scipion (plugin discovery and ``--help`` stay fast).
+so they cannot drift apart. Plain Python and numpy: importing this module loads
+neither torch nor Scipion (plugin discovery and ``--help`` stay fast).
 
 Frequencies are in cycles per pixel of the binned image the correlation runs
 on (0.5 is Nyquist), as IMOD tiltxcorr's ``-radius1/-sigma1/-radius2/-sigma2``.
@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 __all__ = [
     "AUTO_BINNING_MAX_FACTOR",
     "AUTO_BINNING_MAX_SIZE",
@@ -22,6 +24,8 @@ __all__ = [
     "MIN_ENABLED_VIEWS",
     "CoarseOptions",
     "OptionError",
+    "check_option",
+    "filter_response",
     "resolve_binning",
 ]
 
@@ -85,6 +89,97 @@ def _number(option: str, value, low: float, high: float, *, low_open: bool = Fal
     return float(value)
 
 
+def _flag(option: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(option, f"must be True or False, got {value!r}")
+    return value
+
+
+def _binning(option: str, value) -> int | str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value == 0):
+        return "auto"
+    return resolve_binning(value, (1, 1))
+
+
+def _max_shift(option: str, value) -> float | None:
+    return None if value is None else _number(option, value, 0.0, math.inf, low_open=True)
+
+
+def _interpolation(option: str, value) -> str:
+    if value not in ("bicubic", "bilinear"):
+        raise OptionError(option, f"must be 'bicubic' or 'bilinear', got {value!r}")
+    return value
+
+
+_FREQUENCY = lambda option, value: _number(option, value, 0.0, 0.5)  # noqa: E731
+_SIGMA = lambda option, value: _number(option, value, 0.0, math.inf)  # noqa: E731
+
+#: How each option's value is checked (and normalised) on its own.
+_CHECKS = {
+    "low_pass_cutoff": _FREQUENCY,
+    "low_pass_sigma": _SIGMA,
+    "high_pass_sigma": _SIGMA,
+    "high_pass_radius": _FREQUENCY,
+    "taper_fraction": lambda option, value: _number(option, value, 0.0, 0.5, high_open=True),
+    "pad_fraction": lambda option, value: _number(option, value, 0.0, 0.5),
+    "binning": _binning,
+    "cumulative": _flag,
+    "reference_memory": lambda option, value: _number(option, value, 0.0, 1.0),
+    "refine": _flag,
+    "max_shift": _max_shift,
+    "interpolation": _interpolation,
+}
+
+
+def check_option(option: str, value):
+    """`value` checked (and normalised: binning 0 -> "auto") for `option`, or an `OptionError`.
+
+    For callers that check one value as it is entered (a command-line
+    argument); `CoarseOptions` checks every field this way, then the fields
+    against each other.
+    """
+    if option not in _CHECKS:
+        raise OptionError(option, f"unknown option; known: {', '.join(sorted(_CHECKS))}")
+    return _CHECKS[option](option, value)
+
+
+def filter_response(frequency, *, high_pass_sigma: float, high_pass_radius: float,
+                    low_pass_cutoff: float, low_pass_sigma: float) -> np.ndarray:
+    """IMOD's correlation filter at `frequency` (cycles/pixel, a number or array), float64.
+
+    Frequencies in cycles per binned pixel, as tiltxcorr's -sigma1, -radius1,
+    -radius2, -sigma2:
+
+    - high-pass: with `high_pass_radius` 0, an inverted Gaussian
+      `1 - exp(-f^2 / (2 sigma1^2))` rising from 0 at zero frequency; with a
+      radius r1 > 0, 1 above r1 and a Gaussian fall-off of sd sigma1 below it;
+    - low-pass: 1 up to `low_pass_cutoff` (r2), then a Gaussian roll-off of sd
+      sigma2 (a hard edge if sigma2 = 0); r2 = 0 disables the low-pass.
+
+    The engine builds its filter from this (``alignment.fourier.imod_filter``)
+    and the options check refuses filters that pass nothing with it.
+    """
+    f = np.asarray(frequency, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if high_pass_radius > 0:
+            below = (np.exp(-((f - high_pass_radius) ** 2) / (2 * high_pass_sigma ** 2))
+                     if high_pass_sigma > 0 else np.zeros_like(f))
+            response = np.where(f < high_pass_radius, below, 1.0)
+        elif high_pass_sigma > 0:
+            response = 1 - np.exp(-(f ** 2) / (2 * high_pass_sigma ** 2))
+        else:
+            response = np.ones_like(f)
+        if low_pass_cutoff > 0:
+            roll_off = (np.exp(-((f - low_pass_cutoff) ** 2) / (2 * low_pass_sigma ** 2))
+                        if low_pass_sigma > 0 else np.zeros_like(f))
+            response = response * np.where(f > low_pass_cutoff, roll_off, 1.0)
+    return response
+
+
+#: A filter whose strongest response is below this passes too little to correlate.
+MIN_FILTER_PEAK = 0.2
+
+
 @dataclass(frozen=True)
 class CoarseOptions:
     """Options of the coarse alignment (`align_tilt_series`), with IMOD's defaults.
@@ -140,23 +235,23 @@ class CoarseOptions:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        for name in ("low_pass_cutoff", "high_pass_radius"):
-            _number(name, getattr(self, name), 0.0, 0.5)
-        for name in ("low_pass_sigma", "high_pass_sigma"):
-            _number(name, getattr(self, name), 0.0, math.inf)
-        _number("taper_fraction", self.taper_fraction, 0.0, 0.5, high_open=True)
-        _number("pad_fraction", self.pad_fraction, 0.0, 0.5)
-        _number("reference_memory", self.reference_memory, 0.0, 1.0)
-        if self.binning != "auto":
-            resolve_binning(self.binning, (1, 1))  # raises for a bad value
-        for name in ("cumulative", "refine"):
-            if not isinstance(getattr(self, name), bool):
-                raise OptionError(name, f"must be True or False, got {getattr(self, name)!r}")
-        if self.max_shift is not None:
-            _number("max_shift", self.max_shift, 0.0, math.inf, low_open=True)
-        if self.interpolation not in ("bicubic", "bilinear"):
-            raise OptionError("interpolation",
-                              f"must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
+        for item in fields(self):
+            # frozen: normalised values are set through object.__setattr__
+            object.__setattr__(self, item.name, check_option(item.name, getattr(self, item.name)))
+        filters = {name: getattr(self, name) for name in (
+            "high_pass_sigma", "high_pass_radius", "low_pass_cutoff", "low_pass_sigma")}
+        if 0 < self.low_pass_cutoff <= self.high_pass_radius:
+            raise OptionError("high_pass_radius", f"must be below the low-pass cutoff "
+                              f"({self.low_pass_cutoff:g}), got {self.high_pass_radius:g}: "
+                              "the correlation filter would pass (almost) nothing")
+        peak = float(filter_response(np.linspace(0.0, 0.5, 501), **filters).max())
+        if peak < MIN_FILTER_PEAK:
+            raise OptionError(
+                "high_pass_radius" if self.high_pass_radius > 0 else "high_pass_sigma",
+                f"the correlation filter passes almost nothing (at most {peak:.2f} of any "
+                f"frequency up to 0.5/px): the high-pass (radius {self.high_pass_radius:g}, "
+                f"sigma {self.high_pass_sigma:g}) must stay well below the low-pass cutoff "
+                f"({self.low_pass_cutoff:g}, fall-off {self.low_pass_sigma:g})")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> CoarseOptions:

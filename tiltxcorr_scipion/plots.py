@@ -19,6 +19,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .convert.files import atomic_output
+
 __all__ = ["correlation_threshold", "low_correlation_views", "plot_alignment",
            "save_alignment_plot"]
 
@@ -274,8 +276,9 @@ def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: 
                         view_numbers: np.ndarray | None = None) -> str:
     """Write `plot_alignment`'s figure as a PNG (800 x 650 pixels) and return its path.
 
-    Uses matplotlib's Agg canvas directly: no display, no pyplot state.
-    Arguments as in `plot_alignment`.
+    Uses matplotlib's Agg canvas directly: no display, no pyplot state. The
+    file appears whole or not at all (`atomic_output`). Arguments as in
+    `plot_alignment`.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -285,5 +288,6 @@ def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: 
     figure = plot_alignment(ts_id, tilt_angles, shifts, enabled, correlation,
                             view_numbers=view_numbers)
     FigureCanvasAgg(figure)
-    figure.savefig(path, format="png", dpi=100)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     return path

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tiltxcorr_scipion.convert.aligned_stack import (
-    apply_transform_2d,
-    bin_image_2d,
-    write_aligned_stack,
-)
+from tiltxcorr_scipion.alignment.binning import bin_views
+from tiltxcorr_scipion.alignment.resample import apply_imod_transforms
+from tiltxcorr_scipion.convert.aligned_stack import write_aligned_stack
 from tiltxcorr_scipion.simulate import simulate_tilt_series
 
 H, W = 96, 128  # non-square on purpose
@@ -33,6 +31,15 @@ def random_specimen(seed: int, n: int = 150):
     rng = np.random.default_rng(seed)
     positions = np.stack([rng.uniform(-20, H + 20, n), rng.uniform(-20, W + 20, n)], axis=1)
     return positions, rng.uniform(1.5, 4.0, n), rng.uniform(0.5, 1.5, n)
+
+
+def apply_transform_2d(image: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
+    """One view through one IMOD forward transform, as the aligned-stack writer applies it."""
+    return apply_imod_transforms(image[None], matrix[None], mode="fourier")[0]
+
+
+def bin_image_2d(image: torch.Tensor, binning: int) -> torch.Tensor:
+    return bin_views(image[None], binning)[0]
 
 
 def shift_matrix(dy: float, dx: float) -> np.ndarray:

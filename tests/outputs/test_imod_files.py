@@ -16,8 +16,17 @@ from tiltxcorr_scipion.convert.imod import (
     write_imod_files,
     write_tlt,
     write_xf,
-    xftoxg,
 )
+from tiltxcorr_scipion.pipeline import output_paths
+
+
+def xftoxg(previous: np.ndarray) -> np.ndarray:
+    """What ``xftoxg -nfit 0`` writes for a ``.prexf``."""
+    return previous_to_global(previous, remove_average=True)
+
+
+def imod_files(folder, name: str) -> dict[str, str]:
+    return output_paths(str(folder), name, plot=False)
 
 
 def shift_transforms(shifts_xy: np.ndarray) -> np.ndarray:
@@ -119,8 +128,9 @@ def test_written_files_reproduce_the_registered_transforms(tmp_path):
     transforms = shift_transforms(shifts)
     transforms[[3, 30]] = np.eye(3)  # disabled views: identity
     angles = np.linspace(-60, 60, n)
-    paths = write_imod_files(str(tmp_path), "TS_01", transforms, angles)
+    paths = imod_files(tmp_path, "TS_01")
     assert paths == {ext: str(tmp_path / f"TS_01.{ext}") for ext in ("prexf", "prexg", "tlt")}
+    assert write_imod_files(paths, transforms, angles) == list(paths.values())
 
     prexf, prexg = read_xf(paths["prexf"]), read_xf(paths["prexg"])
     assert prexf.shape == prexg.shape == (n, 3, 3)
@@ -140,7 +150,8 @@ def test_written_files_with_a_previous_rotation(tmp_path):
     # which also takes out the rotation common to all views (xftoxg centres rotations too)
     rng = np.random.default_rng(4)
     transforms = np.stack([rigid(2.0, x, y) for x, y in rng.uniform(-20, 20, (11, 2))])
-    paths = write_imod_files(str(tmp_path), "rot", transforms, np.linspace(-50, 50, 11))
+    paths = imod_files(tmp_path, "rot")
+    write_imod_files(paths, transforms, np.linspace(-50, 50, 11))
     constant = read_xf(paths["prexg"]) @ np.linalg.inv(transforms)
     np.testing.assert_allclose(constant, np.broadcast_to(constant[0], constant.shape), atol=2e-3)
     np.testing.assert_allclose(constant[0][:2, :2], rigid(-2.0, 0, 0)[:2, :2], atol=1e-6)
@@ -153,17 +164,17 @@ def test_written_files_with_a_previous_rotation(tmp_path):
 ])
 def test_bad_transforms_are_refused(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
-        write_imod_files(str(tmp_path), "ts", bad, np.zeros(len(bad)))
+        write_imod_files(imod_files(tmp_path, "ts"), bad, np.zeros(len(bad)))
 
 
 def test_bad_inputs_name_the_problem(tmp_path):
     transforms = np.tile(np.eye(3), (3, 1, 1))
     with pytest.raises(ValueError, match="2 tilt angles for 3 transforms"):
-        write_imod_files(str(tmp_path), "ts", transforms, np.zeros(2))
+        write_imod_files(imod_files(tmp_path, "ts"), transforms, np.zeros(2))
     with pytest.raises(ValueError, match="path separator"):
-        write_imod_files(str(tmp_path), "a/b", transforms, np.zeros(3))
-    with pytest.raises(ValueError, match="not an existing folder"):
-        write_imod_files(str(tmp_path / "missing"), "ts", transforms, np.zeros(3))
+        write_imod_files(imod_files(tmp_path, "a/b"), transforms, np.zeros(3))
+    with pytest.raises(ValueError, match="does not exist"):
+        write_imod_files(imod_files(tmp_path / "missing", "ts"), transforms, np.zeros(3))
     bad_xf = tmp_path / "bad.xf"
     bad_xf.write_text("1 0 0 1 0 0\n1 0 0 1 zero 0\n")
     with pytest.raises(ValueError, match=r"bad.xf, line 2"):

@@ -142,10 +142,11 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
     if start != n_views:
         raise ValueError(f"got {start} views, expected {n_views}")
     if non_finite:
-        raise ViewError(non_finite, "NaN or infinite pixels; the stack file may be corrupt: "
-                                    "exclude or repair the view")
+        raise ViewError(non_finite, "NaN or infinite pixels (the stack file may be corrupt)",
+                        "exclude or repair the view")
     if constant:
-        raise ViewError(constant, "constant (blank) image, nothing to correlate: exclude the view")
+        raise ViewError(constant, "constant (blank) image, nothing to correlate",
+                        "exclude the view")
     top, left = _trim(full_shape[0], factor), _trim(full_shape[1], factor)
     return BinnedViews(views=out, factor=factor, full_shape=tuple(full_shape), origin=(top, left))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..options import filter_response
+
 
 def next_fast_size(n: int) -> int:
     """Smallest integer >= n whose only prime factors are 2, 3 and 5 (fast FFT sizes)."""
@@ -84,32 +86,16 @@ def imod_filter(ky: torch.Tensor, kx: torch.Tensor, *, high_pass_sigma: float,
                 ) -> torch.Tensor:
     """IMOD's cross-correlation filter on an rfft2 grid, `(len(ky), len(kx))` float64.
 
-    Frequencies are in cycles per (binned) pixel, as tiltxcorr's -sigma1,
-    -radius1, -radius2, -sigma2.
-
-    - High-pass: with `high_pass_radius` = 0, an inverted Gaussian
-      `1 - exp(-f^2 / (2 sigma1^2))` rising from 0 at zero frequency; with a
-      radius r1 > 0, 1 above r1 and a Gaussian fall-off of sd sigma1 below it.
-    - Low-pass: 1 up to `low_pass_cutoff` (r2), then a Gaussian roll-off of sd
-      sigma2 (a hard edge if sigma2 = 0). r2 = 0 disables the low-pass.
-    The zero-frequency term is always removed (the mean carries no position).
+    `ky`, `kx` in cycles per (binned) pixel; the response is
+    `tiltxcorr_scipion.options.filter_response` (IMOD's -sigma1, -radius1,
+    -radius2, -sigma2). The zero-frequency term is always removed (the mean
+    carries no position).
     """
-    f = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
-    response = torch.ones_like(f)
-    if high_pass_radius > 0:
-        if high_pass_sigma > 0:
-            below = torch.exp(-((f - high_pass_radius) ** 2) / (2 * high_pass_sigma ** 2))
-        else:
-            below = torch.zeros_like(f)
-        response = torch.where(f < high_pass_radius, below, response)
-    elif high_pass_sigma > 0:
-        response = response * (1 - torch.exp(-(f ** 2) / (2 * high_pass_sigma ** 2)))
-    if low_pass_cutoff > 0:
-        if low_pass_sigma > 0:
-            roll_off = torch.exp(-((f - low_pass_cutoff) ** 2) / (2 * low_pass_sigma ** 2))
-        else:
-            roll_off = torch.zeros_like(f)
-        response = response * torch.where(f > low_pass_cutoff, roll_off, torch.ones_like(f))
+    frequency = torch.sqrt(ky[:, None].double() ** 2 + kx[None, :].double() ** 2)
+    response = torch.from_numpy(filter_response(
+        frequency.cpu().numpy(), high_pass_sigma=high_pass_sigma,
+        high_pass_radius=high_pass_radius, low_pass_cutoff=low_pass_cutoff,
+        low_pass_sigma=low_pass_sigma)).to(ky.device)
     response[0, 0] = 0.0
     return response
 

@@ -21,18 +21,20 @@ class ViewError(ValueError):
     """Some views cannot be aligned.
 
     `views` are their indices in the engine's input (0-based positions in
-    `tilt_series`); `problem` says what is wrong. A caller that numbers views
-    differently (1-based stack positions, say) words the message with
-    `describe`.
+    `tilt_series`); `problem` says what is wrong with them, `advice` what to
+    do. A caller that numbers views differently (1-based stack positions,
+    say) words the message with `describe`.
     """
 
-    def __init__(self, views: Sequence[int], problem: str) -> None:
+    def __init__(self, views: Sequence[int], problem: str, advice: str = "") -> None:
         self.views = [int(v) for v in views]
         self.problem = problem
-        super().__init__(f"{views_preview(self.views)} (0-based): {problem}")
+        self.advice = advice
+        super().__init__(f"{views_preview(self.views)} (0-based): {problem}"
+                         + (f"; {advice}" if advice else ""))
 
     def describe(self, number_of) -> str:
-        """The message with each view named by `number_of(index)` (e.g. its stack position)."""
+        """The problem with each view named by `number_of(index)` (e.g. its stack position)."""
         return f"{views_preview([number_of(v) for v in self.views])}: {self.problem}"
 
 
@@ -64,13 +66,13 @@ def check_angles(tilt_angles, n_views: int, tilt_axis_angle: float) -> torch.Ten
                          "give exactly one angle per view, in stack order")
     if not torch.isfinite(angles).all():
         bad = torch.nonzero(~torch.isfinite(angles)).flatten().tolist()
-        raise ViewError(bad, "tilt angle is not a finite number")
+        raise ViewError(bad, "tilt angle is not a finite number", "correct the tilt angles")
     too_high = torch.nonzero(angles.abs() > MAX_TILT_DEG).flatten().tolist()
     if too_high:
         worst = float(angles.abs().max())
         raise ViewError(too_high, f"tilted beyond +-{MAX_TILT_DEG:g} degrees (up to "
-                                  f"{worst:.1f}): cosine stretching is undefined there; "
-                                  "exclude those views")
+                                  f"{worst:.1f}): cosine stretching is undefined there",
+                        "exclude those views")
     if not math.isfinite(float(tilt_axis_angle)):
         raise ValueError(f"tilt axis angle must be a finite number of degrees, got {tilt_axis_angle}")
     return angles

@@ -44,10 +44,10 @@ which etomo's later fine alignment absorbs.
 from __future__ import annotations
 
 import math
-import os
-import re
 
 import numpy as np
+
+from .files import atomic_output
 
 __all__ = [
     "format_xf_line",
@@ -58,11 +58,9 @@ __all__ = [
     "write_imod_files",
     "write_tlt",
     "write_xf",
-    "xftoxg",
 ]
 
 _XF_FIELD = 12  # Fortran format (4f12.7, 2f12.3) of IMOD's xfwrite
-_SAFE_TS_ID = re.compile(r"^[^/\\\x00]+$")
 
 
 # --------------------------------------------------------------------------- checks
@@ -128,7 +126,7 @@ def write_xf(path: str, transforms: np.ndarray) -> str:
     Returns the path written.
     """
     array = _check_transforms(transforms)
-    with open(path, "w") as handle:
+    with atomic_output(path) as temporary, open(temporary, "w") as handle:
         handle.writelines(format_xf_line(m) + "\n" for m in array)
     return path
 
@@ -188,7 +186,7 @@ def write_tlt(path: str, tilt_angles: np.ndarray) -> str:
     Returns the path written.
     """
     angles = _check_angles(tilt_angles)
-    with open(path, "w") as handle:
+    with atomic_output(path) as temporary, open(temporary, "w") as handle:
         handle.writelines(f"{a + 0.0:7.2f}\n" for a in angles)
     return path
 
@@ -331,22 +329,16 @@ def previous_to_global(previous: np.ndarray, *, remove_average: bool = True) -> 
     return np.linalg.inv(_natural_average(cumulative)) @ cumulative
 
 
-def xftoxg(previous: np.ndarray) -> np.ndarray:
-    """What ``xftoxg -nfit 0`` writes for a ``.prexf``: `previous_to_global` with averaging."""
-    return previous_to_global(previous, remove_average=True)
-
-
 # --------------------------------------------------------------------------- files
-def write_imod_files(extra_dir: str, ts_id: str, transforms: np.ndarray,
-                     tilt_angles: np.ndarray) -> dict[str, str]:
-    """Write ``<tsId>.prexf``, ``<tsId>.prexg`` and ``<tsId>.tlt`` for IMOD/etomo.
+def write_imod_files(paths: dict[str, str], transforms: np.ndarray,
+                     tilt_angles: np.ndarray) -> list[str]:
+    """Write a coarse alignment for IMOD/etomo: the ``prexf``, ``prexg`` and ``tlt`` of `paths`.
 
     Parameters
     ----------
-    extra_dir
-        Existing folder to write into (the protocol's ``extra/``).
-    ts_id
-        Tilt-series id: the files' base name.
+    paths
+        File path by kind, ``"prexf"``, ``"prexg"`` and ``"tlt"``; kinds left
+        out are not written.
     transforms
         `(n, 3, 3)` registered transforms ``T_i`` (IMOD forward convention,
         pixels of the stack), one per view in stack order, disabled views
@@ -356,30 +348,25 @@ def write_imod_files(extra_dir: str, ts_id: str, transforms: np.ndarray,
 
     Returns
     -------
-    dict[str, str]
-        Paths written, under the keys ``"prexf"``, ``"prexg"`` and ``"tlt"``.
+    list[str]
+        The paths written.
 
     Notes
     -----
     ``.prexf``: view-to-previous transforms ``F_1 = I``,
     ``F_i = T_(i-1)^-1 @ T_i`` (`global_to_previous`), as tiltxcorr writes
     them. ``.prexg``: exactly what ``xftoxg -nfit 0`` computes from that
-    ``.prexf`` (`xftoxg`), i.e. ``C @ T_i`` with one constant ``C`` (the
-    inverse of the average); for shift-only transforms
+    ``.prexf`` (`previous_to_global`), i.e. ``C @ T_i`` with one constant
+    ``C`` (the inverse of the average); for shift-only transforms
     ``DX_prexg = DX - mean(DX)`` and ``DY_prexg = DY - mean(DY)``.
-    ``.tlt``: one angle per line, two decimals. All three in IMOD's text
-    formats (``(4f12.7, 2f12.3)`` for transforms, ``f7.2`` for angles).
+    ``.tlt``: one angle per line, two decimals. All in IMOD's text formats
+    (``(4f12.7, 2f12.3)`` for transforms, ``f7.2`` for angles). Each file
+    appears whole or not at all.
     """
     array = _check_transforms(transforms)
     angles = _check_angles(tilt_angles, len(array))
-    if not isinstance(ts_id, str) or not _SAFE_TS_ID.match(ts_id) or ts_id in (".", ".."):
-        raise ValueError(f"tilt-series id {ts_id!r} cannot be a file name: "
-                         "it must be non-empty and hold no path separator")
-    if not os.path.isdir(extra_dir):
-        raise ValueError(f"{extra_dir} is not an existing folder: create it before writing IMOD files")
-    paths = {ext: os.path.join(extra_dir, f"{ts_id}.{ext}") for ext in ("prexf", "prexg", "tlt")}
     previous = global_to_previous(array)
-    write_xf(paths["prexf"], previous)
-    write_xf(paths["prexg"], xftoxg(previous))
-    write_tlt(paths["tlt"], angles)
-    return paths
+    contents = {"prexf": lambda path: write_xf(path, previous),
+                "prexg": lambda path: write_xf(path, previous_to_global(previous)),
+                "tlt": lambda path: write_tlt(path, angles)}
+    return [contents[kind](paths[kind]) for kind in ("prexf", "prexg", "tlt") if kind in paths]

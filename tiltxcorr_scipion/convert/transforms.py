@@ -24,21 +24,14 @@ All arrays are batch-first: `(n, 3, 3)` transforms, `(n, 2)` shifts `(dy, dx)`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:  # torch is imported where used: Scipion imports this module at plugin discovery
-    import torch
 
 __all__ = [
     "identity_transforms",
     "shifts_to_transforms",
-    "transforms_to_shifts",
     "compose_transforms",
     "rotation_angles_deg",
     "is_identity",
-    "apply_transforms_2d",
 ]
 
 
@@ -67,12 +60,6 @@ def shifts_to_transforms(shifts_dy_dx: np.ndarray) -> np.ndarray:
     out[:, 0, 2] = shifts[:, 1]  # DX = dx
     out[:, 1, 2] = shifts[:, 0]  # DY = dy
     return out
-
-
-def transforms_to_shifts(transforms: np.ndarray) -> np.ndarray:
-    """`(n, 2)` `(dy, dx)` = `(DY, DX)` translation columns of `(n, 3, 3)` transforms."""
-    t = np.asarray(transforms, dtype=np.float64)
-    return np.stack([t[:, 1, 2], t[:, 0, 2]], axis=1)
 
 
 def compose_transforms(new: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
@@ -105,51 +92,3 @@ def is_identity(transforms: np.ndarray, atol: float = 1e-6) -> bool:
     """True when every `(3, 3)` matrix in `(n, 3, 3)` is the identity within ``atol``."""
     t = np.asarray(transforms, dtype=np.float64)
     return bool(np.allclose(t, np.eye(3), atol=atol))
-
-
-def apply_transforms_2d(images: torch.Tensor, transforms: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Resample images into the aligned frame of their forward transforms (bilinear).
-
-    Parameters
-    ----------
-    images
-        `(b, h, w)` float tensor (any device).
-    transforms
-        `(b, 3, 3)` forward raw -> aligned transforms (module convention).
-
-    Returns
-    -------
-    `(b, h, w)` tensor: ``aligned[Y', X'] = raw[T^-1 (X', Y')]``; pixels that come
-    from outside the raw image get the view's mean, so the edges add no step
-    the correlation could lock onto.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if images.ndim != 3:
-        raise ValueError(f"images must be (b, h, w), got shape {tuple(images.shape)}")
-    b, h, w = images.shape
-    t = torch.as_tensor(np.asarray(transforms, dtype=np.float64) if not torch.is_tensor(transforms)
-                        else transforms, dtype=torch.float64)
-    if t.shape != (b, 3, 3):
-        raise ValueError(f"transforms must be ({b}, 3, 3), got {tuple(t.shape)}")
-    inv = torch.linalg.inv(t)  # aligned -> raw, (b, 3, 3)
-    xc, yc = (w - 1) / 2.0, (h - 1) / 2.0
-    ys = torch.arange(h, dtype=torch.float64) - yc
-    xs = torch.arange(w, dtype=torch.float64) - xc
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")  # (h, w)
-    # Raw coordinates (relative to the centre) of each aligned pixel:
-    # X - c = A^-1 (X' - c - D), the homogeneous inverse applied to X' - c.
-    a = inv[:, :2, :2]  # (b, 2, 2) acting on (x, y)
-    d = inv[:, :2, 2]  # (b, 2)
-    x_raw = a[:, 0, 0, None, None] * xx + a[:, 0, 1, None, None] * yy + d[:, 0, None, None]
-    y_raw = a[:, 1, 0, None, None] * xx + a[:, 1, 1, None, None] * yy + d[:, 1, None, None]
-    # grid_sample's normalised coordinates (align_corners=True: -1 and 1 are pixel centres).
-    gx = x_raw / max(xc, 0.5)
-    gy = y_raw / max(yc, 0.5)
-    grid = torch.stack([gx, gy], dim=-1).to(device=images.device, dtype=torch.float32)
-    means = images.mean(dim=(-2, -1), keepdim=True)  # (b, 1, 1)
-    centred = (images - means).unsqueeze(1)  # (b, 1, h, w)
-    out = F.grid_sample(centred, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.squeeze(1) + means
-

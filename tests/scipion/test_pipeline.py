@@ -1,4 +1,4 @@
-"""Unit tests of the conversion layer: no Scipion project, real arrays and files."""
+"""The per-tilt-series pipeline and its conversions: no Scipion project, real arrays and files."""
 
 from __future__ import annotations
 
@@ -9,28 +9,38 @@ import numpy as np
 import pytest
 import torch
 
-from tiltxcorr_scipion.convert.engine_args import (
-    FORM_DEFAULTS,
-    TiltSeriesFailure,
-    ViewTable,
-    align_view_table,
-    engine_kwargs_from_form,
-    read_enabled_views,
-    resolve_tilt_axis,
-    select_device,
-    torch_threads_per_step,
-    view_table_from_items,
-)
-from tiltxcorr_scipion.convert.stacks import StackReadError, read_stack_views, stack_shape
+from tiltxcorr_scipion.alignment.resample import apply_imod_transforms
+from tiltxcorr_scipion.convert.mrc import MrcStack, StackReadError
 from tiltxcorr_scipion.convert.transforms import (
-    apply_transforms_2d,
     compose_transforms,
     identity_transforms,
     rotation_angles_deg,
     shifts_to_transforms,
-    transforms_to_shifts,
 )
+from tiltxcorr_scipion.options import CoarseOptions
+from tiltxcorr_scipion.pipeline import (
+    TiltSeriesFailure,
+    TiltSeriesViews,
+    align_views,
+    select_device,
+    torch_threads_per_step,
+)
+from tiltxcorr_scipion.protocols.protocol_prealignment import coarse_options_from_form
 from tiltxcorr_scipion.simulate import simulate_tilt_series
+
+
+def apply_transforms_2d(images, transforms):
+    """Views resampled into their earlier alignment, as the pipeline reads them."""
+    return apply_imod_transforms(images, transforms, mode="bilinear")
+
+
+def transforms_to_shifts(transforms: np.ndarray) -> np.ndarray:
+    """`(n, 2)` `(dy, dx)` = the `(DY, DX)` translation columns of `(n, 3, 3)` transforms."""
+    return np.stack([transforms[:, 1, 2], transforms[:, 0, 2]], axis=1)
+
+
+def read_stack_views(path, positions):
+    return MrcStack.open(path).read(positions)
 
 
 # --------------------------------------------------------------------------- transforms
@@ -104,7 +114,7 @@ def test_read_stack_views_by_position_any_extension(tmp_path):
     views = read_stack_views(path, [3, 1, 5])
     np.testing.assert_array_equal(views, data[[2, 0, 4]])
     assert views.dtype == np.float32
-    assert stack_shape(path) == (5, 4, 6)
+    assert MrcStack.open(path).shape == (5, 4, 6)
 
 
 def test_read_stack_views_int16_becomes_float32(tmp_path):
@@ -116,7 +126,7 @@ def test_read_stack_views_int16_becomes_float32(tmp_path):
 
 def test_read_stack_views_errors_name_the_file(tmp_path):
     missing = str(tmp_path / "nothere.mrc")
-    with pytest.raises(StackReadError, match="nothere.mrc.*does not exist"):
+    with pytest.raises(StackReadError, match="nothere.mrc: no such file"):
         read_stack_views(missing, [1])
     path = _write(tmp_path / "ts.mrc", np.zeros((3, 4, 4)))
     with pytest.raises(StackReadError, match=r"has 3 views.*\[4\]"):
@@ -136,44 +146,41 @@ def test_truncated_stack_is_reported(tmp_path):
         read_stack_views(path, [1, 2, 3, 4])
 
 
-# --------------------------------------------------------------------------- engine arguments
-def test_engine_kwargs_defaults_and_mapping():
-    kw = engine_kwargs_from_form({})
-    assert kw == {
+# --------------------------------------------------------------------------- form values
+def test_form_values_become_engine_options():
+    assert coarse_options_from_form({}) == CoarseOptions()
+    assert vars(CoarseOptions()) == {
         "low_pass_cutoff": 0.25, "low_pass_sigma": 0.05, "high_pass_sigma": 0.03,
         "high_pass_radius": 0.0, "taper_fraction": 0.1, "pad_fraction": 0.05,
-        "binning": "auto", "cumulative": False, "refine": True, "max_shift": None,
+        "binning": "auto", "cumulative": False, "reference_memory": 0.75, "refine": True,
+        "max_shift": None, "interpolation": "bilinear",
     }
-    kw = engine_kwargs_from_form({"binning": 2, "maxShift": 12.5, "cumulativeCorrelation": True,
-                                  "subpixelRefinement": False, "lowPassCutoff": 0.15})
-    assert kw["binning"] == 2 and kw["max_shift"] == 12.5
-    assert kw["cumulative"] is True and kw["refine"] is False and kw["low_pass_cutoff"] == 0.15
-    assert engine_kwargs_from_form({"maxShift": 0})["max_shift"] is None
+    kw = coarse_options_from_form({"binning": 2, "maxShift": 12.5,
+                                   "cumulativeCorrelation": True, "subpixelRefinement": False,
+                                   "lowPassCutoff": 0.15})
+    assert kw.binning == 2 and kw.max_shift == 12.5
+    assert kw.cumulative is True and kw.refine is False and kw.low_pass_cutoff == 0.15
+    assert coarse_options_from_form({"maxShift": 0}).max_shift is None
+    assert coarse_options_from_form({"binning": 0}).binning == "auto"
     with pytest.raises(ValueError, match="binning"):
-        engine_kwargs_from_form({"binning": -1})
-    assert set(FORM_DEFAULTS) >= {"lowPassCutoff", "taperFraction", "maxShift"}
+        coarse_options_from_form({"binning": -1})
 
 
-def test_engine_kwargs_are_accepted_by_the_engine():
-    from dataclasses import fields
-
-    from tiltxcorr_scipion.options import CoarseOptions
-
-    accepted = {field.name for field in fields(CoarseOptions)}
-    assert set(engine_kwargs_from_form({})) <= accepted
-
-
-def test_resolve_tilt_axis_prefers_the_form():
-    assert resolve_tilt_axis(85.0, 10.0, "TS_1") == 85.0
-    assert resolve_tilt_axis(None, -3.5, "TS_1") == -3.5
+def test_tilt_axis_prefers_the_form():
+    views = TiltSeriesViews(ts_id="TS_1", stack_positions=np.arange(1, 4), file_names=["a"] * 3,
+                            tilt_angles=np.zeros(3), enabled=np.ones(3, bool), previous=None,
+                            acquisition_axis=10.0, sampling_rate=1.0)
+    assert views.tilt_axis(85.0) == 85.0
+    assert views.tilt_axis(None) == 10.0
+    no_axis = TiltSeriesViews(**{**vars(views), "ts_id": "TS_7", "acquisition_axis": None})
     with pytest.raises(TiltSeriesFailure, match="TS_7.*tilt axis"):
-        resolve_tilt_axis(None, None, "TS_7")
+        no_axis.tilt_axis(None)
 
 
 def test_torch_threads_do_not_oversubscribe():
-    assert torch_threads_per_step(1, n_cpus=8) == 8
-    assert torch_threads_per_step(3, n_cpus=8) == 2
-    assert torch_threads_per_step(4, n_cpus=2) == 1
+    assert torch_threads_per_step(1, cpus=8) == 8
+    assert torch_threads_per_step(3, cpus=8) == 2
+    assert torch_threads_per_step(4, cpus=2) == 1
 
 
 def test_select_device_falls_back_to_cpu_with_a_reason():
@@ -186,7 +193,7 @@ def test_select_device_falls_back_to_cpu_with_a_reason():
         assert device.type == "cpu" and "CUDA is not available" in message
 
 
-def test_view_table_from_real_tomo_objects():
+def test_views_from_real_tomo_objects():
     from pwem.objects import Transform
     from tomo.objects import TiltImage, TiltSeries
 
@@ -199,10 +206,10 @@ def test_view_table_from_real_tomo_objects():
         ti.setEnabled(i != 2)
         items.append(ti)
     items[0].setTransform(Transform(matrix=shifts_to_transforms(np.array([[1.0, 2.0]]))[0]))
-    table = view_table_from_items(ts, items)
+    table = TiltSeriesViews.from_tilt_series(ts, items)
     assert table.ts_id == "TS_9" and table.sampling_rate == 2.5
     assert table.acquisition_axis == 84.0
-    np.testing.assert_array_equal(table.stack_indices, [3, 2, 1])
+    np.testing.assert_array_equal(table.stack_positions, [3, 2, 1])
     np.testing.assert_array_equal(table.enabled, [True, True, False])
     assert table.previous is not None
     np.testing.assert_allclose(table.previous[0, :2, 2], [2.0, 1.0])
@@ -212,8 +219,8 @@ def test_view_table_from_real_tomo_objects():
 # --------------------------------------------------------------------------- reading + aligning
 def _table(path, sim, order, enabled=None, previous=None):
     n = len(order)
-    return ViewTable(
-        ts_id="TS_T", stack_indices=np.asarray(order) + 1, file_names=[path] * n,
+    return TiltSeriesViews(
+        ts_id="TS_T", stack_positions=np.asarray(order) + 1, file_names=[path] * n,
         tilt_angles=sim.tilt_angles.numpy().astype(float)[order],
         enabled=np.ones(n, bool) if enabled is None else enabled,
         previous=previous, acquisition_axis=sim.tilt_axis_angle, sampling_rate=1.0)
@@ -229,19 +236,19 @@ def simulated(tmp_path_factory):
     return sim, path, order
 
 
-def test_read_enabled_views_needs_three(simulated):
+def test_alignment_needs_three_enabled_views(simulated):
     sim, path, order = simulated
     enabled = np.zeros(len(order), bool)
     enabled[:2] = True
     with pytest.raises(TiltSeriesFailure, match="TS_T: only 2 enabled"):
-        read_enabled_views(_table(path, sim, order, enabled))
+        align_views(_table(path, sim, order, enabled), CoarseOptions(), 85.0)
 
 
-def test_align_view_table_recovers_shifts_with_disabled_views(simulated):
+def test_align_views_recovers_shifts_with_disabled_views(simulated):
     sim, path, order = simulated
     enabled = np.ones(len(order), bool)
     enabled[[0, 5, 30]] = False  # the most tilted view, one inside, the other end
-    out = align_view_table(_table(path, sim, order, enabled), 85.0, engine_kwargs_from_form({}))
+    out = align_views(_table(path, sim, order, enabled), CoarseOptions(), 85.0)
     truth = sim.shifts.numpy().astype(float)[order]
     assert np.abs(out.shifts[enabled] - truth[enabled]).max() < 0.5
     np.testing.assert_allclose(out.transforms[~enabled], np.tile(np.eye(3), (3, 1, 1)))
@@ -253,7 +260,7 @@ def test_align_view_table_recovers_shifts_with_disabled_views(simulated):
     assert set(out.timings) == {"read", "engine"}
 
 
-def test_align_view_table_applies_and_composes_previous(simulated):
+def test_align_views_applies_and_composes_previous(simulated):
     sim, path, order = simulated
     n = len(order)
     rng = np.random.default_rng(5)
@@ -261,18 +268,17 @@ def test_align_view_table_applies_and_composes_previous(simulated):
     ref = int(np.argmin(np.abs(sim.tilt_angles.numpy()[order])))
     prev_shifts[ref] = 0  # the previous alignment keeps the reference (axis) in place
     previous = shifts_to_transforms(prev_shifts)
-    out = align_view_table(_table(path, sim, order, previous=previous), 85.0,
-                           engine_kwargs_from_form({}))
+    out = align_views(_table(path, sim, order, previous=previous), CoarseOptions(), 85.0)
     truth = sim.shifts.numpy().astype(float)[order]
     total = transforms_to_shifts(out.transforms)
     assert np.abs(total - truth).max() < 0.5  # the previous alignment was applied and composed
     np.testing.assert_allclose(total, out.shifts + prev_shifts, atol=1e-9)  # new @ previous
 
 
-def test_align_view_table_reports_engine_refusals_with_ts_id(tmp_path, simulated):
+def test_align_views_reports_engine_refusals_with_ts_id(tmp_path, simulated):
     sim, _, order = simulated
     data = sim.images.numpy().copy()
     data[4, 10:20, 10:20] = np.nan
     path = _write(tmp_path / "nan.mrc", data)
     with pytest.raises(TiltSeriesFailure, match="TS_T.*NaN"):
-        align_view_table(_table(path, sim, order), 85.0, engine_kwargs_from_form({}))
+        align_views(_table(path, sim, order), CoarseOptions(), 85.0)

@@ -1,0 +1,493 @@
+"""One tilt series, from its views on disk to an outcome and output files.
+
+The protocol, the command line and the demo all go through here::
+
+    TiltSeriesViews          what to align: from a Scipion tilt series
+      .from_tilt_series()    (``from_tilt_series``) or an MRC stack + angles
+      .from_stack()          (``from_stack``)
+            |
+    align_views()            read the enabled views a few at a time, apply an
+            |                earlier alignment, bin as they arrive, run the engine
+            v
+    AlignmentOutcome         transforms and scores for every view, item order
+            |
+    write_outputs()          IMOD files, plot, aligned stack: each file whole or
+                             not at all, all of a tilt series or none
+
+Callers keep only what is theirs: the protocol its form, steps and
+registration; the command line its arguments and printing.
+
+Every message that names a view uses its 1-based position in the stack: the
+number IMOD, ``--exclude`` and the Scipion GUI use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .convert.files import OutputError
+from .convert.mrc import MrcStack, StackReadError
+from .convert.transforms import (
+    compose_transforms,
+    identity_transforms,
+    is_identity,
+    rotation_angles_deg,
+    shifts_to_transforms,
+)
+from .options import MIN_ENABLED_VIEWS, CoarseOptions
+
+if TYPE_CHECKING:  # torch is imported where used: Scipion imports the protocol (and so
+    import torch  # this module) in every process at plugin discovery; torch takes 1-2 s.
+
+__all__ = [
+    "AlignmentOutcome",
+    "TiltSeriesFailure",
+    "TiltSeriesViews",
+    "align_views",
+    "available_cpus",
+    "output_paths",
+    "select_device",
+    "write_outputs",
+]
+
+#: Each read brings about this many bytes of float32 views into memory.
+READ_CHUNK_BYTES = 128 << 20
+_SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
+
+
+class TiltSeriesFailure(RuntimeError):
+    """One tilt series cannot be aligned; the message names it, the views and the cause.
+
+    `cause` is what went wrong (without the tilt series' name), `advice` what
+    to do about it (may be empty), `views` the 1-based stack positions of the
+    views at fault, if the failure is theirs.
+    """
+
+    def __init__(self, ts_id: str, cause: str, views=(), advice: str = "") -> None:
+        super().__init__(f"tilt series {ts_id}: {cause}" + (f"; {advice}" if advice else ""))
+        self.ts_id = ts_id
+        self.cause = cause
+        self.advice = advice
+        self.views = [int(v) for v in views]
+
+
+@dataclass(frozen=True)
+class TiltSeriesViews:
+    """What the alignment needs to know of one tilt series, as plain arrays in item order.
+
+    Attributes
+    ----------
+    ts_id
+        Tilt-series identifier (also the base name of its output files).
+    stack_positions
+        `(n,)` int64 1-based positions of the views in their stack files: the
+        numbers users see.
+    file_names
+        `n` stack file names (usually all the same).
+    tilt_angles
+        `(n,)` float64 degrees.
+    enabled
+        `(n,)` bool; disabled (excluded) views are neither read nor aligned.
+    previous
+        `(n, 3, 3)` transforms already on the views, or None.
+    acquisition_axis
+        Tilt axis angle recorded with the data (degrees), or None.
+    sampling_rate
+        Angstrom per pixel.
+    """
+
+    ts_id: str
+    stack_positions: np.ndarray
+    file_names: list[str]
+    tilt_angles: np.ndarray
+    enabled: np.ndarray
+    previous: np.ndarray | None
+    acquisition_axis: float | None
+    sampling_rate: float
+
+    @property
+    def n_views(self) -> int:
+        return len(self.stack_positions)
+
+    @property
+    def stack_order(self) -> np.ndarray:
+        """Item indices `(n,)` sorted by stack position (the order of IMOD files)."""
+        return np.argsort(self.stack_positions, kind="stable")
+
+    def single_stack(self) -> str | None:
+        """The stack file if the views are exactly its positions 1..n, else None."""
+        if len(set(self.file_names)) != 1:
+            return None
+        if not np.array_equal(np.sort(self.stack_positions), np.arange(1, self.n_views + 1)):
+            return None
+        return self.file_names[0]
+
+    @classmethod
+    def from_tilt_series(cls, ts: Any, items: list[Any]) -> TiltSeriesViews:
+        """From a tomo ``TiltSeries`` and its tilt images (clones, item order); getters only."""
+        n = len(items)
+        previous = identity_transforms(n)
+        for i, ti in enumerate(items):
+            matrix = ti.getTransform().getMatrix() if ti.hasTransform() else None
+            if matrix is not None:
+                previous[i] = np.asarray(matrix, dtype=np.float64)
+        acquisition = ts.getAcquisition() if hasattr(ts, "getAcquisition") else None
+        axis = acquisition.getTiltAxisAngle() if acquisition is not None else None
+        return cls(
+            ts_id=str(ts.getTsId()),
+            stack_positions=np.array([ti.getIndex() or 1 for ti in items], dtype=np.int64),
+            file_names=[ti.getFileName() for ti in items],
+            tilt_angles=np.array([ti.getTiltAngle() for ti in items], dtype=np.float64),
+            enabled=np.array([bool(ti.isEnabled()) for ti in items], dtype=bool),
+            previous=None if is_identity(previous) else previous,
+            acquisition_axis=None if axis is None else float(axis),
+            sampling_rate=float(ts.getSamplingRate() or 1.0),
+        )
+
+    @classmethod
+    def from_stack(cls, stack: MrcStack, tilt_angles: np.ndarray, *,
+                   enabled: np.ndarray | None = None, ts_id: str | None = None,
+                   pixel_size: float | None = None) -> TiltSeriesViews:
+        """All views of one MRC stack, in stack order (`enabled`: `(n,)` bool, default all).
+
+        The pixel size is `pixel_size`, else the header's, else 1.
+        """
+        n = stack.n_views
+        angles = np.asarray(tilt_angles, dtype=np.float64).reshape(-1)
+        ts_id = ts_id or os.path.splitext(os.path.basename(stack.path))[0]
+        if len(angles) != n:
+            raise TiltSeriesFailure(ts_id, f"{stack.path} has {n} views but {len(angles)} tilt "
+                                           "angles were given: give one angle per view, in "
+                                           "stack order")
+        header_pixel = stack.voxel_size if stack.voxel_size > 0 else 1.0
+        return cls(
+            ts_id=ts_id, stack_positions=np.arange(1, n + 1), file_names=[stack.path] * n,
+            tilt_angles=angles,
+            enabled=np.ones(n, dtype=bool) if enabled is None else np.asarray(enabled, bool),
+            previous=None, acquisition_axis=None, sampling_rate=float(pixel_size or header_pixel))
+
+    def tilt_axis(self, override: float | None = None) -> float:
+        """The tilt axis angle to align with: `override` if given, else the recorded one."""
+        for value in (override, self.acquisition_axis):
+            if value is not None and math.isfinite(float(value)):
+                return float(value)
+        raise self.fail("no tilt axis angle (none was recorded with the data and none was "
+                        "given); enter it in the form")
+
+    def fail(self, cause: str, views=(), advice: str = "") -> TiltSeriesFailure:
+        """A `TiltSeriesFailure` for this tilt series (`views`: 1-based stack positions)."""
+        return TiltSeriesFailure(self.ts_id, cause, views, advice)
+
+    def fail_views(self, error, number_of) -> TiltSeriesFailure:
+        """A `TiltSeriesFailure` from an engine `ViewError`, views named by `number_of(index)`."""
+        return self.fail(error.describe(number_of), [number_of(v) for v in error.views],
+                         error.advice)
+
+
+@dataclass
+class AlignmentOutcome:
+    """What the alignment of one tilt series produced, in item order (`n` items).
+
+    Attributes
+    ----------
+    views
+        The tilt series that was aligned.
+    transforms
+        `(n, 3, 3)` IMOD forward transforms to register: ``shift @ previous``
+        for enabled views, the identity for disabled ones (see
+        ``docs/conventions.md``).
+    shifts
+        `(n, 2)` `(dy, dx)` the engine found, pixels (zero for disabled views).
+    correlation
+        `(n,)` score of each view against the reference it was aligned to;
+        NaN for the reference and for disabled views.
+    reference_position
+        Item index of the reference (lowest-|tilt|) view.
+    tilt_axis_angle
+        Tilt axis angle (degrees) of the raw images that was used.
+    binning
+        Binning the engine correlated at.
+    device
+        Where the engine ran (``"cpu"``, ``"cuda:0"``...).
+    timings
+        Seconds: ``read`` (read, earlier alignment, binning), ``engine``.
+    """
+
+    views: TiltSeriesViews
+    transforms: np.ndarray
+    shifts: np.ndarray
+    correlation: np.ndarray
+    reference_position: int
+    tilt_axis_angle: float
+    binning: int
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reference_number(self) -> int:
+        """1-based stack position of the reference view."""
+        return int(self.views.stack_positions[self.reference_position])
+
+
+# --------------------------------------------------------------------------- reading
+def _raw_chunks(views: TiltSeriesViews, items: np.ndarray, stacks: dict[str, MrcStack],
+                view_shape: tuple[int, int]) -> Iterator[torch.Tensor]:
+    """Enabled views `items` (item indices) as float32 tensors, a few at a time, item order.
+
+    Views carrying an earlier alignment are resampled into it (bilinear;
+    they are binned next, which hides the interpolation).
+    """
+    import torch
+
+    from .alignment.resample import apply_imod_transforms
+
+    h, w = view_shape
+    per_chunk = max(1, READ_CHUNK_BYTES // (h * w * 4))
+    files = np.array(views.file_names, dtype=object)
+    for start in range(0, len(items), per_chunk):
+        block = items[start:start + per_chunk]
+        chunk = np.empty((len(block), h, w), dtype=np.float32)
+        for name in dict.fromkeys(files[block]):
+            selected = files[block] == name
+            chunk[selected] = stacks[name].read(views.stack_positions[block[selected]])
+        tensor = torch.from_numpy(chunk)
+        if views.previous is not None:
+            tensor = apply_imod_transforms(tensor, views.previous[block], mode="bilinear")
+        yield tensor
+
+
+def _open_stacks(views: TiltSeriesViews, items: np.ndarray) -> tuple[dict[str, MrcStack],
+                                                                    tuple[int, int]]:
+    """Each stack file of the enabled views, opened and checked once; their common view shape."""
+    stacks: dict[str, MrcStack] = {}
+    files = np.array(views.file_names, dtype=object)
+    for name in dict.fromkeys(files[items]):
+        try:
+            stacks[name] = MrcStack.open(name)
+            stacks[name].check_positions(views.stack_positions[items[files[items] == name]])
+        except StackReadError as error:
+            raise views.fail(str(error)) from None
+    shapes = sorted({stack.view_shape for stack in stacks.values()})
+    if len(shapes) > 1:
+        raise views.fail(f"views of different sizes {shapes} (rows x columns) in "
+                         f"{', '.join(stacks)}")
+    return stacks, shapes[0]
+
+
+def align_views(views: TiltSeriesViews, options: CoarseOptions, tilt_axis_angle: float, *,
+                device: torch.device | str = "cpu",
+                progress: Callable[[int, int], None] | None = None) -> AlignmentOutcome:
+    """Read, pre-align (when the views carry an earlier alignment), bin and align one tilt series.
+
+    Views are read a few at a time and binned as they arrive: memory follows
+    the binned size, not the stack's.
+
+    Parameters
+    ----------
+    views
+        The tilt series.
+    options
+        Engine options (checked already, being a `CoarseOptions`).
+    tilt_axis_angle
+        Axis angle of the raw images, degrees (IMOD RotationAngle convention).
+    device
+        Torch device the engine runs on.
+    progress
+        Called as `progress(done, total)` while the engine correlates pairs.
+
+    Raises
+    ------
+    TiltSeriesFailure
+        Naming the tilt series and the views (1-based stack positions): an
+        unreadable stack, too few enabled views, views of different sizes,
+        anything the engine refuses (NaN pixels, |tilt| > 82, blank views...).
+    """
+    import torch
+
+    from .alignment import ViewError, align_binned_views, bin_chunks
+    from .alignment.core import check_binned_size
+    from .alignment.validation import check_angles
+
+    device = torch.device(device)
+    items = np.flatnonzero(views.enabled)
+    if len(items) < MIN_ENABLED_VIEWS:
+        raise views.fail(f"only {len(items)} enabled view(s) of {views.n_views}; at least "
+                         f"{MIN_ENABLED_VIEWS} are needed (re-enable views)")
+    number_of = lambda index: int(views.stack_positions[items[index]])  # noqa: E731
+    axis = float(tilt_axis_angle)
+    previous = None if views.previous is None else views.previous[items]
+    if previous is not None:
+        singular = ~np.isfinite(previous).all(axis=(1, 2)) | (
+            np.abs(np.linalg.det(previous[:, :2, :2])) < 1e-6)
+        if singular.any():
+            raise views.fail_views(ViewError(
+                np.flatnonzero(singular), "the existing alignment is not invertible or not "
+                "finite", "reset the alignment of these views"), number_of)
+        # A rotation in the earlier alignment turns the tilt axis with the image.
+        axis += float(np.median(rotation_angles_deg(previous)))
+    started = time.perf_counter()
+    try:
+        angles = check_angles(views.tilt_angles[items], len(items), axis)
+        stacks, view_shape = _open_stacks(views, items)
+        factor = check_binned_size(view_shape, options.binning)
+        binned = bin_chunks(_raw_chunks(views, items, stacks, view_shape), len(items),
+                            view_shape, factor, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        read_done = time.perf_counter()
+        result = align_binned_views(binned, angles, axis, options, progress=progress)
+    except ViewError as error:
+        raise views.fail_views(error, number_of) from None
+    except StackReadError as error:
+        raise views.fail(str(error)) from None
+    except ValueError as error:
+        raise views.fail(str(error)) from None
+    engine_done = time.perf_counter()
+
+    n = views.n_views
+    shifts = np.zeros((n, 2), dtype=np.float64)
+    shifts[items] = result.shifts.detach().cpu().double().numpy()
+    correlation = np.full(n, np.nan)
+    correlation[items] = result.correlation.detach().cpu().double().numpy()
+    reference = int(items[int(result.reference_view)])
+    transforms = identity_transforms(n)
+    transforms[items] = compose_transforms(shifts_to_transforms(shifts[items]), previous)
+    if not np.all(np.isfinite(transforms)):
+        raise views.fail("the alignment produced non-finite shifts")
+    return AlignmentOutcome(
+        views=views, transforms=transforms, shifts=shifts, correlation=correlation,
+        reference_position=reference, tilt_axis_angle=float(tilt_axis_angle),
+        binning=int(result.binning), device=str(device),
+        timings={"read": read_done - started, "engine": engine_done - read_done})
+
+
+# --------------------------------------------------------------------------- writing
+def output_paths(folder: str, name: str, *, imod: bool = True, plot: bool = True,
+                 aligned: bool = False) -> dict[str, str]:
+    """The files `write_outputs` writes as `folder/name...`, by kind.
+
+    Kinds: ``prexf``, ``prexg``, ``tlt`` (IMOD files), ``png`` (the plot,
+    ``<name>_alignment.png``), ``ali`` (the aligned stack). `name` (a
+    tilt-series id, a stack's base name) must be usable as a file name and
+    `folder` must exist; a ValueError says which is not.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise ValueError(f"{name!r} cannot be a file name: it must be non-empty and hold no "
+                         "path separator")
+    if not os.path.isdir(folder):
+        raise ValueError(f"folder {folder} does not exist: create it before writing files")
+    prefix = os.path.join(folder, name)
+    paths: dict[str, str] = {}
+    if imod:
+        paths.update({kind: f"{prefix}.{kind}" for kind in ("prexf", "prexg", "tlt")})
+    if plot:
+        paths["png"] = f"{prefix}_alignment.png"
+    if aligned:
+        paths["ali"] = f"{prefix}.ali"
+    return paths
+
+
+def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_binning: int = 1,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Write the files of `paths` (from `output_paths`) for one aligned tilt series.
+
+    All or nothing: each file appears under its name only once complete, and
+    if one cannot be written, those already written by this call are removed
+    again, so a tilt series never has a partial set of files.
+
+    Returns the seconds spent on each kind of file.
+
+    Raises
+    ------
+    TiltSeriesFailure
+        Naming the tilt series and the file: a full disk, no permission, an
+        aligned stack that cannot be made (views not one complete stack...).
+    """
+    from .convert.imod import write_imod_files
+
+    views = outcome.views
+    order = views.stack_order
+    written: list[str] = []
+    seconds: dict[str, float] = {}
+    try:
+        if {"prexf", "prexg", "tlt"} & paths.keys():
+            started = time.perf_counter()
+            written += write_imod_files(paths, outcome.transforms[order],
+                                        views.tilt_angles[order])
+            seconds["imod"] = time.perf_counter() - started
+        if "png" in paths:
+            from .plots import save_alignment_plot
+
+            started = time.perf_counter()
+            # view numbers are stack positions, as in the viewer and the IMOD files
+            written.append(save_alignment_plot(
+                paths["png"], views.ts_id, views.tilt_angles, outcome.shifts, views.enabled,
+                outcome.correlation, view_numbers=views.stack_positions))
+            seconds["plot"] = time.perf_counter() - started
+        if "ali" in paths:
+            from .convert.aligned_stack import write_aligned_stack
+
+            stack = views.single_stack()
+            if stack is None:
+                raise ValueError("its views are not one complete stack (positions 1..n of one "
+                                 "file), so no aligned stack can be written")
+            started = time.perf_counter()
+            write_aligned_stack(stack, paths["ali"], outcome.transforms[order], aligned_binning,
+                                views.sampling_rate, progress=progress)
+            written.append(paths["ali"])
+            seconds["aligned stack"] = time.perf_counter() - started
+    except (OutputError, StackReadError, ValueError) as error:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise views.fail(str(error)) from None
+    return seconds
+
+
+# --------------------------------------------------------------------------- resources
+def available_cpus() -> int:
+    """CPUs this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def select_device(use_gpu: bool | None, gpu_ids: list[int] | None = None
+                  ) -> tuple[torch.device, str]:
+    """The torch device to align on, and a log line saying why.
+
+    `use_gpu` True asks for a GPU (falling back to the CPU, with the reason,
+    when torch sees none), False for the CPU, None for a GPU when there is
+    one. `gpu_ids` are Scipion's booked GPUs for this step (first one used).
+    """
+    import torch
+
+    if use_gpu is False:
+        return torch.device("cpu"), "running on CPU (GPU not requested)"
+    if not torch.cuda.is_available():
+        if use_gpu is None:
+            return torch.device("cpu"), "running on CPU (no CUDA GPU visible to torch)"
+        return torch.device("cpu"), ("GPU requested but CUDA is not available to torch here: "
+                                     "falling back to CPU")
+    ids = [int(g) for g in (gpu_ids or []) if str(g).strip() != ""]
+    count = torch.cuda.device_count()
+    gpu = ids[0] if ids else 0
+    if gpu >= count:
+        return torch.device("cpu"), (f"GPU {gpu} requested but only {count} CUDA device(s) "
+                                     "are visible: falling back to CPU")
+    return torch.device(f"cuda:{gpu}"), f"running on GPU {gpu} ({torch.cuda.get_device_name(gpu)})"
+
+
+def torch_threads_per_step(parallel_steps: int, cpus: int | None = None) -> int:
+    """Torch intra-op threads so that ``steps x threads`` does not exceed the CPUs."""
+    cpus = available_cpus() if cpus is None else cpus
+    return max(1, int(cpus) // max(1, int(parallel_steps)))

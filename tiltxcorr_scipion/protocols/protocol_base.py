@@ -1,0 +1,400 @@
+"""What every alignment protocol of the plugin shares: one step per tilt series.
+
+`ProtTiltxcorrBase` follows its input set (closed, or still open in
+streaming), inserts one step per tilt series, keeps output sets, sets aside
+tilt series that cannot be aligned, and resumes after a crash. A subclass
+defines its form and `_alignOneTiltSeries`, which aligns one tilt series,
+writes its files and registers it (`_appendTiltSeries`).
+
+Rules the base keeps:
+- a tilt series is registered in `TiltSeries` only once all its files exist,
+  so Continue's "already done" (in `TiltSeries` or `FailedTiltSeries`) means
+  done;
+- output sets are written under the protocol's lock, one writer at a time;
+- the outputs are closed by whoever finishes last: the last tilt-series step,
+  or the stream follower when the input closes with nothing left to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+
+import pyworkflow.protocol.params as params
+from pwem.protocols import EMProtocol
+from pyworkflow.object import Set, String
+from pyworkflow.protocol import STEPS_PARALLEL, ProtStreamingBase
+from pyworkflow.protocol.executor import StepExecutor, ThreadStepExecutor
+from tomo.objects import SetOfTiltSeries, TiltImage, TiltSeries
+from tomo.protocols import ProtTomoBase
+
+from .. import _plugin  # noqa: F401  (applies the sqlite fix in this process)
+from .. import constants as cts
+from ..convert.files import remove_temporaries
+from ..options import MAX_TILT_DEG, MIN_ENABLED_VIEWS
+from ..pipeline import TiltSeriesFailure, TiltSeriesViews, available_cpus
+
+logger = logging.getLogger(__name__)
+
+FEW_VIEWS_WARNING = 10
+
+
+class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
+    """Base of the plugin's alignment protocols (not shown in the GUI itself)."""
+
+    _label = None  # abstract: pyworkflow lists only protocols with a label
+    stepsExecutionMode = STEPS_PARALLEL
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.failureReasons = String()  # JSON {tsId: reason}, persisted for the summary
+        self._pendingTsIds: set[str] = set()  # steps inserted, not finished
+        self._inputClosed = False  # no further tilt series will be queued
+
+    @classmethod
+    def worksInStreaming(cls):
+        return True
+
+    # ------------------------------------------------------------------ form pieces
+    def _defineInputParams(self, form):
+        form.addSection(label="Input")
+        form.addParam("inputSetOfTiltSeries", params.PointerParam,
+                      pointerClass="SetOfTiltSeries", important=True,
+                      label="Tilt series",
+                      help="The tilt series to align. A set still being acquired (streaming) "
+                           "is followed: each tilt series is aligned once all its views have "
+                           "arrived. Excluded (disabled) views are kept in the output, "
+                           "unaligned. If the tilt series already carry an alignment, it is "
+                           "applied to the images first and the new alignment is composed "
+                           "with it.")
+        form.addParam("tiltAxisAngle", params.FloatParam, default=None, allowsNull=True,
+                      label="Tilt axis angle (deg; empty = from input)",
+                      help="Angle of the tilt axis in the raw images, from the Y axis, "
+                           "counter-clockwise positive (IMOD's RotationAngle). Leave empty "
+                           "to use the value stored in each tilt series' acquisition "
+                           "(from the import or the mdoc). The wizard fills in the input's "
+                           "value.")
+
+    def _defineComputeParams(self, form):
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=False,
+                       label="Use GPU?",
+                       help="Align on a CUDA GPU (each tilt series step books one GPU from "
+                            "the list). Falls back to the CPU, with a log line, when CUDA is not "
+                            "available.")
+        form.addHidden(params.GPU_LIST, params.StringParam, default="0",
+                       label="GPU IDs",
+                       help="Yes: align on CUDA GPUs, each tilt series step booking one GPU "
+                            "from this list, e.g. '0 1': N GPUs align N tilt series at a time. "
+                            "If torch sees no CUDA device the steps say so in the log and run "
+                            "on the CPU. No: CPU only; the threads below set how many tilt "
+                            "series are aligned at a time.")
+        form.addParallelSection(threads=3, mpi=0)
+
+    # ------------------------------------------------------------------ steps
+    def setStepsExecutor(self, executor=None):
+        """Use the plain executor when the input is closed and holds one tilt series to align.
+
+        The thread executor notices a finished step only at its next 3-s poll; with a
+        single tilt series there is nothing to run in parallel, so the step runs in the
+        main thread and the protocol ends as soon as it is done. Any other case
+        (several tilt series, streaming, queues) keeps Scipion's executor.
+        """
+        if type(executor) is ThreadStepExecutor:
+            try:
+                inSet = self.inputSetOfTiltSeries.get()
+                inSet.loadAllProperties()
+                if not inSet.isStreamOpen() and inSet.getSize() == 1:
+                    executor = StepExecutor(executor.hostConfig, gpuList=executor.gpuList)
+                inSet.close()
+            except Exception as exc:  # keep Scipion's choice if the input cannot be read now
+                logger.debug(f"keeping the thread executor: {exc}")
+        super().setStepsExecutor(executor)
+
+    def _insertAllSteps(self):
+        # Which tilt series remain is decided from the outputs (all those in neither
+        # TiltSeries nor FailedTiltSeries), so a Continue aligns exactly the rest.
+        inSet = self.inputSetOfTiltSeries.get()
+        inSet.loadAllProperties()  # the stream state as the producer wrote it last
+        nThreads = max(1, self.numberOfThreads.get() or 1)
+        done = self._tsIdsInOutputs()
+        if done:
+            self.info(f"Continuing: {len(done)} tilt series already in the outputs are "
+                      f"skipped: {sorted(done)}")
+        removed = remove_temporaries(self._getExtraPath())
+        if removed:
+            self.info(f"Removed {len(removed)} partial file(s) left by an interrupted run: "
+                      + ", ".join(removed))
+        if inSet.isStreamOpen():
+            # One executor thread runs the stream follower; the others align.
+            self._setTorchThreads(max(1, nThreads - 2))
+            if nThreads < 3:
+                self.warning("The input is still open (streaming): with fewer than 3 threads "
+                             "tilt series are aligned only after the input is closed.")
+            ProtStreamingBase._insertAllSteps(self)
+            return
+        tsIds = [tsId for tsId in self._inputTsIds(inSet) if tsId not in done]
+        self._setTorchThreads(min(max(1, nThreads - 1), max(1, len(tsIds))))
+        self._inputClosed = True
+        for tsId in tsIds:
+            self._insertAlignStep(tsId)
+        if not tsIds:  # nothing left to align: a step still has to close the outputs
+            self._insertFunctionStep(self.closeOutputSetsStep, needsGPU=False)
+
+    def stepsGeneratorStep(self):
+        """Follow an open input: insert one alignment step per complete tilt series."""
+        inSet = self.inputSetOfTiltSeries.get()
+        queued = self._tsIdsInOutputs()
+        lastSizes: dict[str, int] = {}
+        while True:
+            with self._lock:
+                inSet.loadAllProperties()
+                closed = not inSet.isStreamOpen()
+                sizes = {ts.getTsId(): ts.getSize() or 0 for ts in inSet.iterItems()}
+                inSet.close()
+            # A tilt series is complete once its view count holds between two looks.
+            ready = [tsId for tsId, n in sizes.items()
+                     if tsId not in queued and n > 0 and (closed or lastSizes.get(tsId) == n)]
+            for tsId in ready:
+                self._insertAlignStep(tsId)
+                queued.add(tsId)
+                self.info(f"Tilt series {tsId}: {sizes[tsId]} views, alignment step queued")
+            if closed and all(tsId in queued for tsId in sizes):
+                self.info("Input closed and every tilt series queued.")
+                with self._lock:
+                    self._inputClosed = True
+                    last = not self._pendingTsIds
+                if last:
+                    self._closeOutputs()
+                break
+            lastSizes = sizes
+            time.sleep(cts.STREAM_POLL_SECONDS)
+
+    def _insertAlignStep(self, tsId: str) -> int:
+        with self._lock:
+            self._pendingTsIds.add(tsId)
+        return self._insertFunctionStep(self.alignTiltSeriesStep, tsId, prerequisites=[],
+                                        needsGPU=self._useGpu())
+
+    def alignTiltSeriesStep(self, tsId: str):
+        """Align, write and register one tilt series; a failure sends it to FailedTiltSeries."""
+        try:
+            started = time.perf_counter()
+            try:
+                inTs, items = self._readInputTiltSeries(tsId)
+            except Exception as exc:  # the input metadata itself is unreadable
+                self._fail(tsId, None, None, f"cannot read its metadata: {exc}")
+                return
+            try:
+                self._alignOneTiltSeries(TiltSeriesViews.from_tilt_series(inTs, items), inTs,
+                                         items, started)
+            except TiltSeriesFailure as exc:
+                self._fail(tsId, inTs, items, str(exc))
+            except Exception as exc:  # unexpected: keep the traceback in the log
+                logger.error(traceback.format_exc())
+                self._fail(tsId, inTs, items, f"unexpected error: {exc!r}")
+        finally:
+            self._tiltSeriesDone(tsId)
+
+    def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
+        """Align one tilt series, write its files, then register it (subclasses)."""
+        raise NotImplementedError
+
+    def _tiltSeriesDone(self, tsId: str):
+        with self._lock:
+            self._pendingTsIds.discard(tsId)
+            last = self._inputClosed and not self._pendingTsIds
+        if last:
+            self._closeOutputs()
+
+    def closeOutputSetsStep(self):
+        """Close the outputs when a (continued) run has nothing left to align."""
+        self._closeOutputs()
+
+    def _closeOutputs(self):
+        with self._lock:
+            self._closeOutputSet()
+        failed = self._failureReasons()
+        if failed:
+            self.warning(f"{len(failed)} tilt series could not be aligned: "
+                         + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        if getattr(self, cts.OUTPUT_TILT_SERIES, None) is None and failed:
+            raise RuntimeError(f"No tilt series could be aligned ({len(failed)} failed); "
+                               "see the FailedTiltSeries output and the log for the causes.")
+
+    # ------------------------------------------------------------------ outputs
+    def _getOutputSet(self, name: str, suffix: str) -> SetOfTiltSeries:
+        """The output set ``name``, created (open, related to the input) on first use."""
+        outSet = getattr(self, name, None)
+        if outSet is not None:
+            outSet.enableAppend()
+            return outSet
+        outSet = self._createSetOfTiltSeries(suffix=suffix)
+        outSet.copyInfo(self.inputSetOfTiltSeries.get())
+        outSet.setStreamState(Set.STREAM_OPEN)
+        self._defineOutputs(**{name: outSet})
+        self._defineSourceRelation(self.inputSetOfTiltSeries, outSet)
+        return outSet
+
+    def _hasTiltSeries(self, name: str, tsId: str) -> bool:
+        outSet = getattr(self, name, None)
+        if outSet is None:
+            return False
+        found = any(ts.getTsId() == tsId for ts in outSet.iterItems())
+        outSet.close()
+        return found
+
+    def _appendTiltSeries(self, name: str, suffix: str, inTs, items, *, editTs=None,
+                          editImage=None):
+        """Copy a tilt series and its images into output `name`, with changes, and commit it.
+
+        `editTs(outTs)` changes the copied tilt series before it is added;
+        `editImage(i, outTi)` changes the copy of item i. The caller holds the lock.
+        """
+        outSet = self._getOutputSet(name, suffix)
+        outTs = TiltSeries()
+        outTs.copyInfo(inTs)
+        if editTs is not None:
+            editTs(outTs)
+        outSet.append(outTs)
+        for i, ti in enumerate(items):
+            outTi = TiltImage()
+            outTi.copyInfo(ti, copyId=True)
+            outTi.setLocation(ti.getLocation())
+            outTi.setAcquisition(ti.getAcquisition())
+            outTi.setEnabled(ti.isEnabled())
+            if editImage is not None:
+                editImage(i, outTi)
+            outTs.append(outTi)
+        outTs.write()
+        outSet.update(outTs)
+        outSet.write()
+        self._store(outSet)
+        outSet.close()  # let other processes read it
+        return outSet
+
+    def _fail(self, tsId: str, inTs, items, reason: str):
+        if not reason.startswith("tilt series"):
+            reason = f"tilt series {tsId}: {reason}"
+        self.error(f"FAILED {reason}")
+        with self._lock:
+            failed = self._failureReasons()
+            failed[tsId] = reason
+            self.failureReasons.set(json.dumps(failed))
+            self._store(self.failureReasons)
+            if inTs is not None:
+                self._appendTiltSeries(cts.OUTPUT_FAILED_TILT_SERIES, "failed", inTs, items)
+
+    def _failureReasons(self) -> dict[str, str]:
+        text = self.failureReasons.get()
+        return json.loads(text) if text else {}
+
+    # ------------------------------------------------------------------ helpers
+    def _useGpu(self) -> bool:
+        return bool(self.getAttributeValue(params.USE_GPU, False))
+
+    def _bookedGpus(self) -> list[int]:
+        executor = getattr(self, "_stepsExecutor", None)
+        if executor is None:
+            return []
+        try:
+            return [int(g) for g in executor.getGpuList()]
+        except Exception:  # no GPU booked for this thread
+            return []
+
+    def _setTorchThreads(self, parallelSteps: int):
+        import torch
+
+        from ..pipeline import torch_threads_per_step
+
+        cpus = available_cpus()
+        nThreads = torch_threads_per_step(parallelSteps, cpus)
+        torch.set_num_threads(nThreads)
+        self.info(f"{parallelSteps} tilt series at a time x {nThreads} torch thread(s) each "
+                  f"({cpus} CPUs available)")
+
+    @staticmethod
+    def _inputTsIds(inSet) -> list[str]:
+        return [ts.getTsId() for ts in inSet.iterItems(orderBy="id")]
+
+    def _tsIdsInOutputs(self) -> set[str]:
+        done = set()
+        for name in (cts.OUTPUT_TILT_SERIES, cts.OUTPUT_FAILED_TILT_SERIES):
+            outSet = getattr(self, name, None)
+            if outSet is not None:
+                with self._lock:
+                    done.update(ts.getTsId() for ts in outSet.iterItems())
+                    outSet.close()
+        return done
+
+    def _readInputTiltSeries(self, tsId: str):
+        with self._lock:
+            inSet = self.inputSetOfTiltSeries.get()
+            ts = inSet.getTiltSeriesFromTsId(tsId)
+            if ts is None:
+                raise ValueError(f"tilt series {tsId} is not in the input set")
+            items = [ti.clone() for ti in ts.iterItems(orderBy="id")]
+            tsClone = ts.clone()
+            inSet.close()
+        return tsClone, items
+
+    # ------------------------------------------------------------------ info
+    def _validate(self):
+        errors = []
+        inSet = self.inputSetOfTiltSeries.get()
+        if inSet is None:
+            return ["Choose the input tilt series."]
+        override = self.tiltAxisAngle.get()
+        noAxis, tooHigh = [], []
+        for ts in inSet.iterItems():
+            acq = ts.getAcquisition()
+            if override is None and (acq is None or acq.getTiltAxisAngle() is None):
+                noAxis.append(ts.getTsId())
+            angles = [ti.getTiltAngle() for ti in ts.iterItems() if ti.isEnabled()]
+            if angles and max(abs(a) for a in angles) > MAX_TILT_DEG:
+                tooHigh.append(ts.getTsId())
+        if noAxis:
+            errors.append(f"No tilt axis angle for {', '.join(noAxis[:5])}: enter it in the "
+                          "form ('Tilt axis angle').")
+        if tooHigh:
+            errors.append(f"Tilt series {', '.join(tooHigh[:5])} have enabled views beyond "
+                          f"+-{MAX_TILT_DEG:g} deg, where cosine stretching is undefined: "
+                          "exclude those views first.")
+        if inSet.isStreamOpen() and (self.numberOfThreads.get() or 1) < 3:
+            errors.append("The input is still being acquired (streaming): use at least 3 "
+                          "threads (one follows the input, the others align).")
+        return errors
+
+    def _warnings(self):
+        warnings = []
+        inSet = self.inputSetOfTiltSeries.get()
+        if inSet is None:
+            return warnings
+        if inSet.hasAlignment():
+            warnings.append("The input tilt series already have an alignment: it is applied "
+                            "to the images before correlating and the new alignment is "
+                            "composed with it (new @ previous).")
+        few = [ts.getTsId() for ts in inSet.iterItems()
+               if 0 < sum(1 for ti in ts.iterItems() if ti.isEnabled()) < FEW_VIEWS_WARNING]
+        if few:
+            warnings.append(f"Tilt series {', '.join(few[:5])} have fewer than "
+                            f"{FEW_VIEWS_WARNING} enabled views: the alignment may be poor "
+                            f"(fewer than {MIN_ENABLED_VIEWS} fail).")
+        return warnings
+
+    def _summary(self):
+        summary = []
+        aligned = getattr(self, cts.OUTPUT_TILT_SERIES, None)
+        if aligned is not None:
+            summary.append(f"Aligned tilt series: {aligned.getSize()}")
+        failed = self._failureReasons()
+        if failed:
+            summary.append(f"Failed tilt series: {len(failed)} ({', '.join(sorted(failed))}); "
+                           "see the FailedTiltSeries output and the log.")
+        if not summary:
+            summary.append("Output not ready yet.")
+        axis = self.tiltAxisAngle.get()
+        summary.append("Tilt axis angle: " + (f"{axis:g} deg (form)" if axis is not None
+                                               else "from each tilt series' acquisition"))
+        return summary
