@@ -12,7 +12,7 @@ setup(
     name="tiltxcorr-scipion",
     version=version["__version__"],
     description=(
-        "Scipion plugin: coarse tilt-series alignment by stretched cross-correlation "
+        "Scipion plugin: tilt-series alignment by stretched cross-correlation "
         "(IMOD tiltxcorr's method) in PyTorch"
     ),
     long_description=(here / "README.md").read_text(),
@@ -27,6 +27,8 @@ setup(
         "torch>=2.1",
         "numpy",
         "mrcfile",
+        "matplotlib",  # the alignment plots
+        "tqdm",  # the command line's progress bars
         "scipion-pyworkflow>=3.11",
         "scipion-em>=3.11",
         "scipion-em-tomo>=3.12",

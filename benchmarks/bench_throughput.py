@@ -115,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         launch_and_wait,
         new_prealignment,
     )
-
     from tiltxcorr_scipion.convert.engine_args import torch_threads_per_step
 
     load_start = os.getloadavg()[0]

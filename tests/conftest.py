@@ -37,10 +37,7 @@ def _write_hosts_conf() -> None:
         HostConfig.writeBasic(str(hosts))
 
 
-try:
-    _write_hosts_conf()
-except ImportError:  # engine-only environment: Scipion tests will fail loudly on import
-    pass
+_write_hosts_conf()
 
 
 def pytest_report_header(config):

@@ -8,9 +8,10 @@ waits until pyworkflow's 1000 s timeout ("database is locked").
 
 The fix: a ``sqlite3.Connection`` subclass that remembers its cursors and
 closes them before closing itself. It is installed into
-``pyworkflow.mapper.sqlite_db`` when ``tiltxcorr_scipion`` is imported; Scipion
-imports every installed plugin in every process (the protocol subprocess
-too), so the fix is active wherever the plugin is installed.
+``pyworkflow.mapper.sqlite_db`` when the plugin class is loaded
+(``tiltxcorr_scipion._plugin``): Scipion's plugin discovery does that in every
+Scipion process (the protocol subprocess too), so the fix is active wherever
+the plugin is installed.
 """
 
 from __future__ import annotations
@@ -47,22 +48,15 @@ class CursorClosingConnection(sqlite3.Connection):
         super().close()
 
 
-def install() -> bool:
-    """Make pyworkflow open its sqlite connections as ``CursorClosingConnection``.
+def install() -> None:
+    """Make pyworkflow open its sqlite connections as ``CursorClosingConnection``. Idempotent."""
+    from pyworkflow.mapper import sqlite_db
 
-    Returns True when the fix is (now or already) in place, False when
-    pyworkflow is not importable. Idempotent.
-    """
-    try:
-        from pyworkflow.mapper import sqlite_db
-    except ImportError:
-        return False
     if getattr(sqlite_db.sqlite, "Connection", None) is CursorClosingConnection:
-        return True
+        return
     # sqlite_db uses the module name `sqlite` (sqlite3.dbapi2) for Connection,
     # Row and errors: give it a copy of that module with our Connection.
     patched = types.ModuleType("sqlite3_dbapi2_cursor_closing")
     patched.__dict__.update(vars(sqlite_db.sqlite))
     patched.Connection = CursorClosingConnection
     sqlite_db.sqlite = patched
-    return True

@@ -3,42 +3,13 @@
 Everything a user needs to continue in IMOD/etomo without Scipion: the coarse
 alignment as tiltxcorr writes it (``.prexf``, view-to-previous), as
 ``xftoxg -nfit 0`` turns it into global transforms (``.prexg``, the file
-``newstack -xform`` applies) and the tilt angles (``.tlt``).
+``newstack -xform`` applies) and the tilt angles (``.tlt``), in IMOD's own
+text formats. Each file is written whole or not at all (`atomic_output`).
 
-Conventions
------------
-A transform is the `(3, 3)` matrix of IMOD's forward (raw -> aligned) mapping,
-``[[A11, A12, DX], [A21, A22, DY], [0, 0, 1]]``, the matrix Scipion stores on
-each tilt image. ``newstack`` maps raw pixel ``(X, Y)`` to aligned
-``X' = A11 (X - Xc) + A12 (Y - Yc) + DX + Xc`` (same for ``Y'``), about the
-image centre; ``(DX, DY)`` are pixels of the stack, X along columns and Y
-along rows of the MRC data (``data[z, y, x]``). For a pure shift the content
-of a view moves by ``+(DX, DY)``.
-
-IMOD composes transforms with ``xfmult(f, g)``: "f followed by g", which is
-the matrix product ``G @ F``. xftoxg's rule ``g_i = f_i * g_(i-1)`` is
-therefore ``G_i = G_(i-1) @ F_i`` in matrices: a point of view i is first
-brought into view i-1 by ``F_i``, then aligned by ``G_(i-1)``.
-
-How the ``.prexg`` relates to the registered transforms
--------------------------------------------------------
-`write_imod_files` writes ``.prexf`` lines ``F_1 = I`` and
-``F_i = T_(i-1)^-1 @ T_i`` (``T_i`` the registered transforms), and the
-``.prexg`` that ``xftoxg -nfit 0`` computes from that ``.prexf``:
-``P_i = C @ T_i`` with one constant ``C`` for the whole series (xftoxg's
-inverse of the average of the cumulative transforms; when the transforms
-carry rotations, e.g. a previous alignment composed in, ``C`` also takes out
-their average rotation and magnification). For the shifts-only
-transforms of a coarse alignment ``C`` is a shift by minus the mean
-``(DX, DY)`` over all views (disabled views included):
-``DX_prexg = DX_registered - mean(DX_registered)``; the registered transforms
-instead keep the reference (lowest-tilt) view at zero shift. Both align the
-stack equally well: they differ only by where the whole series sits in the
-frame. IMOD's tiltxcorr also folds a tilt-dependent correction into its
-``.prexf`` so that after xftoxg the tilt axis stays at the image centre; these
-files do not (the ``.prexf`` is exactly the registered alignment), so in a
-stack made with the ``.prexg`` the axis sits ``-mean(DX, DY)`` off centre,
-which etomo's later fine alignment absorbs.
+IMOD composes transforms with ``xfmult(f, g)``, "f followed by g", the matrix
+product ``G @ F``: xftoxg's rule ``g_i = f_i * g_(i-1)`` is
+``G_i = G_(i-1) @ F_i``. How the files relate to the registered transforms,
+and the transform convention itself, are in ``docs/conventions.md``.
 """
 
 from __future__ import annotations

@@ -1,25 +1,8 @@
-"""2-D alignment transforms: engine shifts <-> IMOD/Scipion matrices, and applying them.
+"""2-D alignment transforms: engine shifts <-> IMOD/Scipion matrices.
 
-Convention (IMOD's forward raw -> aligned transform, the matrix Scipion stores
-on each tilt image)::
-
-    [[A11, A12, DX],
-     [A21, A22, DY],
-     [  0,   0,  1]]
-
-maps a raw pixel ``(X, Y)`` to the aligned frame as
-``X' = A11 (X - Xc) + A12 (Y - Yc) + DX + Xc`` (same for ``Y'``), about the
-image centre ``(Xc, Yc) = ((w - 1) / 2, (h - 1) / 2)`` in 0-based pixel
-indices (IMOD's ``nx / 2`` with pixel centres at ``i + 0.5``). X runs along
-columns, Y along rows of a ``(h, w)`` array. ``(DX, DY)`` are pixels of the
-tilt series' own sampling rate. For a pure shift, the content of a view moves
-by ``+(DX, DY)``; the engine's shifts `(dy, dx)` follow the same sign, so
-``DX = dx`` and ``DY = dy``.
-
-Composition: "first ``P``, then ``N``" is ``N @ P``; a coarse alignment found
-on images already aligned by ``P`` is registered as ``shift @ P``.
-
-All arrays are batch-first: `(n, 3, 3)` transforms, `(n, 2)` shifts `(dy, dx)`.
+`(n, 3, 3)` IMOD forward (raw -> aligned) transforms, `(n, 2)` shifts
+`(dy, dx)` with ``DX = dx``, ``DY = dy``; "first P, then N" is ``N @ P``.
+The convention is written once, in ``docs/conventions.md``.
 """
 
 from __future__ import annotations

@@ -20,11 +20,7 @@ from pyworkflow.gui.plotter import Plotter
 
 from .. import constants as cts
 from ..plots import low_correlation_views, plot_alignment
-
-try:  # the protocol module may be absent in an engine-only or partial install
-    from ..protocols import ProtTiltxcorrPrealignment
-except ImportError:  # pragma: no cover - guarded import
-    ProtTiltxcorrPrealignment = None
+from ..protocols import ProtTiltxcorrPrealignment
 
 __all__ = ["AlignmentData", "TiltxcorrPrealignmentViewer", "alignment_data", "alignment_figure"]
 
@@ -106,7 +102,7 @@ class TiltxcorrPrealignmentViewer(pwviewer.ProtocolViewer):
 
     _label = "tiltxcorr alignment plots"
     _environments = [pwviewer.DESKTOP_TKINTER]
-    _targets = [] if ProtTiltxcorrPrealignment is None else [ProtTiltxcorrPrealignment]
+    _targets = [ProtTiltxcorrPrealignment]
 
     def _outputSet(self):
         return getattr(self.protocol, cts.OUTPUT_TILT_SERIES, None)
