@@ -20,7 +20,7 @@ from typing import TextIO
 
 import numpy as np
 
-from .options import CoarseOptions, OptionError, check_option
+from .options import CoarseOptions, OptionError, check_aligned_binning, check_option
 
 __all__ = ["main", "parse_view_list"]
 
@@ -327,7 +327,7 @@ def _print_table(out: TextIO, outcome, low: np.ndarray) -> None:
 
 def align_command(args: argparse.Namespace) -> int:
     """Run ``align``: check everything, align, write all files or none, then report."""
-    from .convert.aligned_stack import check_aligned_binning
+    from .convert.files import remove_temporaries
     from .convert.imod import read_tlt
     from .convert.mrc import MrcStack, StackReadError
     from .pipeline import (
@@ -374,6 +374,8 @@ def align_command(args: argparse.Namespace) -> int:
         del paths["tlt"]
     if _same_file(paths.get("ali", ""), stack):
         raise UserError(f"{paths['ali']} is the input stack: choose another --out")
+    # partial files a killed earlier run of this command left beside these outputs
+    remove_temporaries(folder, [os.path.basename(path) for path in paths.values()])
     existing = [path for path in paths.values() if os.path.exists(path)]
     if existing and not args.overwrite:
         raise UserError(f"{os.path.relpath(existing[0])} already exists; use --overwrite to "

@@ -24,6 +24,8 @@ __all__ = [
     "MIN_ENABLED_VIEWS",
     "CoarseOptions",
     "OptionError",
+    "check_aligned_binning",
+    "check_binned_size",
     "check_option",
     "filter_response",
     "resolve_binning",
@@ -74,6 +76,31 @@ def resolve_binning(binning: int | str, shape: tuple[int, int]) -> int:
     if type(binning) is not int or binning < 1:
         raise OptionError("binning", f"must be 'auto' (or 0) or a positive integer, got {binning!r}")
     return binning
+
+
+def check_binned_size(shape: tuple[int, int], binning: int | str) -> int:
+    """The binning factor for views of `shape` `(h, w)`; a ValueError when they are too small for it."""
+    factor = resolve_binning(binning, shape)
+    binned = (shape[0] // factor, shape[1] // factor)
+    if min(binned) >= MIN_BINNED_SIZE:
+        return factor
+    if factor == 1:
+        raise ValueError(f"views of {shape[0]} x {shape[1]} pixels are too small: the taper "
+                         f"and the correlation need at least {MIN_BINNED_SIZE} pixels on "
+                         "each side")
+    raise ValueError(f"views of {shape[0]} x {shape[1]} pixels binned by {factor} are "
+                     f"{binned[0]} x {binned[1]}: at least {MIN_BINNED_SIZE} pixels per side "
+                     "are needed; use a smaller binning")
+
+
+def check_aligned_binning(binning, view_shape: tuple[int, int]) -> int:
+    """Binning of an aligned stack as an int; a ValueError if not >= 1 or larger than the views."""
+    if isinstance(binning, bool) or not isinstance(binning, (int, np.integer)) or binning < 1:
+        raise ValueError(f"aligned-stack binning must be an integer >= 1, got {binning!r}")
+    h, w = view_shape
+    if min(h, w) // int(binning) < 1:
+        raise ValueError(f"aligned-stack binning {binning} is larger than the {w} x {h} views")
+    return int(binning)
 
 
 def _number(option: str, value, low: float, high: float, *, low_open: bool = False,

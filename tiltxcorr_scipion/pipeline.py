@@ -23,7 +23,6 @@ number IMOD, ``--exclude`` and the Scipion GUI use.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .convert.files import OutputError
+from .convert.files import OutputError, atomic_outputs
 from .convert.mrc import MrcStack, StackReadError
 from .convert.transforms import (
     compose_transforms,
@@ -43,7 +42,8 @@ from .convert.transforms import (
     rotation_angles_deg,
     shifts_to_transforms,
 )
-from .options import MIN_ENABLED_VIEWS, CoarseOptions
+from .faults import pause_point
+from .options import MIN_ENABLED_VIEWS, CoarseOptions, check_binned_size
 
 if TYPE_CHECKING:  # torch is imported where used: Scipion imports the protocol (and so
     import torch  # this module) in every process at plugin discovery; torch takes 1-2 s.
@@ -314,7 +314,6 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions, tilt_axis_angle:
     import torch
 
     from .alignment import ViewError, align_binned_views, bin_chunks
-    from .alignment.core import check_binned_size
     from .alignment.validation import check_angles
 
     device = torch.device(device)
@@ -363,6 +362,7 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions, tilt_axis_angle:
     transforms[items] = compose_transforms(shifts_to_transforms(shifts[items]), previous)
     if not np.all(np.isfinite(transforms)):
         raise views.fail("the alignment produced non-finite shifts")
+    pause_point("aligned", views.ts_id)
     return AlignmentOutcome(
         views=views, transforms=transforms, shifts=shifts, correlation=correlation,
         reference_position=reference, tilt_axis_angle=float(tilt_axis_angle),
@@ -400,9 +400,10 @@ def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_b
                   progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Write the files of `paths` (from `output_paths`) for one aligned tilt series.
 
-    All or nothing: each file appears under its name only once complete, and
-    if one cannot be written, those already written by this call are removed
-    again, so a tilt series never has a partial set of files.
+    All or nothing: every file is written under a temporary name first and
+    all are renamed into place once all are complete (`atomic_outputs`), so
+    a tilt series never has a partial set of files, even when the process is
+    killed. `progress(done, total)` follows the aligned stack's views.
 
     Returns the seconds spent on each kind of file.
 
@@ -416,41 +417,50 @@ def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_b
 
     views = outcome.views
     order = views.stack_order
-    written: list[str] = []
     seconds: dict[str, float] = {}
     try:
-        if {"prexf", "prexg", "tlt"} & paths.keys():
-            started = time.perf_counter()
-            written += write_imod_files(paths, outcome.transforms[order],
-                                        views.tilt_angles[order])
-            seconds["imod"] = time.perf_counter() - started
-        if "png" in paths:
-            from .plots import save_alignment_plot
+        with atomic_outputs(paths) as temporaries:
+            if {"prexf", "prexg", "tlt"} & paths.keys():
+                started = time.perf_counter()
+                write_imod_files(temporaries, outcome.transforms[order], views.tilt_angles[order])
+                seconds["imod"] = time.perf_counter() - started
+            if "png" in paths:
+                from .plots import save_alignment_plot
 
-            started = time.perf_counter()
-            # view numbers are stack positions, as in the viewer and the IMOD files
-            written.append(save_alignment_plot(
-                paths["png"], views.ts_id, views.tilt_angles, outcome.shifts, views.enabled,
-                outcome.correlation, view_numbers=views.stack_positions))
-            seconds["plot"] = time.perf_counter() - started
-        if "ali" in paths:
-            from .convert.aligned_stack import write_aligned_stack
-
-            stack = views.single_stack()
-            if stack is None:
-                raise ValueError("its views are not one complete stack (positions 1..n of one "
-                                 "file), so no aligned stack can be written")
-            started = time.perf_counter()
-            write_aligned_stack(stack, paths["ali"], outcome.transforms[order], aligned_binning,
-                                views.sampling_rate, progress=progress)
-            written.append(paths["ali"])
-            seconds["aligned stack"] = time.perf_counter() - started
+                started = time.perf_counter()
+                # view numbers are stack positions, as in the viewer and the IMOD files
+                save_alignment_plot(temporaries["png"], views.ts_id, views.tilt_angles,
+                                    outcome.shifts, views.enabled, outcome.correlation,
+                                    view_numbers=views.stack_positions)
+                seconds["plot"] = time.perf_counter() - started
+            if "ali" in paths:
+                started = time.perf_counter()
+                _write_aligned_stack(outcome, temporaries["ali"], aligned_binning, progress)
+                seconds["aligned stack"] = time.perf_counter() - started
     except (OutputError, StackReadError, ValueError) as error:
-        for path in written:
-            with contextlib.suppress(OSError):
-                os.remove(path)
         raise views.fail(str(error)) from None
     return seconds
+
+
+def _write_aligned_stack(outcome: AlignmentOutcome, path: str, binning: int,
+                         progress: Callable[[int, int], None] | None) -> None:
+    from .convert.aligned_stack import write_aligned_stack
+
+    views = outcome.views
+    stack = views.single_stack()
+    if stack is None:
+        raise ValueError("its views are not one complete stack (positions 1..n of one file), "
+                         "so no aligned stack can be written")
+    halfway = views.n_views // 2
+
+    def on_view(done: int, total: int) -> None:
+        if done == halfway:
+            pause_point("writing aligned stack", views.ts_id)
+        if progress is not None:
+            progress(done, total)
+
+    write_aligned_stack(stack, path, outcome.transforms[views.stack_order], binning,
+                        views.sampling_rate, progress=on_view)
 
 
 # --------------------------------------------------------------------------- resources

@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..options import MIN_BINNED_SIZE, CoarseOptions, resolve_binning
-from .binning import BinnedViews, bin_stack, binned_shape
+from ..options import CoarseOptions, check_binned_size
+from .binning import BinnedViews, bin_stack
 from .correlate import CorrelationFilter, PairCorrelator
 from .geometry import axis_directions, stretch_factors, stretch_images, unstretch_shifts
 from .result import TiltxcorrResult
@@ -153,21 +153,6 @@ def align_binned_views(
     check_binned_size(binned.full_shape, binned.factor)
     angles = check_angles(tilt_angles, binned.views.shape[0], tilt_axis_angle)
     return _align(binned, angles, tilt_axis_angle, opts, progress)
-
-
-def check_binned_size(shape: tuple[int, int], binning: int | str) -> int:
-    """The binning factor for views of `shape`; a ValueError when they are too small for it."""
-    factor = resolve_binning(binning, shape)
-    work_shape = binned_shape(shape, factor)
-    if min(work_shape) >= MIN_BINNED_SIZE:
-        return factor
-    if factor == 1:
-        raise ValueError(f"views of {shape[0]} x {shape[1]} pixels are too small: the taper "
-                         f"and the correlation need at least {MIN_BINNED_SIZE} pixels on "
-                         "each side")
-    raise ValueError(f"views of {shape[0]} x {shape[1]} pixels binned by {factor} are "
-                     f"{work_shape[0]} x {work_shape[1]}: at least {MIN_BINNED_SIZE} pixels "
-                     "per side are needed; use a smaller binning")
 
 
 def _align(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: float,

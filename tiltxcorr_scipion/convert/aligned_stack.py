@@ -19,20 +19,11 @@ import torch
 
 from ..alignment.binning import bin_views, binned_shape
 from ..alignment.resample import apply_imod_transforms
+from ..options import check_aligned_binning
 from .files import atomic_output
 from .mrc import MrcStack, StackWriter
 
-__all__ = ["check_aligned_binning", "write_aligned_stack"]
-
-
-def check_aligned_binning(binning, view_shape: tuple[int, int]) -> int:
-    """`binning` as an int, or a ValueError when it is not >= 1 or leaves no pixel of a view."""
-    if isinstance(binning, bool) or not isinstance(binning, (int, np.integer)) or binning < 1:
-        raise ValueError(f"aligned-stack binning must be an integer >= 1, got {binning!r}")
-    h, w = view_shape
-    if min(binned_shape((h, w), int(binning))) < 1:
-        raise ValueError(f"aligned-stack binning {binning} is larger than the {w} x {h} views")
-    return int(binning)
+__all__ = ["write_aligned_stack"]
 
 
 def write_aligned_stack(in_path: str, out_path: str, transforms: np.ndarray, binning: int,

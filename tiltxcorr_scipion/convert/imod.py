@@ -61,6 +61,18 @@ def _check_angles(tilt_angles: np.ndarray, n: int | None = None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- text formats
+def _numbered_lines(path: str, what: str) -> list[tuple[int, str]]:
+    """The lines of a text file, numbered from 1; a ValueError naming it if it is not text."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            return list(enumerate(handle, start=1))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file of {what}: is it the right file?") from None
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read: {error.strerror or error}") from None
+
+
+
 def _fortran_f(value: float, decimals: int) -> str:
     """``F12.<decimals>`` as IMOD's Fortran writes it (values rounding to 0 print unsigned)."""
     text = f"{value:{_XF_FIELD}.{decimals}f}"
@@ -135,16 +147,15 @@ def read_xf(path: str) -> np.ndarray:
         If a line is not six numbers (the message names the file and line).
     """
     rows = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                a11, a12, a21, a22, dx, dy = _parse_xf_line(line)
-            except ValueError as error:
-                raise ValueError(f"{path}, line {number}: not an IMOD transform line "
-                                 f"({error}): {line.strip()!r}") from None
-            rows.append([[a11, a12, dx], [a21, a22, dy], [0.0, 0.0, 1.0]])
+    for number, line in _numbered_lines(path, "IMOD transforms"):
+        if not line.strip():
+            continue
+        try:
+            a11, a12, a21, a22, dx, dy = _parse_xf_line(line)
+        except ValueError as error:
+            raise ValueError(f"{path}, line {number}: not an IMOD transform line "
+                             f"({error}): {line.strip()!r}") from None
+        rows.append([[a11, a12, dx], [a21, a22, dy], [0.0, 0.0, 1.0]])
     if not rows:
         raise ValueError(f"{path} holds no transforms: is it an IMOD .xf file?")
     return np.array(rows, dtype=np.float64)
@@ -174,19 +185,18 @@ def read_tlt(path: str) -> np.ndarray:
         message names the file and the line).
     """
     angles = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                (value,) = (float(f) for f in text.split())
-            except ValueError:
-                raise ValueError(f"{path}, line {number}: expected one tilt angle in degrees, "
-                                 f"got {text!r}") from None
-            if not math.isfinite(value):
-                raise ValueError(f"{path}, line {number}: tilt angle {text!r} is not finite")
-            angles.append(value)
+    for number, line in _numbered_lines(path, "tilt angles (one per line)"):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            (value,) = (float(f) for f in text.split())
+        except ValueError:
+            raise ValueError(f"{path}, line {number}: expected one tilt angle in degrees, "
+                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{path}, line {number}: tilt angle {text!r} is not finite")
+        angles.append(value)
     if not angles:
         raise ValueError(f"{path} holds no tilt angles: expected one angle (degrees) per line")
     return np.array(angles, dtype=np.float64)

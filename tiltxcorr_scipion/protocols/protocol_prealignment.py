@@ -19,7 +19,7 @@ from tomo.objects import SetOfTiltSeries
 
 from .. import constants as cts
 from ..faults import pause_point
-from ..options import CoarseOptions, OptionError
+from ..options import CoarseOptions, OptionError, check_aligned_binning, check_binned_size
 from ..pipeline import (
     AlignmentOutcome,
     TiltSeriesViews,
@@ -196,17 +196,9 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         self.info(f"Tilt series {tsId}: {deviceMessage}")
         outcome = align_views(views, self._options(), views.tilt_axis(self.tiltAxisAngle.get()),
                               device=device)
-        pause_point("aligned", tsId)
         writeAligned = bool(self.getAttributeValue("writeAlignedStacks", False))
         paths = output_paths(self._getExtraPath(), tsId, aligned=writeAligned)
-        halfway = views.n_views // 2
-
-        def onViewWritten(done: int, total: int):
-            if done == halfway:
-                pause_point("writing aligned stack", tsId)
-
-        fileSeconds = write_outputs(outcome, paths, progress=onViewWritten,
-                                    aligned_binning=self._alignedBinning())
+        fileSeconds = write_outputs(outcome, paths, aligned_binning=self._alignedBinning())
         pause_point("files written", tsId)
         registering = time.perf_counter()
         with self._lock:
@@ -268,13 +260,28 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
 
     # ------------------------------------------------------------------ info
     def _validate(self):
+        """Everything checkable before a step runs: options, and binnings against view sizes."""
         errors = super()._validate()
         try:
-            self._options()
+            options = self._options()
         except OptionError as error:
             param = next(p for p, o in FORM_OPTIONS.items() if o == error.option)
-            label = self.getParam(param).getLabel() if self.getParam(param) else param
-            errors.append(error.describe(label))
+            errors.append(error.describe(f"'{self.getParam(param).getLabel()}'"))
+            return errors
+        inSet = self.inputSetOfTiltSeries.get()
+        if inSet is None:
+            return errors
+        for ts in inSet.iterItems():
+            width, height, _ = ts.getDim() or (None, None, None)
+            if not width or not height:
+                continue  # sizes unknown until the stack is read: the step will check
+            try:
+                check_binned_size((height, width), options.binning)
+                if self.getAttributeValue("writeAlignedStacks", False):
+                    check_aligned_binning(self._alignedBinning(), (height, width))
+            except ValueError as error:
+                errors.append(f"Tilt series {ts.getTsId()}: {error}")
+                break
         return errors
 
     def _methods(self):
