@@ -249,6 +249,62 @@ def continue_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
     return launch_and_wait(project, prot, timeout=timeout, expect_finished=expect_finished)
 
 
+def launch_until_paused(project, prot, point: str, ts_id: str, marker: Path, *,
+                        resume: bool = False, timeout: float = DEFAULT_TIMEOUT_S) -> int:
+    """Launch (or, with ``resume``, continue) ``prot`` so that it pauses at a point of a tilt series.
+
+    The protocol process stops at `tiltxcorr_scipion.faults.pause_point(point, ts_id)`
+    and writes its PID to ``marker``; returns that PID (the Python process that
+    runs the steps, not the shell wrapper Scipion records). The pause request
+    is taken out of this process's environment again at once, so later runs
+    are not paused.
+    """
+    from pyworkflow.protocol.constants import MODE_RESUME
+
+    from tiltxcorr_scipion.faults import PAUSE_ENV
+
+    if resume:
+        reload_protocol(project, prot)
+        prot.runMode.set(MODE_RESUME)
+    marker = Path(marker)
+    marker.unlink(missing_ok=True)
+    os.environ[PAUSE_ENV] = f"{point}:{ts_id}:{marker}"
+    try:
+        project.launchProtocol(prot, wait=False)
+        deadline = time.monotonic() + timeout
+        while not (marker.exists() and marker.read_text().strip()):
+            if time.monotonic() > deadline:
+                project.stopProtocol(prot)
+                raise TimeoutError(f"{prot.getRunName()!r} never paused at {point!r} of "
+                                   f"{ts_id}. Log tail:\n{read_log(prot)}")
+            time.sleep(0.1)
+    finally:
+        os.environ.pop(PAUSE_ENV, None)
+    return int(marker.read_text())
+
+
+def kill_protocol_process(project, prot, pid: int, timeout: float = 30.0) -> None:
+    """SIGKILL the protocol's Python process, wait until it is gone, mark the run aborted."""
+    import signal
+
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+        f"/proc/{pid}/status").read_text().lower(), f"process {pid} survived SIGKILL"
+    import psutil
+
+    # What Scipion's GUI does, so the run is aborted, not running. It also tries to kill
+    # the process it recorded, which is gone; it marks the run aborted all the same.
+    reload_protocol(project, prot)
+    try:
+        project.stopProtocol(prot)
+    except psutil.NoSuchProcess:
+        pass
+    reload_protocol(project, prot)
+
+
 def read_log(prot, n_chars: int = 6000) -> str:
     """The tail of a protocol's stdout + stderr logs (for failure messages)."""
     parts = []

@@ -250,8 +250,10 @@ def test_previous_alignment_is_applied_and_composed(tmp_path):
 def test_corrupt_tilt_series_fail_alone(tmp_path):
     """Truncated stack, NaN pixels, deleted stack, 2 enabled views: each fails alone."""
     bad = ["TS_trunc", "TS_nan", "TS_gone", "TS_few"]
+    # TS_nan's stack is in acquisition order: its 8th view is not the 8th in tilt order
     sims = {ts: write_simulated_tilt_series(tmp_path, ts, shape=(128, 128), n_views=21,
-                                            seed=i, **SIM)
+                                            seed=i, **SIM, order="dose-symmetric"
+                                            if ts == "TS_nan" else "sorted")
             for i, ts in enumerate(["TS_good", *bad])}
     project = create_project("corrupt")
     imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
@@ -276,7 +278,7 @@ def test_corrupt_tilt_series_fail_alone(tmp_path):
     reasons = json.loads(prot.failureReasons.get())
     assert set(reasons) == set(bad)
     assert all(reason.startswith(f"tilt series {ts_id}:") for ts_id, reason in reasons.items())
-    assert "NaN" in reasons["TS_nan"]
+    assert "NaN" in reasons["TS_nan"] and "view 8:" in reasons["TS_nan"]  # stack position
     assert "does not exist" in reasons["TS_gone"]
     assert "only 2 enabled view(s)" in reasons["TS_few"]
     log = read_log(prot, n_chars=200_000)

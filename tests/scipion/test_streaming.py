@@ -12,6 +12,8 @@ from scipion_helpers import (
     continue_protocol,
     create_project,
     import_tilt_series,
+    kill_protocol_process,
+    launch_until_paused,
     new_prealignment,
     output_stream_state,
     read_log,
@@ -127,11 +129,9 @@ def test_kill_then_continue_processes_only_the_rest(tmp_path):
     project = create_project("kill")
     imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
     prot = new_prealignment(project, imp, numberOfThreads=1)  # one at a time
-    project.launchProtocol(prot, wait=False)
-    prot = wait_for_protocol(project, prot, timeout=180, poll=0.1,
-                             until=lambda p: _output_size(p) >= 1 or not p.isActive())
-    assert prot.isActive(), "finished before it could be killed: make the data larger"
-    project.stopProtocol(prot)
+    # Held once TS_3 is aligned (TS_1 and TS_2 registered), then killed for real.
+    pid = launch_until_paused(project, prot, "aligned", "TS_3", tmp_path / "paused")
+    kill_protocol_process(project, prot, pid)
     prot = reload_protocol(project, prot)
     assert prot.isAborted()
     done = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
