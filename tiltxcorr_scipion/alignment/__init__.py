@@ -8,9 +8,23 @@
 view by `+shift` aligns it; the lowest-|tilt| view gets `(0, 0)`.
 `align_tilt_series` takes the same arguments and returns a `TiltxcorrResult`
 with per-view correlation scores too.
+
+Fiducial-less fine alignment (IMOD's patch tracking + tiltalign):
+
+>>> result = fiducialless_alignment(ts, angles, 85.0)  # doctest: +SKIP
+>>> result.tilt_axis_angle, result.tilt_angle_offset, result.shifts  # doctest: +SKIP
+
+or step by step: `track_patches` (tracks in raw pixels), `solve_geometry`
+(axis, shifts, tilt offset, optional rotations and magnifications).
 """
 
 from .core import align_tilt_series, chain_pairs, tiltxcorr
+from .fine import FiducialLessResult, fiducialless_alignment
+from .fine_options import FINE_DEFAULTS, FineOptions
+from .patches import PatchTracks, track_patches
+from .projection import GeometrySolution, solve_geometry
 from .result import TiltxcorrResult
 
-__all__ = ["tiltxcorr", "align_tilt_series", "TiltxcorrResult", "chain_pairs"]
+__all__ = ["tiltxcorr", "align_tilt_series", "TiltxcorrResult", "chain_pairs",
+           "track_patches", "PatchTracks", "solve_geometry", "GeometrySolution",
+           "fiducialless_alignment", "FiducialLessResult", "FineOptions", "FINE_DEFAULTS"]
