@@ -37,6 +37,9 @@ from .result import TiltxcorrResult
 class FiducialLessResult:
     """What `fiducialless_alignment` found, in the input's view order.
 
+    All tensors are on the CPU (the geometry solve runs there, whatever the
+    input's device; `coarse` keeps the coarse engine's own devices).
+
     Attributes
     ----------
     tilt_axis_angle
