@@ -168,20 +168,6 @@ class GeometrySolution:
         backward = torch.linalg.inv(self.forward_matrices())  # (b, 2, 2)
         return _centre(self.image_shape) + (backward @ (aligned - self.shifts)[..., None])[..., 0]
 
-    def local_maps(self) -> torch.Tensor:
-        """`(b, 2, 2)` raw displacement per displacement in the level specimen plane.
-
-        A small step `d` `(row, col)` in the specimen plane, expressed as it
-        looks at tilt 0, appears in raw view i as `local_maps()[i] @ d`: the
-        foreshortening `cos t_i` across the axis, then the view's rotation and
-        magnification.
-        """
-        _, across = _axis_vectors(math.radians(self.tilt_axis_angle))
-        tilt = torch.deg2rad(self.tilt_angles)
-        shrink = torch.eye(2, dtype=torch.float64) + (torch.cos(tilt) - 1.0)[:, None, None] \
-            * torch.outer(across, across)
-        return torch.linalg.inv(self.forward_matrices()) @ shrink
-
     @property
     def rejected_points(self) -> torch.Tensor:
         """`(n_contours, b)` bool: points given zero weight (a whole rejected track included)."""
