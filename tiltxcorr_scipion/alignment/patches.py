@@ -287,6 +287,51 @@ def _cut_patches(views: torch.Tensor, view_of: torch.Tensor, starts: torch.Tenso
                  cols.to(device)[:, None, :]]
 
 
+def _correlate_outwards(views, correlator, inner_patches, outer, patch_centre, carry,
+                        translation, offsets, *, iterations, search, interpolation):
+    """Displacements of inner patches `(n, P, Q)` in their outer views, refined `iterations` times.
+
+    The outer view is sampled where the thin-specimen map puts the patch,
+    minus the displacement found so far, and correlated with the inner
+    patch; after the first (searching up to `search` pixels) each round
+    climbs the peak from zero. Returns `moved` `(n, 2)` (in the inner view's
+    frame: the inner patch's content lies at the outer view's
+    `map(patch_centre - moved)`), the last NCC `(n,)` and the outer patches'
+    filtered energy `(n,)`, on the CPU.
+    """
+    reference = correlator.spectra(inner_patches)
+    moved = torch.zeros(patch_centre.shape[0], 2, dtype=torch.float64)
+    for iteration in range(iterations):
+        moving = correlator.spectra(_sample_patches(
+            views, outer, _apply(carry, patch_centre - moved) + translation, carry, offsets,
+            interpolation))
+        found, ncc, _ = correlator.correlate(
+            reference, moving, max_shift=search if iteration == 0 else None,
+            start=None if iteration == 0 else torch.zeros_like(moved))
+        moved = moved + found.cpu()
+    return moved, ncc.cpu(), correlator.energy(moving).cpu()
+
+
+def _end_reasons(inside, blank, ncc, moved, branch_of, *, min_relative_score, jump
+                 ) -> dict[str, torch.Tensor]:
+    """Which tracks end at this step and why: `(n,)` masks, one cause per track.
+
+    Scores and motions are judged against the median of the other tracked
+    patches of the same view pair (branch).
+    """
+    low_score = torch.zeros_like(inside)
+    jumped = torch.zeros_like(inside)
+    for branch in branch_of.unique().tolist():
+        mine = (branch_of == branch) & inside & ~blank
+        if mine.any():
+            low_score |= mine & (ncc < min_relative_score * ncc[mine].median())
+            typical_motion = moved[mine].median(dim=0).values
+            jumped |= mine & ((moved - typical_motion).norm(dim=1) > jump)
+    return {"off_image": ~inside, "blank": inside & blank,
+            "low_score": inside & ~blank & low_score,
+            "jump": inside & ~blank & ~low_score & jumped}
+
+
 def track_patches(
     tilt_series: torch.Tensor,
     tilt_angles,
@@ -381,89 +426,60 @@ def track_patches(
     col_centres = grid_centres(wb, size[1], border, overlap=overlap_of_patches, number=counts[1])
     grid = torch.cartesian_prod(row_centres, col_centres)  # (n_patches, 2) binned pixels
 
-    device = views.device
     centre = binned_centre((h, w), factor)
     _, across = axis_directions(tilt_axis_angle)
     steps = shifts / factor  # binned pixels
     reference, branches = _branches(angles)
     correlator = PairCorrelator(size, correlation_filter, taper_fraction=taper_fraction,
-                                pad_fraction=pad_fraction, device=device)
-    offsets = (torch.arange(size[0], dtype=torch.float64) - (size[0] - 1) / 2,
-               torch.arange(size[1], dtype=torch.float64) - (size[1] - 1) / 2)  # patch grid
-    search = 0.25 * min(size)
+                                pad_fraction=pad_fraction, device=views.device)
+    half = (torch.tensor(size, dtype=torch.float64) - 1) / 2  # patch centre from its corner
+    offsets = (torch.arange(size[0], dtype=torch.float64) - half[0],
+               torch.arange(size[1], dtype=torch.float64) - half[1])  # the patch grid
     corners = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]],
-                           dtype=torch.float64) * (torch.tensor(size, dtype=torch.float64) - 1) / 2
-    jump_limit = max_jump * min(size)
+                           dtype=torch.float64) * half
+    limits = dict(min_relative_score=min_relative_score, jump=max_jump * min(size))
     cut_counts = dict.fromkeys(CUT_REASONS, 0)
 
     n_patches = grid.shape[0]
     positions = torch.full((n_patches, n_views, 2), float("nan"), dtype=torch.float64)
     scores = torch.full((n_patches, n_views), float("nan"), dtype=torch.float32)
-    starts = torch.round(grid - (torch.tensor(size, dtype=torch.float64) - 1) / 2).long()
-    reference_energy = correlator.energy(correlator.spectra(
-        _cut_patches(views, torch.full((n_patches,), reference), starts, size)))
-    typical_energy = float(torch.quantile(reference_energy, 0.9))
-    contrast_floor = min_contrast ** 2 * typical_energy
+    reference_energy = correlator.energy(correlator.spectra(_cut_patches(
+        views, torch.full((n_patches,), reference), torch.round(grid - half).long(), size)))
+    contrast_floor = min_contrast ** 2 * float(torch.quantile(reference_energy, 0.9))
     started = reference_energy > contrast_floor
     cut_counts["blank_start"] = int((~started).sum())
     positions[started, reference] = grid[started]
 
     alive = [started.clone() for _ in branches]  # per branch: patches still tracked
     for step in range(1, max(len(b) for b in branches)):
+        # one batch: every live patch of the view pairs this far from the reference
         entries = [(k, branch[step - 1], branch[step]) for k, branch in enumerate(branches)
                    if step < len(branch)]
-        ids, inner, outer, branch_of = [], [], [], []
-        for k, inner_view, outer_view in entries:
-            live = torch.nonzero(alive[k]).flatten()
-            ids.append(live)
-            inner.append(torch.full_like(live, inner_view))
-            outer.append(torch.full_like(live, outer_view))
-            branch_of.append(torch.full_like(live, k))
-        ids, inner, outer, branch_of = (torch.cat(v) for v in (ids, inner, outer, branch_of))
+        batch = [(torch.nonzero(alive[k]).flatten(), k, i, o) for k, i, o in entries]
+        ids = torch.cat([live for live, _, _, _ in batch])
+        inner = torch.cat([torch.full_like(live, i) for live, _, i, _ in batch])
+        outer = torch.cat([torch.full_like(live, o) for live, _, _, o in batch])
+        branch_of = torch.cat([torch.full_like(live, k) for live, k, _, _ in batch])
         if ids.numel() == 0:
             break
         point = positions[ids, inner]  # (n, 2) tracked points in the inner views
-        patch_starts = torch.round(point - (torch.tensor(size, dtype=torch.float64) - 1) / 2).long()
-        patch_starts[:, 0].clamp_(0, hb - size[0])
-        patch_starts[:, 1].clamp_(0, wb - size[1])
-        patch_centre = patch_starts.double() + (torch.tensor(size, dtype=torch.float64) - 1) / 2
+        corner = torch.round(point - half).long()
+        corner[:, 0].clamp_(0, hb - size[0])
+        corner[:, 1].clamp_(0, wb - size[1])
+        patch_centre = corner.double() + half
         carry = _carry_matrices(angles[inner], angles[outer], across)  # (n, 2, 2)
         # a point x of view j lies at c + K (x - c + s_j) - s_k in view k
         translation = centre + _apply(carry, steps[inner] - centre) - steps[outer]
-        reach = _apply(carry[:, None], corners[None]).abs().amax(dim=1)  # (n, 2) half extent
-
-        reference_spectra = correlator.spectra(_cut_patches(views, inner, patch_starts, size))
-        moved = torch.zeros(ids.numel(), 2, dtype=torch.float64)
-        ncc = torch.zeros(ids.numel(), dtype=torch.float64)
-        energy = torch.zeros(ids.numel(), dtype=torch.float64)
-        for iteration in range(iterations):
-            moving = _sample_patches(views, outer, _apply(carry, patch_centre - moved) + translation,
-                                     carry, offsets, interpolation)
-            moving_spectra = correlator.spectra(moving)
-            found, ncc, _ = correlator.correlate(
-                reference_spectra, moving_spectra, max_shift=search if iteration == 0 else None,
-                start=None if iteration == 0 else torch.zeros_like(moved))
-            energy = correlator.energy(moving_spectra)
-            moved = moved + found.cpu()
-        ncc = ncc.cpu()
-        energy = energy.cpu()
+        moved, ncc, energy = _correlate_outwards(
+            views, correlator, _cut_patches(views, inner, corner, size), outer, patch_centre,
+            carry, translation, offsets, iterations=iterations, search=0.25 * min(size),
+            interpolation=interpolation)
         landing = _apply(carry, patch_centre - moved) + translation  # the outer patch's centre
+        reach = _apply(carry[:, None], corners[None]).abs().amax(dim=1)  # (n, 2) half extent
         inside = ((landing - reach >= 0).all(dim=1) & (landing[:, 0] + reach[:, 0] <= hb - 1)
                   & (landing[:, 1] + reach[:, 1] <= wb - 1))
-
-        blank = energy <= contrast_floor
-        low_score = torch.zeros_like(blank)
-        jump = torch.zeros_like(blank)
-        for k, _, _ in entries:
-            mine = (branch_of == k) & inside & ~blank
-            if mine.any():
-                low_score |= mine & (ncc < min_relative_score * ncc[mine].median())
-                typical_motion = moved[mine].median(dim=0).values
-                jump |= mine & ((moved - typical_motion).norm(dim=1) > jump_limit)
-        reasons = {"off_image": ~inside, "blank": inside & blank,
-                   "low_score": inside & ~blank & low_score,
-                   "jump": inside & ~blank & ~low_score & jump}
-        ended = torch.zeros_like(blank)
+        reasons = _end_reasons(inside, energy <= contrast_floor, ncc, moved, branch_of, **limits)
+        ended = torch.zeros_like(inside)
         for reason, mask in reasons.items():
             cut_counts[reason] += int(mask.sum())
             ended |= mask
