@@ -68,8 +68,8 @@ from .core import chain_pairs
 from .fine_options import FINE_DEFAULTS
 from .patches import PatchTracks
 
-ROBUST_ROUNDS = 10          # reweighting rounds at most
-ROBUST_TOLERANCE = 0.01     # stop when no weight changes by more than this
+ROBUST_ROUNDS = 5           # reweighting rounds at most
+ROBUST_TOLERANCE = 0.05     # stop when no weight changes by more than this
 RESIDUAL_SMOOTHING = 5      # views in the running median of per-view residual scales
 ROBUST_FLOOR = 0.05         # pixels: residual scales below this are numerical noise
 ROBUST_MIN_SPREAD = 0.02    # smallest robust deviation of residual ratios (1 = a view's median)
