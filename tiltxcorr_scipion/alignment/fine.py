@@ -31,6 +31,7 @@ from .fine_options import FINE_DEFAULTS
 from .patches import PatchTracks, track_patches
 from .projection import GeometrySolution, solve_geometry
 from .result import TiltxcorrResult
+from .validation import MAX_STRETCH_TILT
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,9 @@ def fiducialless_alignment(
         geometry = solve_geometry(tracks, angles, axis, initial_shifts=steering_shifts,
                                   **solving)
         axis = geometry.tilt_axis_angle
-        steering_angles = geometry.tilt_angles
         steering_shifts = geometry.shifts
+        if float(geometry.tilt_angles.abs().max()) <= MAX_STRETCH_TILT:  # else keep nominal
+            steering_angles = geometry.tilt_angles
     return _result(geometry, tracks, coarse, rotation_group_size is not None,
                    magnification_group_size is not None)
 
