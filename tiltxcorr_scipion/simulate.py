@@ -12,7 +12,12 @@ Geometry, the convention the aligner must follow (IMOD's):
   axis angle ``a`` in degrees (from the Y axis, counter-clockwise positive);
 - the tilt axis passes through the image centre in the lowest-|tilt| view,
   which gets no shift. Any other choice leaves the shifts undetermined: an
-  aligner that assumes a centred axis errs by a tilt-dependent amount.
+  aligner that assumes a centred axis errs by a tilt-dependent amount;
+- a specimen point `x` across the axis, `y` along it, at height `z`, seen at
+  the true tilt `t`, lands at ``centre + y * axis + (x cos t + z sin t) * perp``
+  in the aligned view (IMOD's projection, `x`, `y`, `z` its specimen axes);
+  the raw view is that moved by `-shift` (and, with `view_rotations`, turned
+  about the centre: ``raw = centre + R^-1 (aligned - centre - shift)``).
 """
 
 from __future__ import annotations
@@ -38,12 +43,23 @@ class SimulatedTiltSeries:
     shifts
         `(b, 2)` float32 true alignment shifts `(dy, dx)` in pixels: moving the
         content of view i by `+shifts[i]` aligns it. Zero for the lowest |tilt|.
+    tilt_angle_offset
+        Degrees that the true tilts exceed the nominal `tilt_angles` by: the
+        specimen slab is level at tilt `tilt_angles + tilt_angle_offset`.
+    view_rotations
+        `(b,)` float32 in-plane rotations in degrees, or None: the aligned view
+        is ``R (raw - centre) + shift + centre`` with ``R`` the rotation by
+        `view_rotations[i]`, counter-clockwise positive as IMOD displays
+        images (row 0 at the bottom), i.e. ``[[cos, sin], [-sin, cos]]`` in
+        `(row, col)`.
     """
 
     images: torch.Tensor
     tilt_angles: torch.Tensor
     tilt_axis_angle: float
     shifts: torch.Tensor
+    tilt_angle_offset: float = 0.0
+    view_rotations: torch.Tensor | None = None
 
 
 def tilt_scheme(tilt_range: tuple[float, float], n_views: int, order: str,
@@ -95,6 +111,8 @@ def simulate_tilt_series(
     order: str = "sorted",
     seed: int = 0,
     shifts: torch.Tensor | None = None,
+    tilt_angle_offset: float = 0.0,
+    view_rotations: torch.Tensor | None = None,
 ) -> SimulatedTiltSeries:
     """Simulate a tilt series of a slab of blobs, with known alignment shifts.
 
@@ -130,11 +148,18 @@ def simulate_tilt_series(
     shifts
         `(n_views, 2)` alignment shifts `(dy, dx)` to use instead of random
         ones, in stack order; the lowest-|tilt| view's must be zero.
+    tilt_angle_offset
+        Degrees added to the nominal tilts to get the true ones: the slab is
+        level at `tilt_angles + tilt_angle_offset` (a pre-tilted specimen,
+        e.g. a lamella). The returned `tilt_angles` stay nominal.
+    view_rotations
+        `(n_views,)` in-plane rotation of each view in degrees (see
+        `SimulatedTiltSeries.view_rotations`), in stack order; None for none.
     """
     gen = torch.Generator().manual_seed(seed)
     h, w = shape
     angles = tilt_scheme(tilt_range, n_views, order, gen)
-    max_tilt = float(angles.abs().max())
+    max_tilt = float((angles + tilt_angle_offset).abs().max())
     if max_tilt >= 89.0:
         raise ValueError(f"tilt range {tilt_range} reaches {max_tilt} degrees: keep below 89")
 
@@ -168,15 +193,25 @@ def simulate_tilt_series(
     centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
     ramp_direction = torch.nn.functional.normalize(torch.randn(2, generator=gen, dtype=torch.float64), dim=0)
 
+    rotation = None
+    if view_rotations is not None:
+        view_rotations = torch.as_tensor(view_rotations, dtype=torch.float64).reshape(n_views)
+        turns = torch.deg2rad(view_rotations)
+        # R per view in (row, col): aligned - centre = R (raw - centre) + shift
+        rotation = torch.stack([torch.stack([turns.cos(), turns.sin()], -1),
+                                torch.stack([-turns.sin(), turns.cos()], -1)], -2)
+
     rows_grid = torch.arange(h, dtype=torch.float64)[:, None]
     cols_grid = torch.arange(w, dtype=torch.float64)[None, :]
     images = torch.empty(n_views, h, w, dtype=torch.float32)
     signal_std = None
     for i in torch.argsort(angles.abs()).tolist():  # lowest tilt first: it sets the noise scale
-        theta = math.radians(float(angles[i]))
+        theta = math.radians(float(angles[i]) + tilt_angle_offset)  # the true tilt
         u = x * math.cos(theta) + z * math.sin(theta)  # across the axis
         # content displaced by the misalignment -shift: moving it by +shift aligns it
         position = centre + u[:, None] * perp + y[:, None] * axis - shifts[i]  # (n, 2)
+        if rotation is not None:  # R^-1 = R^T about the centre, applied to row vectors
+            position = centre + (position - centre) @ rotation[i]
         visible = ((position[:, 0] > -4 * sigmas) & (position[:, 0] < h - 1 + 4 * sigmas)
                    & (position[:, 1] > -4 * sigmas) & (position[:, 1] < w - 1 + 4 * sigmas))
         blobs = _render_gaussians(position[visible, 0], position[visible, 1],
@@ -187,6 +222,10 @@ def simulate_tilt_series(
         # content, is foreshortened across the axis and projects as 1/cos.
         offset_row = rows_grid + shifts[i, 0] - centre[0]
         offset_col = cols_grid + shifts[i, 1] - centre[1]
+        if rotation is not None:  # aligned - centre = R (raw - centre) + shift
+            r, c = rows_grid - centre[0], cols_grid - centre[1]
+            offset_row = rotation[i, 0, 0] * r + rotation[i, 0, 1] * c + shifts[i, 0]
+            offset_col = rotation[i, 1, 0] * r + rotation[i, 1, 1] * c + shifts[i, 1]
         u_image = offset_row * perp[0] + offset_col * perp[1]
         v_image = offset_row * axis[0] + offset_col * axis[1]
         specimen_x = u_image / math.cos(theta)  # thin-slab approximation of the mid-plane
@@ -201,4 +240,6 @@ def simulate_tilt_series(
         tilt_angles=angles.to(torch.float32),
         tilt_axis_angle=float(tilt_axis_angle),
         shifts=shifts.to(torch.float32),
+        tilt_angle_offset=float(tilt_angle_offset),
+        view_rotations=None if view_rotations is None else view_rotations.to(torch.float32),
     )

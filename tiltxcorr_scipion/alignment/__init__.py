@@ -10,23 +10,42 @@ view by `+shift` aligns it; the lowest-|tilt| view gets `(0, 0)`.
 with per-view correlation scores too. `bin_chunks` and `align_binned_views`
 do the same on views that arrive a few at a time (a stack read from disk),
 so that only the binned views are ever held in memory.
+
+Fiducial-less fine alignment (IMOD's patch tracking + tiltalign):
+
+>>> result = fiducialless_alignment(ts, angles, 85.0)  # doctest: +SKIP
+>>> result.tilt_axis_angle, result.tilt_angle_offset, result.shifts  # doctest: +SKIP
+
+or step by step: `track_patches` (tracks in raw pixels), `solve_geometry`
+(axis, shifts, tilt offset, optional rotations and magnifications).
 """
 
-from ..options import CoarseOptions, OptionError
+from ..options import FINE_DEFAULTS, CoarseOptions, FineOptions, OptionError
 from .binning import BinnedViews, bin_chunks
 from .core import align_binned_views, align_tilt_series, chain_pairs, tiltxcorr
+from .fine import FiducialLessResult, fiducialless_alignment
+from .patches import PatchTracks, track_patches
+from .projection import GeometrySolution, solve_geometry
 from .result import TiltxcorrResult
 from .validation import ViewError
 
 __all__ = [
+    "FINE_DEFAULTS",
     "BinnedViews",
     "CoarseOptions",
+    "FiducialLessResult",
+    "FineOptions",
+    "GeometrySolution",
     "OptionError",
+    "PatchTracks",
     "TiltxcorrResult",
     "ViewError",
     "align_binned_views",
     "align_tilt_series",
     "bin_chunks",
     "chain_pairs",
+    "fiducialless_alignment",
+    "solve_geometry",
     "tiltxcorr",
+    "track_patches",
 ]

@@ -1,0 +1,283 @@
+"""Fiducial-less fine alignment (patch tracking + geometry solve) against known geometry."""
+
+import math
+
+import pytest
+import torch
+
+from tiltxcorr_scipion.alignment import (
+    FiducialLessResult,
+    PatchTracks,
+    fiducialless_alignment,
+    solve_geometry,
+    track_patches,
+)
+from tiltxcorr_scipion.alignment.geometry import axis_directions
+from tiltxcorr_scipion.alignment.patches import chop_contours
+from tiltxcorr_scipion.alignment.projection import rotation_matrices
+from tiltxcorr_scipion.simulate import simulate_tilt_series
+
+
+def fair_rms(shifts, true_shifts, axis_angle, tilt_angles) -> float:
+    """RMS shift error (px) after removing what no tilt series determines.
+
+    A 3-D translation of the specimen changes the shifts by a constant along
+    the axis and `X cos t + Z sin t` across it; with one constant offset of
+    the whole series these are removed by least squares, in the geometry
+    (`axis_angle`, `tilt_angles`) the estimate assumes.
+    """
+    _, across = axis_directions(float(axis_angle))
+    tilts = torch.deg2rad(torch.as_tensor(tilt_angles, dtype=torch.float64))
+    error = (shifts.double() - true_shifts.double()).reshape(-1)
+    b = tilts.numel()
+    basis = torch.stack([torch.tensor([1.0, 0.0], dtype=torch.float64).expand(b, 2),
+                         torch.tensor([0.0, 1.0], dtype=torch.float64).expand(b, 2),
+                         torch.cos(tilts)[:, None] * across, torch.sin(tilts)[:, None] * across],
+                        dim=-1).reshape(2 * b, 4)
+    fit = torch.linalg.lstsq(basis, error[:, None]).solution
+    residual = (error - (basis @ fit)[:, 0]).reshape(b, 2)
+    return float(residual.norm(dim=1).pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize(
+    "shape, axis, axis_error, offset, order, seed",
+    [
+        ((384, 384), 85.0, 2.5, 2.5, "sorted", 1),
+        ((352, 384), -12.0, -2.0, -3.0, "dose-symmetric", 2),  # non-square, acquisition order
+    ],
+)
+def test_thin_series_axis_offset_and_shifts(shape, axis, axis_error, offset, order, seed):
+    sim = simulate_tilt_series(shape=shape, n_views=41, tilt_axis_angle=axis, thickness=10.0,
+                               noise=1.0, tilt_angle_offset=offset, order=order, seed=seed)
+    nominal = axis + axis_error
+    result = fiducialless_alignment(sim.images, sim.tilt_angles, nominal)
+    assert isinstance(result, FiducialLessResult) and isinstance(result.tracks, PatchTracks)
+    assert abs(result.tilt_axis_angle - axis) <= 0.2  # started 2-2.5 degrees off
+    assert abs(result.tilt_angle_offset - offset) <= 0.3  # same sign as IMOD's AngleOffset
+    torch.testing.assert_close(result.tilt_angles.double(),
+                               sim.tilt_angles.double() + result.tilt_angle_offset)
+    assert result.shifts.shape == (41, 2) and result.shifts.dtype == torch.float32
+    reference = int(torch.argmin(sim.tilt_angles.abs()))
+    assert result.shifts[reference].abs().max() == 0.0
+    # shifts at least as good as the coarse alignment's, each in its own geometry
+    coarse = fair_rms(result.coarse.shifts, sim.shifts, nominal, sim.tilt_angles)
+    fine = fair_rms(result.shifts, sim.shifts, result.tilt_axis_angle, result.tilt_angles)
+    assert fine <= coarse
+    assert result.rotations is None and result.magnifications is None
+    assert result.residuals.shape == (41,) and result.mean_residual < 0.5
+    assert result.points.shape == (result.n_contours, 3)
+    assert result.point_residuals.shape == (result.n_contours, 41, 2)
+
+
+def _project(points, axis, tilts, shifts, rotations, magnifications, shape):
+    """Raw positions `(n, b, 2)` of points `(n, 3)` (x across, y along, z) under the model."""
+    along, across = axis_directions(axis)
+    t = torch.deg2rad(tilts)
+    height = points[:, 0, None] * torch.cos(t) + points[:, 2, None] * torch.sin(t)
+    aligned = points[:, 1, None, None] * along + height[..., None] * across - shifts
+    backward = magnifications[:, None, None] * rotation_matrices(rotations).transpose(-1, -2)
+    centre = torch.tensor([(shape[0] - 1) / 2, (shape[1] - 1) / 2], dtype=torch.float64)
+    return centre + (backward @ aligned[..., None])[..., 0]
+
+
+def test_solve_recovers_an_exact_geometry_with_rotations_and_magnifications():
+    gen = torch.Generator().manual_seed(4)
+    n_views, shape = 31, (400, 400)
+    tilts = torch.linspace(-60.0, 60.0, n_views, dtype=torch.float64)
+    reference = n_views // 2
+    axis, offset = 84.0, 3.0
+    slab = torch.stack([(torch.rand(80, generator=gen, dtype=torch.float64) - 0.5) * 300,
+                        (torch.rand(80, generator=gen, dtype=torch.float64) - 0.5) * 300,
+                        (torch.rand(80, generator=gen, dtype=torch.float64) - 0.5) * 30], dim=1)
+    rotations = 0.3 * torch.randn(n_views, generator=gen, dtype=torch.float64)
+    magnifications = 1.0 + 0.01 * torch.randn(n_views, generator=gen, dtype=torch.float64)
+    magnifications[reference] = 1.0  # the solve's scale reference
+    shifts = 10.0 * torch.randn(n_views, 2, generator=gen, dtype=torch.float64)
+    shifts[reference] = 0.0
+    # the slab is level at tilts + offset: the same projections as tilted points at tilts
+    positions = _project(slab, axis, tilts + offset, shifts, rotations, magnifications, shape)
+    # each point seen in 20 views at most, as contour pieces are
+    start = torch.randint(0, n_views - 19, (80,), generator=gen)
+    present = (torch.arange(n_views)[None] >= start[:, None]) \
+        & (torch.arange(n_views)[None] < start[:, None] + 20)
+    present[:2] = True  # every view has points
+    positions[~present] = float("nan")
+
+    solution = solve_geometry(positions, tilts, axis - 2.0, image_shape=shape,
+                              rotation_group_size=1, magnification_group_size=1)
+    mean_rotation = float(rotations.mean())  # the solution's rotations have mean zero
+    assert solution.tilt_axis_angle == pytest.approx(axis - mean_rotation, abs=1e-6)
+    torch.testing.assert_close(solution.rotations, rotations - mean_rotation, atol=1e-6, rtol=0)
+    torch.testing.assert_close(solution.magnifications, magnifications, atol=1e-7, rtol=0)
+    # The offset levels the plane fitted (z on x, y) to the points as the solve
+    # sees them, at the nominal tilts: the slab turned by the offset. The slab
+    # of 80 random points is not exactly level, so that is not exactly `offset`.
+    turn = math.radians(offset)
+    seen = torch.stack([slab[:, 0] * math.cos(turn) + slab[:, 2] * math.sin(turn), slab[:, 1],
+                        slab[:, 2] * math.cos(turn) - slab[:, 0] * math.sin(turn)], dim=1)
+    design = torch.stack([seen[:, 0], seen[:, 1], torch.ones(80, dtype=torch.float64)], dim=1)
+    slope = float(torch.linalg.lstsq(design, seen[:, 2:]).solution[0, 0])
+    assert solution.tilt_angle_offset == pytest.approx(math.degrees(math.atan(-slope)), abs=1e-6)
+    assert solution.tilt_angle_offset == pytest.approx(offset, abs=0.5)
+    assert solution.mean_residual < 1e-6
+    # the model reproduces every point, in the reported gauge and levelled frame
+    predicted = solution.project()
+    torch.testing.assert_close(predicted[present], positions[present], atol=1e-6, rtol=0)
+    # shifts: the truth's, turned into the mean-zero rotation gauge, up to a specimen translation
+    turned = (rotation_matrices(torch.tensor(-mean_rotation, dtype=torch.float64))
+              @ shifts[..., None])[..., 0]
+    assert fair_rms(solution.shifts, turned, solution.tilt_axis_angle,
+                    solution.tilt_angles) < 1e-5
+
+
+def test_per_view_rotations_of_a_simulated_series():
+    gen = torch.Generator().manual_seed(3)
+    rotations = 0.4 * torch.randn(41, generator=gen)
+    sim = simulate_tilt_series(shape=(320, 320), n_views=41, thickness=10.0, noise=0.5, seed=5,
+                               view_rotations=rotations)
+    result = fiducialless_alignment(sim.images, sim.tilt_angles, sim.tilt_axis_angle + 1.5,
+                                    rotation_group_size=1, passes=1)
+    truth = rotations.double() - rotations.double().mean()
+    error = result.rotations.double() - truth
+    assert float(error.pow(2).mean().sqrt()) < 0.05  # degrees; the rotations spread 0.4
+    assert abs(result.tilt_axis_angle - (sim.tilt_axis_angle - float(rotations.mean()))) < 0.2
+
+
+@pytest.fixture(scope="module")
+def clean_series():
+    return simulate_tilt_series(shape=(256, 256), n_views=31, thickness=5.0, noise=0.3,
+                                tilt_axis_angle=90.0, seed=6)
+
+
+def test_corrupt_tracks_are_rejected_and_reported(clean_series):
+    sim = clean_series
+    tracks = track_patches(sim.images, sim.tilt_angles, 90.0, shifts=sim.shifts)
+    clean = solve_geometry(tracks, sim.tilt_angles, 90.0)
+    corrupted = tracks.positions.clone()
+    bad = torch.arange(0, tracks.n_contours, max(1, tracks.n_contours // 5))[:5]
+    for contour in bad.tolist():  # a track that jumps to another feature half way
+        views = torch.nonzero(tracks.present[contour]).flatten()
+        corrupted[contour, views[views.numel() // 2:]] += torch.tensor([5.0, -4.0],
+                                                                       dtype=torch.float64)
+    solution = solve_geometry(corrupted, sim.tilt_angles, 90.0, image_shape=tracks.image_shape)
+    assert bool(solution.rejected_contours[bad].all())  # reported as rejected
+    assert int(solution.rejected_contours.sum()) <= bad.numel() + tracks.n_contours // 10
+    assert abs(solution.tilt_axis_angle - clean.tilt_axis_angle) < 0.05
+    assert (solution.shifts - clean.shifts).norm(dim=1).max() < 0.1
+    plain = solve_geometry(corrupted, sim.tilt_angles, 90.0, image_shape=tracks.image_shape,
+                           robust=False)
+    assert (plain.shifts - clean.shifts).norm(dim=1).max() > 0.1  # what robustness saved
+
+
+def test_blank_and_off_image_patches_are_cut(clean_series):
+    sim = clean_series
+    reference = int(torch.argmin(sim.tilt_angles.abs()))
+    images = sim.images.clone()
+    images[reference, :100, :100] = images[reference].mean()  # a blank corner
+    tracks = track_patches(images, sim.tilt_angles, 90.0, shifts=sim.shifts)
+    assert tracks.cut_counts["blank_start"] >= 1
+    centres = tracks.patch_centres[tracks.patch_index]
+    assert not bool(((centres[:, 0] < 100 - tracks.patch_size[0] / 2)
+                     & (centres[:, 1] < 100 - tracks.patch_size[1] / 2)).any())
+
+    # blank the next view on one side where a patch would land: its track ends there
+    plain = track_patches(sim.images, sim.tilt_angles, 90.0, shifts=sim.shifts,
+                          length_and_overlap=None)
+    order = torch.argsort(sim.tilt_angles)
+    outer = int(order[int(torch.nonzero(order == reference)) + 3])  # 3 views out
+    candidates = torch.nonzero(plain.present[:, outer]).flatten()
+    contour = int(candidates[candidates.numel() // 2])
+    row, col = plain.positions[contour, outer].round().long().tolist()
+    images = sim.images.clone()
+    images[outer, max(0, row - 40):row + 40, max(0, col - 40):col + 40] = images[outer].mean()
+    cut = track_patches(images, sim.tilt_angles, 90.0, shifts=sim.shifts,
+                        length_and_overlap=None)
+    assert cut.cut_counts["blank"] >= 1
+    same = torch.nonzero(cut.patch_index == plain.patch_index[contour]).flatten()
+    assert same.numel() == 1 and not bool(cut.present[same[0], outer])
+
+    # one view moved 45 px along the axis: patches near the edges fall off there
+    shifts = sim.shifts.clone()
+    shifts[outer] = torch.tensor([0.0, 45.0])
+    moved = simulate_tilt_series(shape=(256, 256), n_views=31, thickness=5.0, noise=0.3,
+                                 tilt_axis_angle=90.0, seed=6, shifts=shifts)
+    tracks = track_patches(moved.images, moved.tilt_angles, 90.0, shifts=shifts,
+                           length_and_overlap=None)
+    assert tracks.cut_counts["off_image"] >= 1
+    assert int(tracks.present[:, outer].sum()) < int(plain.present[:, outer].sum())
+    # the axis runs along the columns, so a patch's columns are never stretched; a
+    # point lies within half a pixel of its patch's centre
+    half = (tracks.patch_size[1] - 1) / 2
+    cols = tracks.positions[..., 1][tracks.present]
+    assert bool(((cols >= half - 0.5) & (cols <= 255 - half + 0.5)).all())
+
+
+def test_contours_are_cut_into_overlapping_pieces():
+    view_order = torch.arange(41)
+    present = torch.zeros(3, 41, dtype=torch.bool)
+    present[0] = True  # a whole track
+    present[1, 5:15] = True  # shorter than a piece
+    present[2, 30:33] = True  # too short to keep
+    track_of, pieces = chop_contours(present, view_order, 16, 4, 4)
+    assert track_of.tolist() == [0, 0, 0, 0, 1]
+    lengths = pieces.sum(dim=1).tolist()
+    assert lengths == [16, 16, 16, 16, 10]
+    assert torch.equal(pieces[:4].any(dim=0), present[0])  # together they cover the track
+    for first, second in zip(pieces[:3], pieces[1:4], strict=True):
+        assert int((first & second).sum()) >= 4
+    with pytest.raises(ValueError, match="gaps"):
+        gapped = present.clone()
+        gapped[0, 20] = False
+        chop_contours(gapped, view_order, 16, 4, 4)
+
+
+def test_tracks_follow_length_and_overlap(clean_series):
+    sim = clean_series
+    tracks = track_patches(sim.images, sim.tilt_angles, 90.0, shifts=sim.shifts,
+                           length_and_overlap=(10, 3))
+    counts = tracks.present.sum(dim=1)
+    assert int(counts.max()) == 10 and int(counts.min()) >= 4
+    for patch in tracks.patch_index.unique().tolist():
+        pieces = torch.nonzero(tracks.patch_index == patch).flatten()
+        for first, second in zip(pieces[:-1].tolist(), pieces[1:].tolist(), strict=True):
+            assert int((tracks.present[first] & tracks.present[second]).sum()) >= 3
+    landmarks = tracks.landmarks()
+    assert landmarks.shape == (int(tracks.present.sum()), 4)
+    contour, view = landmarks[0, :2].long().tolist()
+    torch.testing.assert_close(landmarks[0, 2:], tracks.positions[contour, view])
+
+
+def test_input_errors(clean_series):
+    sim = clean_series
+    with pytest.raises(ValueError, match=r"shifts must have shape \(31, 2\)"):
+        track_patches(sim.images, sim.tilt_angles, 90.0, shifts=torch.zeros(31, 3))
+    shifts = sim.shifts.clone()
+    shifts[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"view 3 \(0-based\)"):
+        track_patches(sim.images, sim.tilt_angles, 90.0, shifts=shifts)
+    images = sim.images.clone()
+    images[2, 5, 5] = float("inf")
+    with pytest.raises(ValueError, match=r"view 2 \(0-based\): NaN or infinite"):
+        fiducialless_alignment(images, sim.tilt_angles, 90.0)
+    for options, message in [
+        (dict(overlap_of_patches=1.0), "overlap_of_patches"),
+        (dict(iterations=0), "iterations"),
+        (dict(length_and_overlap=(4, 4)), "length_and_overlap"),
+        (dict(size_of_patches=300), "do not fit"),
+        (dict(binning=-1), "binning"),
+        (dict(min_contrast=1.5), "min_contrast"),
+        (dict(interpolation="nearest"), "interpolation"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            track_patches(sim.images, sim.tilt_angles, 90.0, **options)
+    with pytest.raises(ValueError, match="passes"):
+        fiducialless_alignment(sim.images, sim.tilt_angles, 90.0, passes=0)
+    positions = torch.full((4, 31, 2), float("nan"), dtype=torch.float64)
+    positions[:, :30] = 100.0
+    with pytest.raises(ValueError, match=r"view 30 \(0-based\) has 0 tracked points"):
+        solve_geometry(positions, sim.tilt_angles, 90.0, image_shape=(256, 256))
+    with pytest.raises(ValueError, match="30 tilt angles for tracks over 31 views"):
+        solve_geometry(positions, sim.tilt_angles[:30], 90.0, image_shape=(256, 256))
+    with pytest.raises(ValueError, match="rotation_group_size"):
+        solve_geometry(positions, sim.tilt_angles, 90.0, image_shape=(256, 256),
+                       rotation_group_size=0)

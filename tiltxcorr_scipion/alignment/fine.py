@@ -1,0 +1,245 @@
+"""Fiducial-less fine alignment in one call: coarse alignment, patch tracking, geometry solve.
+
+The steps are IMOD's fiducial-less route (etomo's "patch tracking"):
+1. `align_tilt_series`: stretched cross-correlation of neighbouring views
+   (tiltxcorr), with the nominal tilt axis and tilt angles;
+2. `track_patches`: a grid of patches followed through the raw views, the
+   coarse shifts steering the search (tiltxcorr's patch tracking and
+   imodchopconts);
+3. `solve_geometry`: the projection model fitted to the tracks (tiltalign):
+   shifts, tilt axis angle, optionally rotations, magnifications and tilt
+   changes, robust weights, and the tilt angle offset that levels the points.
+With `passes` > 1 the patches are tracked again with the refined axis, tilt
+angles and shifts, and solved again.
+
+Conventions (sign mapping to IMOD in `projection`'s docstring): a view's
+forward transform is `aligned = R_i (raw - c) / m_i + shifts[i] + c` about the
+image centre `c = ((h - 1) / 2, (w - 1) / 2)`, `(row, col)` order; without
+rotations and magnifications, moving view i's content by `+shifts[i]` aligns
+it, as for `tiltxcorr`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..options import FINE_DEFAULTS, MAX_TILT_DEG
+from .core import align_tilt_series
+from .patches import PatchTracks, track_patches
+from .projection import GeometrySolution, solve_geometry
+from .result import TiltxcorrResult
+
+
+@dataclass(frozen=True)
+class FiducialLessResult:
+    """What `fiducialless_alignment` found, in the input's view order.
+
+    All tensors are on the CPU (the geometry solve runs there, whatever the
+    input's device; `coarse` keeps the coarse engine's own devices).
+
+    Attributes
+    ----------
+    tilt_axis_angle
+        Refined tilt axis angle in degrees, same convention as the input
+        (IMOD RotationAngle: from the image Y axis, counter-clockwise).
+    tilt_angle_offset
+        Degrees to ADD to the nominal tilt angles so that the specimen (the
+        plane of the solved points) is level at tilt 0 (IMOD's AngleOffset).
+    tilt_angles
+        `(b,)` float32 refined tilt angles in degrees: nominal + per-view
+        changes (if solved) + `tilt_angle_offset`.
+    shifts
+        `(b, 2)` float32 `(dy, dx)` in input pixels, `tiltxcorr`'s contract:
+        the forward map is `aligned = R_i (raw - c) / m_i + shifts[i] + c`, so
+        without rotation and magnification moving view i's content by
+        `+shifts[i]` aligns it. Zero for the reference view.
+    rotations
+        `(b,)` float32 in-plane rotations `R_i` in degrees (counter-clockwise
+        as IMOD displays images, `[[cos, sin], [-sin, cos]]` in `(row, col)`),
+        mean zero over the views, or None when not solved. The tilt axis of
+        raw view i lies at `tilt_axis_angle - rotations[i]`.
+    magnifications
+        `(b,)` float32 image scale of each view relative to the reference
+        view, or None when not solved.
+    residuals
+        `(b,)` float32 RMS residual per view in pixels (points with weight > 0).
+    mean_residual
+        Mean residual length in pixels.
+    point_residuals
+        `(n_contours, b, 2)` float32 measured minus modelled positions
+        `(row, col)` in raw pixels, NaN where a contour has no point.
+    points
+        `(n_contours, 3)` float32 solved specimen points `(x, y, z)` in pixels:
+        x across the tilt axis, y along it, z height, levelled (tilts
+        `tilt_angles`), origin on the tilt axis at the image centre.
+    weights
+        `(n_contours, b)` float32 robust weights (0 = rejected), NaN where
+        there is no point.
+    n_contours
+        Contours (3-D points) in the solve.
+    n_rejected_contours
+        Whole contours given zero weight by robust fitting.
+    n_rejected_points, n_down_weighted_points
+        Points with weight 0, and with weight below 0.5 (rejected included).
+    tracks
+        The `PatchTracks` of the last pass (positions in raw pixels).
+    coarse
+        The coarse alignment (`TiltxcorrResult`) the tracking started from.
+    geometry
+        The full `GeometrySolution` of the last pass.
+    """
+
+    tilt_axis_angle: float
+    tilt_angle_offset: float
+    tilt_angles: torch.Tensor
+    shifts: torch.Tensor
+    rotations: torch.Tensor | None
+    magnifications: torch.Tensor | None
+    residuals: torch.Tensor
+    mean_residual: float
+    point_residuals: torch.Tensor
+    points: torch.Tensor
+    weights: torch.Tensor
+    n_contours: int
+    n_rejected_contours: int
+    n_rejected_points: int
+    n_down_weighted_points: int
+    tracks: PatchTracks
+    coarse: TiltxcorrResult
+    geometry: GeometrySolution
+
+
+def fiducialless_alignment(
+    tilt_series: torch.Tensor,
+    tilt_angles,
+    tilt_axis_angle: float,
+    *,
+    size_of_patches: int | tuple[int, int] | None = FINE_DEFAULTS.size_of_patches,
+    overlap_of_patches: float = FINE_DEFAULTS.overlap_of_patches,
+    number_of_patches: tuple[int, int] | None = FINE_DEFAULTS.number_of_patches,
+    borders: int = FINE_DEFAULTS.borders,
+    iterations: int = FINE_DEFAULTS.iterations,
+    length_and_overlap: tuple[int, int] | None = FINE_DEFAULTS.length_and_overlap,
+    min_contour_length: int = FINE_DEFAULTS.min_contour_length,
+    min_relative_score: float = FINE_DEFAULTS.min_relative_score,
+    max_jump: float = FINE_DEFAULTS.max_jump,
+    min_contrast: float = FINE_DEFAULTS.min_contrast,
+    low_pass_cutoff: float = FINE_DEFAULTS.low_pass_cutoff,
+    low_pass_sigma: float = FINE_DEFAULTS.low_pass_sigma,
+    high_pass_sigma: float = FINE_DEFAULTS.high_pass_sigma,
+    taper_fraction: float = FINE_DEFAULTS.taper_fraction,
+    pad_fraction: float = FINE_DEFAULTS.pad_fraction,
+    binning: int | str = FINE_DEFAULTS.binning,
+    interpolation: str = FINE_DEFAULTS.interpolation,
+    rotation_group_size: int | None = FINE_DEFAULTS.rotation_group_size,
+    magnification_group_size: int | None = FINE_DEFAULTS.magnification_group_size,
+    tilt_group_size: int | None = FINE_DEFAULTS.tilt_group_size,
+    solve_axis: bool = FINE_DEFAULTS.solve_axis,
+    robust: bool = FINE_DEFAULTS.robust,
+    robust_k: float = FINE_DEFAULTS.robust_k,
+    max_iterations: int = FINE_DEFAULTS.max_iterations,
+    passes: int = FINE_DEFAULTS.passes,
+    coarse_options: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FiducialLessResult:
+    """Align a tilt series without fiducials: coarse, patch tracking, geometry solve.
+
+    Parameters
+    ----------
+    tilt_series
+        `(b, h, w)` float RAW views in any order, on any device.
+    tilt_angles
+        `(b,)` nominal tilt angles in degrees, stack order; |tilt| <= 82.
+    tilt_axis_angle
+        Nominal tilt axis angle in degrees (IMOD RotationAngle: from the image
+        Y axis, counter-clockwise positive); a few degrees off is fine, it is
+        refined (within a few degrees: the angle is only determined modulo
+        180 degrees).
+    size_of_patches ... interpolation
+        Patch tracking; see `track_patches` and `FineOptions`.
+    rotation_group_size ... max_iterations
+        Geometry solve; see `solve_geometry` and `FineOptions`.
+    passes
+        Tracking + solve rounds (>= 1); later rounds track with the refined
+        axis, tilts and shifts.
+    coarse_options
+        Keyword arguments for `align_tilt_series` (filters, binning...).
+    progress
+        Called with a short description as each stage starts.
+
+    Returns
+    -------
+    FiducialLessResult
+        Refined geometry, shifts in `tiltxcorr`'s contract, residuals, robust
+        weights, solved points, the tracks and the coarse result.
+
+    Raises
+    ------
+    ValueError
+        For input the coarse engine refuses (naming the view), bad options,
+        or when tracking leaves a view without points (naming the view).
+    """
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"passes must be a positive integer, got {passes!r}")
+    tracking = dict(size_of_patches=size_of_patches, overlap_of_patches=overlap_of_patches,
+                    number_of_patches=number_of_patches, borders=borders, iterations=iterations,
+                    length_and_overlap=length_and_overlap, min_contour_length=min_contour_length,
+                    min_relative_score=min_relative_score, max_jump=max_jump,
+                    min_contrast=min_contrast, low_pass_cutoff=low_pass_cutoff,
+                    low_pass_sigma=low_pass_sigma, high_pass_sigma=high_pass_sigma,
+                    taper_fraction=taper_fraction, pad_fraction=pad_fraction, binning=binning,
+                    interpolation=interpolation)
+    solving = dict(rotation_group_size=rotation_group_size,
+                   magnification_group_size=magnification_group_size,
+                   tilt_group_size=tilt_group_size, solve_axis=solve_axis, robust=robust,
+                   robust_k=robust_k, max_iterations=max_iterations)
+    report = progress or (lambda _: None)
+
+    report("coarse alignment")
+    coarse = align_tilt_series(tilt_series, tilt_angles, tilt_axis_angle,
+                               **(coarse_options or {}))
+    angles = torch.as_tensor(tilt_angles, dtype=torch.float64).detach().cpu().reshape(-1)
+    axis, steering_angles, steering_shifts = float(tilt_axis_angle), angles, coarse.shifts
+    for round_index in range(passes):
+        report(f"patch tracking, pass {round_index + 1} of {passes}")
+        tracks = track_patches(tilt_series, steering_angles, axis, shifts=steering_shifts,
+                               **tracking)
+        report(f"geometry solve, pass {round_index + 1} of {passes}")
+        geometry = solve_geometry(tracks, angles, axis, initial_shifts=steering_shifts,
+                                  **solving)
+        axis = geometry.tilt_axis_angle
+        steering_shifts = geometry.shifts
+        if float(geometry.tilt_angles.abs().max()) <= MAX_TILT_DEG:  # else keep nominal
+            steering_angles = geometry.tilt_angles
+    return _result(geometry, tracks, coarse, rotation_group_size is not None,
+                   magnification_group_size is not None)
+
+
+def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrResult,
+            rotations_solved: bool, magnifications_solved: bool) -> FiducialLessResult:
+    weights = geometry.weights
+    present = torch.isfinite(weights)
+    return FiducialLessResult(
+        tilt_axis_angle=geometry.tilt_axis_angle,
+        tilt_angle_offset=geometry.tilt_angle_offset,
+        tilt_angles=geometry.tilt_angles.to(torch.float32),
+        shifts=geometry.shifts.to(torch.float32),
+        rotations=geometry.rotations.to(torch.float32) if rotations_solved else None,
+        magnifications=geometry.magnifications.to(torch.float32) if magnifications_solved
+        else None,
+        residuals=geometry.view_residuals.to(torch.float32),
+        mean_residual=geometry.mean_residual,
+        point_residuals=geometry.residuals.to(torch.float32),
+        points=geometry.points.to(torch.float32),
+        weights=weights.to(torch.float32),
+        n_contours=tracks.n_contours,
+        n_rejected_contours=int(geometry.rejected_contours.sum()),
+        n_rejected_points=int((present & (weights == 0)).sum()),
+        n_down_weighted_points=int((present & (weights < 0.5)).sum()),
+        tracks=tracks,
+        coarse=coarse,
+        geometry=geometry,
+    )
