@@ -369,6 +369,9 @@ class FineOptions:
     passes
         Track and solve this many times; each pass after the first tracks
         again with the refined axis, tilts and shifts.
+    level_specimen
+        Add the tilt angle offset that levels the specimen to the refined
+        tilt angles (tiltalign/etomo's AngleOffset); False: report it only.
     """
 
     size_of_patches: int | tuple[int, int] | None = None
@@ -398,6 +401,7 @@ class FineOptions:
     max_iterations: int = 50
 
     passes: int = 2
+    level_specimen: bool = True
 
 
 #: The fine alignment's defaults, read by `track_patches`, `solve_geometry` and

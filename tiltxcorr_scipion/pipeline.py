@@ -43,13 +43,14 @@ from .convert.transforms import (
     shifts_to_transforms,
 )
 from .faults import pause_point
-from .options import MIN_ENABLED_VIEWS, CoarseOptions, check_binned_size
+from .options import MIN_ENABLED_VIEWS, CoarseOptions, FineOptions, check_binned_size
 
 if TYPE_CHECKING:  # torch is imported where used: Scipion imports the protocol (and so
     import torch  # this module) in every process at plugin discovery; torch takes 1-2 s.
 
 __all__ = [
     "AlignmentOutcome",
+    "FineDetails",
     "TiltSeriesFailure",
     "TiltSeriesViews",
     "align_views",
@@ -194,6 +195,56 @@ class TiltSeriesViews:
 
 
 @dataclass
+class FineDetails:
+    """What the fiducial-less fine alignment found besides the transforms, item order (`n`).
+
+    Pixels are those of the views as read (after an earlier alignment, if the
+    views had one); see ``docs/fine-alignment.md`` for the conventions.
+
+    Attributes
+    ----------
+    tilt_angles
+        `(n,)` refined tilt angles (degrees); disabled views: nominal + offset.
+    tilt_angle_offset
+        Degrees added to the nominal tilt angles to level the specimen.
+    rotations, magnifications
+        `(n,)` per-view in-plane rotation (degrees) and scale, or None when
+        not solved (NaN and 1 for disabled views).
+    residuals
+        `(n,)` RMS residual per view (pixels), NaN for disabled views.
+    mean_residual
+        Mean residual length (pixels).
+    tracks
+        `(n_contours, n, 2)` `(row, col)` tracked positions, NaN where absent.
+    point_residuals
+        `(n_contours, n, 2)` measured minus modelled positions, NaN where absent.
+    weights
+        `(n_contours, n)` robust weights (0: rejected), NaN where absent.
+    n_contours, n_rejected_contours
+        Tracks solved, and those the robust fit rejected whole.
+    image_shape
+        `(h, w)` of the views.
+    frame_tilt_axis_angle
+        The refined tilt axis angle in the views as read (degrees): the raw
+        images' angle turned by an earlier alignment's rotation.
+    """
+
+    tilt_angles: np.ndarray
+    tilt_angle_offset: float
+    rotations: np.ndarray | None
+    magnifications: np.ndarray | None
+    residuals: np.ndarray
+    mean_residual: float
+    tracks: np.ndarray
+    point_residuals: np.ndarray
+    weights: np.ndarray
+    n_contours: int
+    n_rejected_contours: int
+    image_shape: tuple[int, int]
+    frame_tilt_axis_angle: float
+
+
+@dataclass
 class AlignmentOutcome:
     """What the alignment of one tilt series produced, in item order (`n` items).
 
@@ -220,6 +271,8 @@ class AlignmentOutcome:
         Where the engine ran (``"cpu"``, ``"cuda:0"``...).
     timings
         Seconds: ``read`` (read, earlier alignment, binning), ``engine``.
+    fine
+        What the fine alignment adds (`FineDetails`); None for a coarse one.
     """
 
     views: TiltSeriesViews
@@ -231,6 +284,7 @@ class AlignmentOutcome:
     binning: int
     device: str
     timings: dict[str, float] = field(default_factory=dict)
+    fine: FineDetails | None = None
 
     @property
     def reference_number(self) -> int:
@@ -283,26 +337,30 @@ def _open_stacks(views: TiltSeriesViews, items: np.ndarray) -> tuple[dict[str, M
     return stacks, shapes[0]
 
 
-def align_views(views: TiltSeriesViews, options: CoarseOptions, tilt_axis_angle: float, *,
-                device: torch.device | str = "cpu",
-                progress: Callable[[int, int], None] | None = None) -> AlignmentOutcome:
+def align_views(views: TiltSeriesViews, options: CoarseOptions | FineOptions,
+                tilt_axis_angle: float, *, device: torch.device | str = "cpu",
+                progress: Callable | None = None) -> AlignmentOutcome:
     """Read, pre-align (when the views carry an earlier alignment), bin and align one tilt series.
 
     Views are read a few at a time and binned as they arrive: memory follows
-    the binned size, not the stack's.
+    the binned size, not the stack's. `options` chooses the alignment: a
+    `CoarseOptions` runs the coarse alignment (`align_binned_views`), a
+    `FineOptions` the fiducial-less fine alignment (`fiducialless_alignment`:
+    coarse, patch tracking, geometry solve).
 
     Parameters
     ----------
     views
         The tilt series.
     options
-        Engine options (checked already, being a `CoarseOptions`).
+        Engine options (checked already, being `CoarseOptions`/`FineOptions`).
     tilt_axis_angle
         Axis angle of the raw images, degrees (IMOD RotationAngle convention).
     device
         Torch device the engine runs on.
     progress
-        Called as `progress(done, total)` while the engine correlates pairs.
+        Coarse: called as `progress(done, total)` while pairs are correlated;
+        fine: called with the name of each stage as it starts.
 
     Raises
     ------
@@ -313,7 +371,7 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions, tilt_axis_angle:
     """
     import torch
 
-    from .alignment import ViewError, align_binned_views, bin_chunks
+    from .alignment import ViewError, bin_chunks
     from .alignment.validation import check_angles
 
     device = torch.device(device)
@@ -322,8 +380,8 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions, tilt_axis_angle:
         raise views.fail(f"only {len(items)} enabled view(s) of {views.n_views}; at least "
                          f"{MIN_ENABLED_VIEWS} are needed (re-enable views)")
     number_of = lambda index: int(views.stack_positions[items[index]])  # noqa: E731
-    axis = float(tilt_axis_angle)
     previous = None if views.previous is None else views.previous[items]
+    axis = float(tilt_axis_angle)
     if previous is not None:
         singular = ~np.isfinite(previous).all(axis=(1, 2)) | (
             np.abs(np.linalg.det(previous[:, :2, :2])) < 1e-6)
@@ -333,50 +391,168 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions, tilt_axis_angle:
                 "finite", "reset the alignment of these views"), number_of)
         # A rotation in the earlier alignment turns the tilt axis with the image.
         axis += float(np.median(rotation_angles_deg(previous)))
+    fine = isinstance(options, FineOptions)
     started = time.perf_counter()
     try:
         angles = check_angles(views.tilt_angles[items], len(items), axis)
         stacks, view_shape = _open_stacks(views, items)
-        factor = check_binned_size(view_shape, options.binning)
+        factor = _reading_binning(options, view_shape)
         binned = bin_chunks(_raw_chunks(views, items, stacks, view_shape), len(items),
                             view_shape, factor, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         read_done = time.perf_counter()
-        result = align_binned_views(binned, angles, axis, options, progress=progress)
+        if fine:
+            outcome = _fine_outcome(views, items, previous, binned, angles, axis, options,
+                                    progress)
+        else:
+            outcome = _coarse_outcome(views, items, previous, binned, angles, axis, options,
+                                      progress)
     except ViewError as error:
         raise views.fail_views(error, number_of) from None
-    except StackReadError as error:
+    except (StackReadError, ValueError) as error:
         raise views.fail(str(error)) from None
-    except ValueError as error:
-        raise views.fail(str(error)) from None
-    engine_done = time.perf_counter()
+    if not np.all(np.isfinite(outcome.transforms)):
+        raise views.fail("the alignment produced non-finite transforms")
+    outcome.tilt_axis_angle += float(tilt_axis_angle) - axis  # back to the raw images
+    outcome.device = str(device)
+    outcome.timings = {"read": read_done - started, "engine": time.perf_counter() - read_done}
+    pause_point("aligned", views.ts_id)
+    return outcome
 
+
+def _reading_binning(options: CoarseOptions | FineOptions, view_shape: tuple[int, int]) -> int:
+    """The binning views are read at: the coarse engine's, or the fine one's working binning."""
+    if isinstance(options, CoarseOptions):
+        return check_binned_size(view_shape, options.binning)
+    # The fine alignment works at most at the coarse engine's automatic binning (<= 1180 px);
+    # it bins further for tracking itself.
+    factor = check_binned_size(view_shape, "auto")
+    return factor if options.binning == "auto" else max(1, min(factor, int(options.binning)))
+
+
+def _coarse_outcome(views, items, previous, binned, angles, axis, options, progress
+                    ) -> AlignmentOutcome:
+    from .alignment import align_binned_views
+
+    result = align_binned_views(binned, angles, axis, options, progress=progress)
     n = views.n_views
     shifts = np.zeros((n, 2), dtype=np.float64)
     shifts[items] = result.shifts.detach().cpu().double().numpy()
     correlation = np.full(n, np.nan)
     correlation[items] = result.correlation.detach().cpu().double().numpy()
-    reference = int(items[int(result.reference_view)])
     transforms = identity_transforms(n)
     transforms[items] = compose_transforms(shifts_to_transforms(shifts[items]), previous)
-    if not np.all(np.isfinite(transforms)):
-        raise views.fail("the alignment produced non-finite shifts")
-    pause_point("aligned", views.ts_id)
     return AlignmentOutcome(
         views=views, transforms=transforms, shifts=shifts, correlation=correlation,
-        reference_position=reference, tilt_axis_angle=float(tilt_axis_angle),
-        binning=int(result.binning), device=str(device),
-        timings={"read": read_done - started, "engine": engine_done - read_done})
+        reference_position=int(items[int(result.reference_view)]), tilt_axis_angle=axis,
+        binning=int(result.binning), device="")
+
+
+def _fine_outcome(views, items, previous, binned, angles, axis, options, progress
+                  ) -> AlignmentOutcome:
+    """Run the fine alignment on the binned views; everything back in the views' own pixels."""
+    from dataclasses import asdict
+
+    from .alignment import fiducialless_alignment
+
+    factor = binned.factor
+    engine_options = asdict(options)
+    if options.binning != "auto":
+        engine_options["binning"] = max(1, round(int(options.binning) / factor))
+    if isinstance(options.size_of_patches, (int, tuple)):
+        engine_options["size_of_patches"] = _scaled(options.size_of_patches, factor)
+    engine_options["borders"] = round(options.borders / factor)
+    result = fiducialless_alignment(binned.views, angles, axis, progress=progress,
+                                    **engine_options)
+    # The engine's frame is the binned views': pixel r_b is input pixel F r_b + o, and its
+    # transforms act about the binned views' centre, input c' = F c_b + o, which may sit
+    # half a pixel off the input's centre c when a binned side lost an odd number of pixels.
+    h, w = binned.full_shape
+    origin = np.array(binned.origin, dtype=np.float64) + (factor - 1) / 2
+    hb, wb = binned.views.shape[-2:]
+    centre_offset = (factor * np.array([(hb - 1) / 2, (wb - 1) / 2]) + origin
+                     - np.array([(h - 1) / 2, (w - 1) / 2]))  # c' - c, (row, col)
+    m = len(items)
+    rotations = np.zeros(m) if result.rotations is None else result.rotations.double().numpy()
+    mags = np.ones(m) if result.magnifications is None else result.magnifications.double().numpy()
+    rotation = np.radians(rotations)
+    # forward map aligned = R (raw - c) / m + shift + c, R = [[cos, sin], [-sin, cos]] (row, col)
+    r_rc = np.stack([np.stack([np.cos(rotation), np.sin(rotation)], -1),
+                     np.stack([-np.sin(rotation), np.cos(rotation)], -1)], -2) / mags[:, None, None]
+    shifts = (factor * result.shifts.double().numpy()
+              + np.einsum("nij,j->ni", r_rc, -centre_offset) + centre_offset)
+    n = views.n_views
+    full_shifts = np.zeros((n, 2))
+    full_shifts[items] = shifts
+    # IMOD's fine-alignment transforms (tiltalign's): also turn the tilt axis onto Y.
+    turn = np.radians(result.tilt_axis_angle)
+    onto_y = np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]])  # (X, Y)
+    r_xy = r_rc[:, ::-1, ::-1]
+    fine = np.tile(np.eye(3), (m, 1, 1))
+    fine[:, :2, :2] = onto_y @ r_xy
+    fine[:, :2, 2] = shifts[:, ::-1] @ onto_y.T
+    transforms = identity_transforms(n)
+    transforms[items] = compose_transforms(fine, previous)
+
+    offset = float(result.tilt_angle_offset)
+    # disabled views: the common offset only
+    tilt_angles = views.tilt_angles + (offset if options.level_specimen else 0.0)
+    tilt_angles[items] = result.tilt_angles.double().numpy()
+    positions = factor * result.tracks.positions.double().numpy() + origin
+    tracks = np.full((positions.shape[0], n, 2), np.nan)
+    tracks[:, items] = positions
+    point_residuals = np.full_like(tracks, np.nan)
+    point_residuals[:, items] = factor * result.point_residuals.double().numpy()
+    residuals = np.full(n, np.nan)
+    residuals[items] = factor * result.residuals.double().numpy()
+    weights = np.full(tracks.shape[:2], np.nan)
+    weights[:, items] = result.weights.double().numpy()
+    correlation = np.full(n, np.nan)
+    correlation[items] = result.coarse.correlation.double().numpy()
+    details = FineDetails(
+        tilt_angles=tilt_angles, tilt_angle_offset=offset,
+        rotations=None if result.rotations is None else _spread(rotations, items, n),
+        magnifications=None if result.magnifications is None else _spread(mags, items, n, 1.0),
+        residuals=residuals, mean_residual=factor * float(result.mean_residual),
+        tracks=tracks, point_residuals=point_residuals, weights=weights,
+        n_contours=int(result.n_contours), n_rejected_contours=int(result.n_rejected_contours),
+        image_shape=(int(h), int(w)), frame_tilt_axis_angle=float(result.tilt_axis_angle))
+    return AlignmentOutcome(
+        views=views, transforms=transforms, shifts=full_shifts, correlation=correlation,
+        reference_position=int(items[int(result.geometry.reference_view)]),
+        tilt_axis_angle=float(result.tilt_axis_angle), binning=factor * result.tracks.binning,
+        device="", fine=details)
+
+
+def _scaled(size, factor: int):
+    if isinstance(size, tuple):
+        return tuple(max(1, round(s / factor)) for s in size)
+    return max(1, round(size / factor))
+
+
+def _spread(values: np.ndarray, items: np.ndarray, n: int, fill: float = np.nan) -> np.ndarray:
+    out = np.full(n, fill, dtype=np.float64)
+    out[items] = values
+    return out
 
 
 # --------------------------------------------------------------------------- writing
+#: File name suffix of each kind of output file.
+SUFFIXES = {"prexf": ".prexf", "prexg": ".prexg", "xf": ".xf", "tlt": ".tlt", "fid": ".fid",
+            "residuals": "_residuals.txt", "landmarks": "_landmarks.tsv",
+            "png": "_alignment.png", "ali": ".ali"}
+
+
 def output_paths(folder: str, name: str, *, imod: bool = True, plot: bool = True,
-                 aligned: bool = False) -> dict[str, str]:
+                 aligned: bool = False, fine: bool = False) -> dict[str, str]:
     """The files `write_outputs` writes as `folder/name...`, by kind.
 
-    Kinds: ``prexf``, ``prexg``, ``tlt`` (IMOD files), ``png`` (the plot,
-    ``<name>_alignment.png``), ``ali`` (the aligned stack). `name` (a
+    Kinds (`SUFFIXES`): the IMOD files, ``prexf``, ``prexg`` and ``tlt`` of a
+    coarse alignment, or with `fine` ``xf`` (tiltalign-style transforms),
+    ``tlt`` (refined angles), ``fid`` (the tracks as an IMOD model),
+    ``residuals`` (a table per view) and ``landmarks`` (the tracks as tomo's
+    landmark table); ``png`` the plot; ``ali`` the aligned stack. `name` (a
     tilt-series id, a stack's base name) must be usable as a file name and
     `folder` must exist; a ValueError says which is not.
     """
@@ -385,15 +561,15 @@ def output_paths(folder: str, name: str, *, imod: bool = True, plot: bool = True
                          "path separator")
     if not os.path.isdir(folder):
         raise ValueError(f"folder {folder} does not exist: create it before writing files")
-    prefix = os.path.join(folder, name)
-    paths: dict[str, str] = {}
+    kinds = []
     if imod:
-        paths.update({kind: f"{prefix}.{kind}" for kind in ("prexf", "prexg", "tlt")})
+        kinds += ["xf", "tlt", "fid", "residuals", "landmarks"] if fine else [
+            "prexf", "prexg", "tlt"]
     if plot:
-        paths["png"] = f"{prefix}_alignment.png"
+        kinds.append("png")
     if aligned:
-        paths["ali"] = f"{prefix}.ali"
-    return paths
+        kinds.append("ali")
+    return {kind: os.path.join(folder, name + SUFFIXES[kind]) for kind in kinds}
 
 
 def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_binning: int = 1,
@@ -413,26 +589,16 @@ def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_b
         Naming the tilt series and the file: a full disk, no permission, an
         aligned stack that cannot be made (views not one complete stack...).
     """
-    from .convert.imod import write_imod_files
-
     views = outcome.views
-    order = views.stack_order
     seconds: dict[str, float] = {}
     try:
         with atomic_outputs(paths) as temporaries:
-            if {"prexf", "prexg", "tlt"} & paths.keys():
-                started = time.perf_counter()
-                write_imod_files(temporaries, outcome.transforms[order], views.tilt_angles[order])
-                seconds["imod"] = time.perf_counter() - started
-            if "png" in paths:
-                from .plots import save_alignment_plot
-
-                started = time.perf_counter()
-                # view numbers are stack positions, as in the viewer and the IMOD files
-                save_alignment_plot(temporaries["png"], views.ts_id, views.tilt_angles,
-                                    outcome.shifts, views.enabled, outcome.correlation,
-                                    view_numbers=views.stack_positions)
-                seconds["plot"] = time.perf_counter() - started
+            started = time.perf_counter()
+            if outcome.fine is None:
+                _write_coarse_files(outcome, temporaries)
+            else:
+                _write_fine_files(outcome, temporaries)
+            seconds["files"] = time.perf_counter() - started
             if "ali" in paths:
                 started = time.perf_counter()
                 _write_aligned_stack(outcome, temporaries["ali"], aligned_binning, progress)
@@ -440,6 +606,61 @@ def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_b
     except (OutputError, StackReadError, ValueError) as error:
         raise views.fail(str(error)) from None
     return seconds
+
+
+def _write_coarse_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> None:
+    from .convert.imod import write_imod_files
+
+    views = outcome.views
+    order = views.stack_order
+    if {"prexf", "prexg", "tlt"} & paths.keys():
+        write_imod_files(paths, outcome.transforms[order], views.tilt_angles[order])
+    if "png" in paths:
+        from .plots import save_alignment_plot
+
+        # view numbers are stack positions, as in the viewer and the IMOD files
+        save_alignment_plot(paths["png"], views.ts_id, views.tilt_angles, outcome.shifts,
+                            views.enabled, outcome.correlation,
+                            view_numbers=views.stack_positions)
+
+
+def _write_fine_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> None:
+    """tiltalign's files: ``.xf``, refined ``.tlt``; the tracks as ``.fid`` and landmark table.
+
+    The model's sections are the enabled views in stack order, as Scipion's
+    IMOD protocols restack a tilt series with excluded views; its points are
+    in the pixels of the views as read (after an earlier alignment).
+    """
+    from .convert.imod import write_tlt, write_xf
+    from .convert.landmarks import write_fid, write_landmark_table, write_residual_table
+
+    views, fine = outcome.views, outcome.fine
+    order = views.stack_order
+    if "xf" in paths:
+        write_xf(paths["xf"], outcome.transforms[order])
+    if "tlt" in paths:
+        write_tlt(paths["tlt"], fine.tilt_angles[order])
+    enabled = order[views.enabled[order]]  # enabled items, stack order
+    if "fid" in paths:
+        write_fid(paths["fid"], fine.tracks[:, enabled], np.arange(len(enabled)),
+                  fine.image_shape, len(enabled), views.sampling_rate)
+    if "residuals" in paths:
+        counts = np.isfinite(fine.tracks[..., 0]).sum(axis=0)
+        write_residual_table(paths["residuals"], views.stack_positions[order],
+                             fine.tilt_angles[order], fine.residuals[order], counts[order])
+    if "landmarks" in paths:
+        write_landmark_table(paths["landmarks"], fine.tracks, fine.point_residuals,
+                             views.stack_positions)
+    if "png" in paths:
+        from .plots import save_fine_plot
+
+        reference = outcome.reference_position
+        present = np.isfinite(fine.tracks[:, reference, 0])
+        save_fine_plot(paths["png"], views.ts_id, fine.tilt_angles, fine.residuals,
+                       views.enabled, fine.tracks[present, reference],
+                       fine.weights[present, reference], fine.image_shape,
+                       fine.frame_tilt_axis_angle, fine.tilt_angle_offset, fine.mean_residual,
+                       view_numbers=views.stack_positions)
 
 
 def _write_aligned_stack(outcome: AlignmentOutcome, path: str, binning: int,

@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from .convert.files import atomic_output
 
 __all__ = ["correlation_threshold", "low_correlation_views", "plot_alignment",
-           "save_alignment_plot"]
+           "plot_fine_alignment", "save_alignment_plot", "save_fine_plot"]
 
 #: A view is flagged when its score lies this many robust standard deviations
 #: below the trend of its neighbours' scores.
@@ -287,6 +287,103 @@ def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: 
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
     figure = plot_alignment(ts_id, tilt_angles, shifts, enabled, correlation,
                             view_numbers=view_numbers)
+    FigureCanvasAgg(figure)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    return path
+
+
+def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarray,
+                        enabled: np.ndarray, reference_points: np.ndarray,
+                        reference_weights: np.ndarray, image_shape: tuple[int, int],
+                        tilt_axis_angle: float, tilt_angle_offset: float, mean_residual: float,
+                        *, view_numbers: np.ndarray | None = None,
+                        figure: Figure | None = None) -> Figure:
+    """Plot one tilt series' fine alignment: residual per view, and the tracks with the axis.
+
+    Parameters
+    ----------
+    tilt_angles, residuals, enabled
+        `(n,)` refined tilt angles (degrees), RMS residual per view (pixels;
+        NaN for excluded views) and the enabled flags, stack order or any.
+    reference_points, reference_weights
+        `(k, 2)` `(row, col)` of the tracked points in the reference view and
+        their robust weights (0: rejected).
+    image_shape
+        `(h, w)` of the views.
+    tilt_axis_angle, tilt_angle_offset, mean_residual
+        The solved axis (degrees from Y, counter-clockwise), offset (degrees)
+        and mean residual (pixels), shown in the title and as the axis line.
+    view_numbers
+        `(n,)` numbers naming the views (1-based stack positions); default 1..n.
+    """
+    angles = np.asarray(tilt_angles, dtype=np.float64).reshape(-1)
+    residuals = np.asarray(residuals, dtype=np.float64).reshape(-1)
+    enabled = np.asarray(enabled, dtype=bool).reshape(-1)
+    n = angles.shape[0]
+    if residuals.shape[0] != n or enabled.shape[0] != n:
+        raise ValueError(f"residuals and enabled need one value per view ({n})")
+    views = np.arange(1, n + 1) if view_numbers is None else np.asarray(view_numbers)
+    if figure is None:
+        figure = Figure(figsize=(10.0, 5.0), dpi=100)
+    axes_res, axes_img = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+
+    order = np.argsort(angles, kind="stable")
+    on = order[enabled[order] & np.isfinite(residuals[order])]
+    axes_res.vlines(angles[on], 0.0, residuals[on], color=_OK_COLOUR, alpha=0.5)
+    axes_res.plot(angles[on], residuals[on], "o", color=_OK_COLOUR, markersize=4)
+    axes_res.axhline(mean_residual, color="black", linewidth=0.8, linestyle="--",
+                     label=f"mean {mean_residual:.2f} px")
+    worst = on[np.argsort(residuals[on])[-3:]] if on.size else []
+    for index in worst:
+        axes_res.annotate(f"{views[index]}", (angles[index], residuals[index]),
+                          textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+    off = ~enabled
+    if np.any(off):
+        axes_res.plot(angles[off], np.zeros(int(off.sum())), "x", color=_EXCLUDED_COLOUR,
+                      markersize=7, markeredgewidth=1.5, label="excluded view")
+    axes_res.set_xlabel("tilt angle (degrees)")
+    axes_res.set_ylabel("RMS residual (pixels)")
+    axes_res.set_ylim(bottom=0.0)
+    axes_res.grid(True, alpha=0.3)
+    axes_res.legend(loc="upper center", fontsize=8)
+
+    h, w = image_shape
+    points = np.asarray(reference_points, dtype=np.float64).reshape(-1, 2)
+    weights = np.asarray(reference_weights, dtype=np.float64).reshape(-1)
+    kept = weights > 0
+    axes_img.plot(points[kept, 1], points[kept, 0], ".", color=_DX_COLOUR, markersize=3,
+                  label=f"tracked points ({int(kept.sum())})")
+    if np.any(~kept):
+        axes_img.plot(points[~kept, 1], points[~kept, 0], "x", color=_LOW_COLOUR, markersize=4,
+                      label=f"rejected ({int((~kept).sum())})")
+    # the axis through the centre, along (cos a, -sin a) in (row, col)
+    a = np.radians(tilt_axis_angle)
+    half = 0.5 * np.hypot(h, w)
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    ends = centre[None] + np.array([[-half], [half]]) * np.array([np.cos(a), -np.sin(a)])[None]
+    axes_img.plot(ends[:, 1], ends[:, 0], "-", color=_LOW_COLOUR, linewidth=1.2,
+                  label=f"tilt axis {tilt_axis_angle:.2f} deg")
+    axes_img.set_xlim(0, w - 1)
+    axes_img.set_ylim(0, h - 1)  # IMOD's display: row 0 at the bottom
+    axes_img.set_aspect("equal")
+    axes_img.set_xlabel("X (pixels)")
+    axes_img.set_ylabel("Y (pixels)")
+    axes_img.set_title("reference view", fontsize=9)
+    axes_img.legend(loc="upper right", fontsize=7, framealpha=0.85)
+
+    figure.suptitle(f"{ts_id}: fine alignment - axis {tilt_axis_angle:.2f} deg, tilt offset "
+                    f"{tilt_angle_offset:+.2f} deg, mean residual {mean_residual:.2f} px",
+                    fontsize=11, fontweight="bold")
+    figure.tight_layout()
+    return figure
+
+
+def save_fine_plot(path: str, ts_id: str, *args, **kwargs) -> str:
+    """Write `plot_fine_alignment`'s figure as a PNG (1000 x 500 pixels) and return its path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = plot_fine_alignment(ts_id, *args, **kwargs)
     FigureCanvasAgg(figure)
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)

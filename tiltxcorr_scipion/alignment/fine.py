@@ -142,6 +142,7 @@ def fiducialless_alignment(
     robust_k: float = FINE_DEFAULTS.robust_k,
     max_iterations: int = FINE_DEFAULTS.max_iterations,
     passes: int = FINE_DEFAULTS.passes,
+    level_specimen: bool = FINE_DEFAULTS.level_specimen,
     coarse_options: dict | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FiducialLessResult:
@@ -165,6 +166,10 @@ def fiducialless_alignment(
     passes
         Tracking + solve rounds (>= 1); later rounds track with the refined
         axis, tilts and shifts.
+    level_specimen
+        Include `tilt_angle_offset` in the returned `tilt_angles` (default);
+        False: the tilt angles keep their nominal zero, the offset is only
+        reported.
     coarse_options
         Keyword arguments for `align_tilt_series` (filters, binning...).
     progress
@@ -215,17 +220,19 @@ def fiducialless_alignment(
         if float(geometry.tilt_angles.abs().max()) <= MAX_TILT_DEG:  # else keep nominal
             steering_angles = geometry.tilt_angles
     return _result(geometry, tracks, coarse, rotation_group_size is not None,
-                   magnification_group_size is not None)
+                   magnification_group_size is not None, level_specimen)
 
 
 def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrResult,
-            rotations_solved: bool, magnifications_solved: bool) -> FiducialLessResult:
+            rotations_solved: bool, magnifications_solved: bool,
+            level_specimen: bool) -> FiducialLessResult:
     weights = geometry.weights
     present = torch.isfinite(weights)
     return FiducialLessResult(
         tilt_axis_angle=geometry.tilt_axis_angle,
         tilt_angle_offset=geometry.tilt_angle_offset,
-        tilt_angles=geometry.tilt_angles.to(torch.float32),
+        tilt_angles=(geometry.tilt_angles if level_specimen
+                     else geometry.tilt_angles - geometry.tilt_angle_offset).to(torch.float32),
         shifts=geometry.shifts.to(torch.float32),
         rotations=geometry.rotations.to(torch.float32) if rotations_solved else None,
         magnifications=geometry.magnifications.to(torch.float32) if magnifications_solved

@@ -15,7 +15,11 @@ import numpy as np
 
 from .files import atomic_output
 
-__all__ = ["read_fid", "write_fid", "write_residual_table"]
+__all__ = ["LANDMARK_COLUMNS", "read_fid", "write_fid", "write_landmark_table",
+           "write_residual_table"]
+
+#: Columns of tomo's landmark table (``LandmarkModel.addLandmark``), tab-separated.
+LANDMARK_COLUMNS = ("xCoor", "yCoor", "tiltIm", "chainId", "xResid", "yResid")
 
 
 def write_fid(path: str, positions: np.ndarray, sections: np.ndarray, image_shape: tuple[int, int],
@@ -80,4 +84,33 @@ def write_residual_table(path: str, view_numbers: np.ndarray, tilt_angles: np.nd
                                                  strict=True):
             value = f"{residual:16.3f}" if np.isfinite(residual) else f"{'nan':>16}"
             handle.write(f"{int(number):6d} {tilt:10.2f} {int(count):7d}{value}\n")
+    return path
+
+
+def write_landmark_table(path: str, tracks: np.ndarray, point_residuals: np.ndarray,
+                         view_numbers: np.ndarray) -> str:
+    """The tracks as Scipion tomo's landmark table (a `LandmarkModel`'s file); returns `path`.
+
+    One tab-separated row per point, as ``LandmarkModel.addLandmark`` writes
+    them: ``xCoor yCoor`` in IMOD model coordinates (``col + 0.5, row + 0.5``,
+    as in the ``.fid``), ``tiltIm`` the view's 1-based stack position,
+    ``chainId`` the contour (from 1), and ``xResid yResid`` IMOD's residual
+    (model minus measured, pixels).
+
+    Parameters
+    ----------
+    tracks, point_residuals
+        `(n_contours, n, 2)` `(row, col)` positions and measured-minus-model
+        residuals, NaN where a contour has no point.
+    view_numbers
+        `(n,)` 1-based stack positions of the views.
+    """
+    contour, view = np.nonzero(np.isfinite(tracks).all(axis=-1))
+    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
+        handle.write("\t".join(LANDMARK_COLUMNS) + "\n")
+        for c, v in zip(contour.tolist(), view.tolist(), strict=True):
+            row, col = tracks[c, v]
+            d_row, d_col = -point_residuals[c, v]
+            handle.write(f"{col + 0.5}\t{row + 0.5}\t{int(view_numbers[v])}\t{c + 1}\t"
+                         f"{d_col}\t{d_row}\n")
     return path
