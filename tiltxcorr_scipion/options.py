@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields
 __all__ = [
     "AUTO_BINNING_MAX_FACTOR",
     "AUTO_BINNING_MAX_SIZE",
+    "FIXED_PATTERN_CHOICES",
+    "MIN_AREA_SIZE",
     "MAX_TILT_DEG",
     "MIN_BINNED_SIZE",
     "MIN_ENABLED_VIEWS",
@@ -35,6 +37,10 @@ AUTO_BINNING_MAX_FACTOR = 4
 MIN_BINNED_SIZE = 24
 #: Fewer enabled views than this cannot give a meaningful alignment of a tilt series.
 MIN_ENABLED_VIEWS = 3
+#: Choices of `CoarseOptions.fixed_pattern`.
+FIXED_PATTERN_CHOICES = ("auto", "on", "off")
+#: IMOD needs at least this many pixels between the ends of XMinAndMax / YMinAndMax.
+MIN_AREA_SIZE = 24
 
 
 class OptionError(ValueError):
@@ -85,6 +91,19 @@ def _number(option: str, value, low: float, high: float, *, low_open: bool = Fal
     return float(value)
 
 
+def _int_pair(option: str, value) -> tuple[int, int]:
+    """`value` as a pair of integers, or an `OptionError`."""
+    try:
+        first, last = value
+    except (TypeError, ValueError):
+        raise OptionError(option, f"must be a pair of integers, got {value!r}") from None
+    for item in (first, last):
+        if isinstance(item, bool) or not isinstance(item, int):
+            if not (isinstance(item, float) and item.is_integer()):
+                raise OptionError(option, f"must be a pair of integers, got {value!r}")
+    return int(first), int(last)
+
+
 @dataclass(frozen=True)
 class CoarseOptions:
     """Options of the coarse alignment (`align_tilt_series`), with IMOD's defaults.
@@ -124,6 +143,50 @@ class CoarseOptions:
         None: any shift the correlation can hold.
     interpolation
         ``"bilinear"`` or ``"bicubic"`` resampling for the cosine stretch.
+    fixed_pattern
+        A pattern fixed in the camera frame (gain-reference residue), which
+        correlates at zero shift in every pair and pulls the alignment
+        there. ``"auto"``: detected (a pixel-sharp correlation at exactly
+        zero shift between different views) and then removed; ``"on"``:
+        always removed; ``"off"``: left alone. Removing means subtracting
+        the mean high-passed view, which holds the pattern once the specimen
+        has moved about, scaled to each view. IMOD's ExcludeCentralPeak
+        answers the same problem by ignoring the correlation peak on a
+        strip through zero shift; like it, ``"on"`` hurts a series that is
+        aligned already (the specimen then stays put as well).
+    x_min_max, y_min_max
+        IMOD's XMinAndMax / YMinAndMax: first and last column (X) / row (Y)
+        of the area to correlate, in input pixels numbered from 0, both
+        included, as placed on the zero-tilt view; at tilt `t` the area's
+        centre moves towards the tilt axis, its distance across the axis
+        times `cos(t)`, so that it holds the same specimen (IMOD's rule),
+        and it is kept inside the view. None: the whole width / height less
+        `borders`. Each overrides that direction's border.
+    borders
+        IMOD's BordersInXandY: `(x, y)` input pixels trimmed off each edge
+        of the area to correlate (0, 0: the whole view).
+    angle_offset
+        IMOD's AngleOffset: degrees added to every tilt angle (a specimen
+        tilted at zero stage tilt, e.g. a lamella's milling angle). The
+        stretch, the choice of the reference view (smallest |tilt + offset|)
+        and the +-82 degree limit all use the offset tilts.
+    absolute_cosine_stretch
+        IMOD's AbsoluteCosineStretch: the final pass stretches every view into
+        the reference view's frame (by `cos(t_ref) / cos(t)`, IMOD's code for
+        this option) before summing views into references; this engine has
+        always done so, hence True by default. False: IMOD's default for
+        cumulative references: the lower-tilt views are summed unstretched
+        and each view is stretched onto its lower-tilt neighbour only.
+    adaptive
+        Measure the significance of every correlation peak and adapt to the
+        data: first stage on coarser views while peaks are weak, a
+        low-pass at the frequency where neighbouring views stop agreeing
+        (never above `low_pass_cutoff`), the final pass binned accordingly,
+        references averaged over more views, a wider search for views whose
+        first-stage peak was not significant, and views without specimen
+        (blocked, dark, blank) aligned around and flagged. False: the given
+        filter and binning only, as IMOD (views are still screened and
+        flagged).
     """
 
     low_pass_cutoff: float = 0.25
@@ -138,6 +201,13 @@ class CoarseOptions:
     refine: bool = True
     max_shift: float | None = None
     interpolation: str = "bilinear"
+    fixed_pattern: str = "auto"
+    x_min_max: tuple[int, int] | None = None
+    y_min_max: tuple[int, int] | None = None
+    borders: tuple[int, int] = (0, 0)
+    angle_offset: float = 0.0
+    absolute_cosine_stretch: bool = True
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         for name in ("low_pass_cutoff", "high_pass_radius"):
@@ -157,6 +227,48 @@ class CoarseOptions:
         if self.interpolation not in ("bicubic", "bilinear"):
             raise OptionError("interpolation",
                               f"must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
+        if self.fixed_pattern not in FIXED_PATTERN_CHOICES:
+            raise OptionError("fixed_pattern", f"must be one of {', '.join(FIXED_PATTERN_CHOICES)}, "
+                                               f"got {self.fixed_pattern!r}")
+        for name in ("absolute_cosine_stretch", "adaptive"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(name, f"must be True or False, got {getattr(self, name)!r}")
+        _number("angle_offset", self.angle_offset, -90.0, 90.0, low_open=True, high_open=True)
+        borders = _int_pair("borders", self.borders)
+        if min(borders) < 0:
+            raise OptionError("borders", f"must be two pixel counts >= 0, got {self.borders!r}")
+        object.__setattr__(self, "borders", borders)
+        for name in ("x_min_max", "y_min_max"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            first, last = _int_pair(name, value)
+            if first < 0 or last - first < MIN_AREA_SIZE:
+                raise OptionError(name, f"must be (first, last) pixels numbered from 0 with last - "
+                                        f"first >= {MIN_AREA_SIZE}, got {value!r}")
+            object.__setattr__(self, name, (first, last))
+
+    def area(self, shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """The area to correlate in views of `shape` `(h, w)` input pixels, at zero tilt.
+
+        Returns `((first_row, last_row), (first_col, last_col))`, both ends
+        included, or None for the whole view. Raises an `OptionError` when
+        the area does not fit in the views (IMOD: "Impossible amount to trim
+        by or incorrect coordinates").
+        """
+        h, w = shape
+        bx, by = self.borders
+        cols = self.x_min_max if self.x_min_max is not None else (bx, w - 1 - bx)
+        rows = self.y_min_max if self.y_min_max is not None else (by, h - 1 - by)
+        for name, (first, last), size in (("x_min_max" if self.x_min_max else "borders", cols, w),
+                                          ("y_min_max" if self.y_min_max else "borders", rows, h)):
+            if first < 0 or last > size - 1 or last - first < MIN_AREA_SIZE:
+                raise OptionError(name, f"pixels {first}..{last} do not fit in views of {h} rows x "
+                                        f"{w} columns with at least {MIN_AREA_SIZE + 1} pixels "
+                                        "between the ends")
+        if cols == (0, w - 1) and rows == (0, h - 1):
+            return None
+        return rows, cols
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> CoarseOptions:
