@@ -1,0 +1,163 @@
+"""Screen views before correlating: blank, blocked and dark views, opaque areas.
+
+Real tilt series carry views with nothing to correlate (the beam blocked by a
+grid bar, a lamella edge or an ice chunk; a dark frame) and views partly in
+the shadow of an opaque object (a grid bar advancing with tilt). Both break a
+chain of correlations: a view with no specimen pairs with its neighbour at a
+random shift, and the edge of a shadow is a strong feature that moves with the
+stage, not with the specimen.
+
+The screen works on block averages of the binned views (`block` x `block`
+pixels), so it costs a fraction of one pass over the pixels:
+
+- an **opaque** block lies far from its view's specimen level (more than
+  `OPAQUE_SPREADS` robust spreads of the block means) and is not busier than
+  a typical block (a gold bead is far from the level as well, but its block
+  is busy); levels are tracked from the lowest tilts outwards, so they may
+  drift with tilt (thicker ice at high tilt) but not jump;
+- a **dark** (or bright) view has hardly any block at its specimen level
+  (less than `1 - BLOCKED_FRACTION` of them): the beam blocked by a bar or an
+  ice chunk, blanked or shifted during the exposure;
+- a **constant** view has every pixel equal (an empty frame).
+
+Views judged unusable are returned with a human-readable reason. Opaque areas
+of the other views are replaced by the view's specimen mean, with a smooth
+edge, so that the correlation sees only specimen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: A block this many robust spreads from its view's specimen level is opaque (if not busy).
+OPAQUE_SPREADS = 8.0
+#: A view with less than this fraction of its blocks at a specimen level is unusable.
+BLOCKED_FRACTION = 0.9
+#: Lowest-|tilt| views whose levels define where the walk starts.
+START_VIEWS = 5
+
+
+@dataclass(frozen=True)
+class ViewScreen:
+    """What the screen found, per view in the input order.
+
+    Attributes
+    ----------
+    unusable
+        `(b,)` bool: nothing to correlate (constant, blocked, dark or bright).
+    reasons
+        Why each unusable view is unusable ("" for the others).
+    opaque
+        `(b, H, W)` bool: opaque blocks of each view (a block is `size` pixels
+        of the screened views on a side).
+    size
+        Block side in pixels of the screened views.
+    """
+
+    unusable: torch.Tensor
+    reasons: list[str]
+    opaque: torch.Tensor
+    size: int
+
+    @property
+    def opaque_fraction(self) -> torch.Tensor:
+        """`(b,)` float32 fraction of each view judged opaque."""
+        return self.opaque.flatten(1).to(torch.float32).mean(dim=1)
+
+    def partial_views(self) -> list[int]:
+        """Usable views with opaque areas to fill before correlating."""
+        fraction = self.opaque_fraction
+        return [v for v in range(len(self.reasons)) if not self.unusable[v] and fraction[v] > 0]
+
+
+def block_size(shape: tuple[int, int]) -> int:
+    """Side of the screening blocks for views of `shape`: about 1/32 of the view."""
+    return max(4, min(shape) // 32)
+
+
+def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
+    """Screen views `(b, h, w)` taken at tilts `angles` `(b,)` (degrees).
+
+    Coarsely binned views are enough (the tests use block averages). Walking
+    outwards in tilt from the lowest tilts, each view's specimen level is the
+    median of its blocks that lie within `OPAQUE_SPREADS` robust spreads of
+    the previous view's level: levels drift slowly with tilt (thicker ice,
+    darker views), opaque areas and blocked views jump.
+    """
+    b, h, w = views.shape
+    size = block_size((h, w))
+    stack = views[:, None].to(torch.float32)
+    blocks_t = F.avg_pool2d(stack, size)[:, 0]  # (b, H, W)
+    busy_t = (F.avg_pool2d(stack.square(), size)[:, 0] - blocks_t.square()).clamp_min(0).sqrt()
+    low, high = torch.aminmax(views.reshape(b, -1), dim=1)
+    blocks = blocks_t.double().cpu().numpy()
+    busy = busy_t.double().cpu().numpy()
+    low, high = low.double().cpu().numpy(), high.double().cpu().numpy()
+    tilts = angles.double().cpu().numpy()
+    constant = high <= low
+    own = np.median(blocks.reshape(b, -1), axis=1)  # (b,) each view's median block
+    ok = ~constant
+    opaque = np.zeros(blocks.shape, dtype=bool)
+    unusable = constant.copy()
+    reasons = [f"blank: constant image (every pixel {low[v]:.6g})" if constant[v] else ""
+               for v in range(b)]
+    if ok.any():
+        spread = 1.4826 * float(np.median(np.abs(blocks - own[:, None, None])[ok]))
+        spread = max(spread, 1e-9 * float(np.abs(blocks[ok]).max()), 1e-30)
+        typical_busy = float(np.median(busy[ok]))
+        limit = OPAQUE_SPREADS * spread
+        order = [v for v in np.argsort(tilts, kind="stable").tolist() if ok[v]]
+        by_tilt = sorted(order, key=lambda v: abs(tilts[v]))
+        start_level = float(np.median(own[by_tilt[:START_VIEWS]]))
+        start = next((v for v in by_tilt if abs(own[v] - start_level) <= limit), by_tilt[0])
+        p0 = order.index(start)
+        level = np.full(b, own[start])
+        for direction in (1, -1):
+            previous = float(own[start])
+            p = p0
+            while 0 <= p < len(order):
+                view = order[p]
+                near = np.abs(blocks[view] - previous) <= limit
+                if near.mean() >= 1.0 - BLOCKED_FRACTION:
+                    previous = float(np.median(blocks[view][near]))
+                level[view] = previous
+                p += direction
+        far = np.abs(blocks - level[:, None, None]) > limit
+        opaque = far & (busy <= 1.5 * typical_busy) & ok[:, None, None]
+        for view in order:
+            specimen_fraction = float((~far[view]).mean())
+            if specimen_fraction < 1.0 - BLOCKED_FRACTION:
+                offset = (own[view] - level[view]) / spread
+                kind, side = ("dark", "below") if offset < 0 else ("bright", "above")
+                unusable[view] = True
+                reasons[view] = (f"{kind}: mean {abs(offset):.1f} sd {side} the neighbouring views, "
+                                 f"{100 * (1 - specimen_fraction):.0f}% of it unlike the specimen")
+    return ViewScreen(unusable=torch.from_numpy(unusable), reasons=reasons,
+                      opaque=torch.from_numpy(opaque), size=size)
+
+
+def fill_opaque(view: torch.Tensor, opaque_blocks: torch.Tensor, block: float) -> torch.Tensor:
+    """`view` `(h, w)` with opaque blocks (and one block around) set to its mean elsewhere.
+
+    `opaque_blocks` `(H, W)` bool marks blocks of `block` pixels of this view
+    (a fraction when the view is binned finer than the screened ones). The
+    weight falls smoothly over a block's width, so the filled area joins the
+    specimen without a step.
+    """
+    h, w = view.shape
+    mask = opaque_blocks.to(torch.float32)[None, None]  # (1, 1, H, W)
+    mask = F.max_pool2d(mask, 3, stride=1, padding=1)  # one block around: the edge itself
+    # Block centres to pixels, linear in between: a ramp one block wide.
+    rows, cols = mask.shape[-2:]
+    mask = F.interpolate(mask, size=(max(1, round(rows * block)), max(1, round(cols * block))),
+                         mode="bilinear", align_corners=False)
+    mask = mask[..., :h, :w]
+    mask = F.pad(mask, (0, w - mask.shape[-1], 0, h - mask.shape[-2]), mode="replicate")
+    weight = (1.0 - mask[0, 0]).clamp(0.0, 1.0).to(device=view.device, dtype=view.dtype)
+    keep = weight > 0.999
+    fill = view[keep].mean() if bool(keep.any()) else view.mean()
+    return fill + (view - fill) * weight
