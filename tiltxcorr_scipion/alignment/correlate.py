@@ -113,14 +113,12 @@ class PairCorrelator:
             return (taper_profile(rows[None] - shifts[:, 0:1], h, self.taper_rows),
                     taper_profile(cols[None] - shifts[:, 1:2], w, self.taper_cols))
         boxes = boxes.to(device=device, dtype=torch.float64)
-        row_list, col_list = [], []
-        for k in range(n):
-            top, left, height, width = boxes[k].tolist()
-            row_list.append(taper_profile(rows - top - 0.5 - shifts[k, 0], height,
-                                          taper_width(round(height), self.taper_fraction)))
-            col_list.append(taper_profile(cols - left - 0.5 - shifts[k, 1], width,
-                                          taper_width(round(width), self.taper_fraction)))
-        return torch.stack(row_list), torch.stack(col_list)
+        # Boxes differ only in position (an area keeps its size through the series).
+        height, width = float(boxes[0, 2]), float(boxes[0, 3])
+        rows_in = rows[None] - boxes[:, 0:1] - 0.5 - shifts[:, 0:1]  # (n, h)
+        cols_in = cols[None] - boxes[:, 1:2] - 0.5 - shifts[:, 1:2]  # (n, w)
+        return (taper_profile(rows_in, height, taper_width(round(height), self.taper_fraction)),
+                taper_profile(cols_in, width, taper_width(round(width), self.taper_fraction)))
 
     def box_mask(self, box: torch.Tensor) -> torch.Tensor:
         """Taper window `(h, w)` of one box `(4,)` (see `box_profiles`)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 #: Side of the central crop the detection looks at (working pixels).
@@ -73,12 +74,13 @@ def detect_fixed_pattern(views: torch.Tensor, angles: torch.Tensor,
     first, second = high[:-1], high[1:]
     rows, cols = first.shape[-2:]
     a = first[:, 1:rows - 1, 1:cols - 1]
-    norm_a = a.square().sum(dim=(1, 2))
+    norm_a = a.square().sum(dim=(1, 2)).double().cpu().numpy()
 
     def ncc(dy: int, dx: int) -> torch.Tensor:
         c = second[:, 1 + dy:rows - 1 + dy, 1 + dx:cols - 1 + dx]
-        norm = (norm_a * c.square().sum(dim=(1, 2))).sqrt().clamp_min(1e-30)
-        return ((a * c).sum(dim=(1, 2)) / norm).double().cpu()
+        norm_c = c.square().sum(dim=(1, 2)).double().cpu().numpy()
+        norm = torch.from_numpy(np.sqrt(np.maximum(norm_a * norm_c, 1e-60)))
+        return (a * c).sum(dim=(1, 2)).double().cpu() / norm
 
     zero = ncc(0, 0)
     around = (ncc(0, 1) + ncc(0, -1) + ncc(1, 0) + ncc(-1, 0)) / 4

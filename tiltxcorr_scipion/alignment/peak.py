@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -87,7 +88,7 @@ def coarse_peak(band: torch.Tensor, full_shape: tuple[int, int], *,
     step_y, step_x = big_h / h, big_w / w
     dy = torch.fft.fftfreq(h, d=1.0 / h, device=corr.device).to(torch.float64) * step_y
     dx = torch.fft.fftfreq(w, d=1.0 / w, device=corr.device).to(torch.float64) * step_x
-    rms = corr.flatten(1).square().mean(dim=1).sqrt().to(torch.float64)
+    mean_square = corr.flatten(1).square().mean(dim=1).to(torch.float64).cpu()
     if max_shift is not None:
         radius = torch.as_tensor(max_shift, dtype=torch.float64, device=corr.device)
         distance = dy[:, None] ** 2 + dx[None, :] ** 2
@@ -114,7 +115,9 @@ def coarse_peak(band: torch.Tensor, full_shape: tuple[int, int], *,
     peaks = torch.stack([dy[iy] + oy.to(torch.float64) * step_y,
                          dx[ix] + ox.to(torch.float64) * step_x], dim=1)
     if significance:
-        return peaks, (c0.to(torch.float64) / rms.clamp_min(1e-300)).cpu()
+        # numpy's sqrt: a torch one on a few numbers costs a thread-pool round trip
+        rms = torch.from_numpy(np.sqrt(mean_square.clamp_min(1e-300).numpy()))
+        return peaks, c0.to(torch.float64).cpu() / rms
     return peaks
 
 

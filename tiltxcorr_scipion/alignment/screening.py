@@ -37,6 +37,8 @@ import torch.nn.functional as F
 OPAQUE_SPREADS = 8.0
 #: A view with less than this fraction of its blocks at a specimen level is unusable.
 BLOCKED_FRACTION = 0.9
+#: An opaque block needs this many opaque blocks among its eight neighbours.
+MIN_OPAQUE_NEIGHBOURS = 3
 #: Lowest-|tilt| views whose levels define where the walk starts.
 START_VIEWS = 5
 
@@ -76,7 +78,7 @@ class ViewScreen:
 
 def block_size(shape: tuple[int, int]) -> int:
     """Side of the screening blocks for views of `shape`: about 1/32 of the view."""
-    return max(4, min(shape) // 32)
+    return max(4, min(shape) // 16 if min(shape) < 256 else min(shape) // 32)
 
 
 def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
@@ -128,6 +130,10 @@ def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
                 p += direction
         far = np.abs(blocks - level[:, None, None]) > limit
         opaque = far & (busy <= 1.5 * typical_busy) & ok[:, None, None]
+        # An opaque object covers many blocks: a lone block is the specimen's own.
+        mask = torch.from_numpy(opaque).to(torch.float32)[:, None]
+        around = F.conv2d(F.pad(mask, (1, 1, 1, 1)), torch.ones(1, 1, 3, 3))[:, 0].numpy()
+        opaque &= around - 1 >= MIN_OPAQUE_NEIGHBOURS
         for view in order:
             specimen_fraction = float((~far[view]).mean())
             if specimen_fraction < 1.0 - BLOCKED_FRACTION:
