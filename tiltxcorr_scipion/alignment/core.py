@@ -245,7 +245,8 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
     if partial or remove:
         views = binned.views.clone()
         for view in partial:
-            views[view] = fill_opaque(views[view], screen.opaque[view], screen.size * extra0)
+            views[view] = fill_opaque(views[view], screen.opaque[view], screen.size * extra0,
+                                      float(screen.level[view]), float(screen.opaque_level[view]))
         if remove:
             constant = torch.tensor([r.startswith("blank: constant") for r in reasons])
             remove_fixed_pattern(views, ~constant)
@@ -363,17 +364,22 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
         radius[view] = wide
         notes.add(view, f"wider search (+-{wide * final_extra * factor:.0f} input px): "
                         "first-stage peak not significant")
+    sure = (pair_z >= Z_LOW) & ~unusable  # a first-stage estimate worth keeping
     final_args = dict(memory=memory, refine=opts.refine, interpolation=opts.interpolation,
-                      unusable=unusable, absolute=opts.absolute_cosine_stretch, box=box)
+                      unusable=unusable, absolute=opts.absolute_cosine_stretch, box=box,
+                      keep_if_weak=sure if opts.adaptive else None)
     start = estimates / final_extra
-    shifts, ncc, peak, z = refine_in_reference_frame(
+    shifts, ncc, peak, z, kept = refine_in_reference_frame(
         final_views.views, angles, reference, branches, start, correlator, across,
         final_views.centre, search=radius, progress=progress, **final_args)
     if bool(unsure.any()) and float((shifts - start)[unsure].norm(dim=1).max()) > RESIDUAL_SEARCH / 2:
-        shifts, ncc, peak, z = refine_in_reference_frame(
+        shifts, ncc, peak, z, kept = refine_in_reference_frame(
             final_views.views, angles, reference, branches, shifts, correlator, across,
             final_views.centre, **final_args)
         notes.series.append("final pass repeated from the wider search's shifts")
+    for view in torch.nonzero(kept).flatten().tolist():
+        notes.add(view, f"first-stage shift kept: final peak not significant "
+                        f"({float(z[view]):.1f})")
     shifts = shifts * final_extra  # working pixels
 
     # 5. Unusable views: their own measurement if significant, else interpolated.

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .correlate import PairCorrelator
-from .first_stage import pairs_per_chunk
+from .first_stage import Z_LOW, pairs_per_chunk
 from .geometry import stretch_images
 
 RESIDUAL_SEARCH = 6.0   # pixels: the final pass looks for residual shifts this far from its estimate
@@ -92,7 +92,7 @@ def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, bra
 def refine_in_reference_frame(views, angles, reference, branches, estimates, correlator: PairCorrelator,
                               across, centre, *, memory, refine, interpolation, unusable,
                               search=None, absolute: bool = True, box: torch.Tensor | None = None,
-                              progress=None):
+                              keep_if_weak: torch.Tensor | None = None, progress=None):
     """Final pass: each view against a weighted sum of its branch's lower-tilt views.
 
     Every view is moved by its current estimate and stretched into the frame
@@ -117,10 +117,14 @@ def refine_in_reference_frame(views, angles, reference, branches, estimates, cor
         `(b,)` search radius per view in pixels (default `RESIDUAL_SEARCH`).
     box
         `(4,)` area box (see `PairCorrelator.box_profiles`) at the reference's tilt.
+    keep_if_weak
+        `(b,)` bool: views whose estimate stands when their peak here is not
+        significant (below `Z_LOW`: e.g. most of the view stretched out of
+        the frame); they get no residual.
 
     Returns shifts `(b, 2)` float64 (binned pixels), NCC `(b,)`, peak `(b,)`
     and significance `(b,)` of each view against its reference (NaN for the
-    reference view).
+    reference view), and the views whose estimate was kept `(b,)` bool.
     """
     device = views.device
     n_views = angles.numel()
@@ -216,10 +220,16 @@ def refine_in_reference_frame(views, angles, reference, branches, estimates, cor
     # Residuals, branch by branch from the reference outwards.
     moving_k = stretch_matrices(moving_factors, across)
     reference_k = stretch_matrices(reference_factors, across)
+    kept = torch.zeros(n_views, dtype=torch.bool)
+    if keep_if_weak is not None:
+        kept = keep_if_weak.cpu() & ~(z >= Z_LOW)
+        kept[reference] = False
     residual = torch.zeros(n_views, 2, dtype=torch.float64)
     for branch in branches:
         for view in branch[1:]:
+            if kept[view]:
+                continue
             pulled = sum((w * (reference_k[j] @ residual[j]) for j, w in weights_of[view].items()),
                          torch.zeros(2, dtype=torch.float64))
             residual[view] = torch.linalg.solve(moving_k[view], measured[view] + pulled)
-    return estimates + residual, ncc, peak, z
+    return estimates + residual, ncc, peak, z, kept

@@ -58,12 +58,17 @@ class ViewScreen:
         of the screened views on a side).
     size
         Block side in pixels of the screened views.
+    level, opaque_level
+        `(b,)` each view's specimen level and the median of its opaque blocks
+        (NaN where none), in the views' units.
     """
 
     unusable: torch.Tensor
     reasons: list[str]
     opaque: torch.Tensor
     size: int
+    level: torch.Tensor | None = None
+    opaque_level: torch.Tensor | None = None
 
     @property
     def opaque_fraction(self) -> torch.Tensor:
@@ -142,28 +147,44 @@ def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
                 unusable[view] = True
                 reasons[view] = (f"{kind}: mean {abs(offset):.1f} sd {side} the neighbouring views, "
                                  f"{100 * (1 - specimen_fraction):.0f}% of it unlike the specimen")
+        opaque_level = np.array([float(np.median(blocks[v][opaque[v]])) if opaque[v].any()
+                                 else np.nan for v in range(b)])
+    else:
+        level = np.full(b, np.nan)
+        opaque_level = np.full(b, np.nan)
     return ViewScreen(unusable=torch.from_numpy(unusable), reasons=reasons,
-                      opaque=torch.from_numpy(opaque), size=size)
+                      opaque=torch.from_numpy(opaque), size=size, level=torch.from_numpy(level),
+                      opaque_level=torch.from_numpy(opaque_level))
 
 
-def fill_opaque(view: torch.Tensor, opaque_blocks: torch.Tensor, block: float) -> torch.Tensor:
-    """`view` `(h, w)` with opaque blocks (and one block around) set to its mean elsewhere.
+def fill_opaque(view: torch.Tensor, opaque_blocks: torch.Tensor, block: float, level: float,
+                opaque_level: float) -> torch.Tensor:
+    """`view` `(h, w)` with its opaque area set to the mean of the rest, edges included.
 
-    `opaque_blocks` `(H, W)` bool marks blocks of `block` pixels of this view
-    (a fraction when the view is binned finer than the screened ones). The
-    weight falls smoothly over a block's width, so the filled area joins the
-    specimen without a step.
+    `opaque_blocks` `(H, W)` bool marks blocks of `block` pixels of this view.
+    Within those blocks and one block around them, a pixel is opaque where
+    its neighbourhood (5 x 5 mean) lies past half way from the specimen
+    `level` to the `opaque_level`; the opaque pixels grow by a few pixels
+    (the blurred edge) and the weight falls to zero over as many again, so
+    that neither the edge nor a step is left to correlate.
     """
     h, w = view.shape
     mask = opaque_blocks.to(torch.float32)[None, None]  # (1, 1, H, W)
-    mask = F.max_pool2d(mask, 3, stride=1, padding=1)  # one block around: the edge itself
-    # Block centres to pixels, linear in between: a ramp one block wide.
-    rows, cols = mask.shape[-2:]
-    mask = F.interpolate(mask, size=(max(1, round(rows * block)), max(1, round(cols * block))),
-                         mode="bilinear", align_corners=False)
-    mask = mask[..., :h, :w]
-    mask = F.pad(mask, (0, w - mask.shape[-1], 0, h - mask.shape[-2]), mode="replicate")
-    weight = (1.0 - mask[0, 0]).clamp(0.0, 1.0).to(device=view.device, dtype=view.dtype)
+    zone = F.max_pool2d(mask, 3, stride=1, padding=1)  # the blocks and one block around
+    rows, cols = zone.shape[-2:]
+    zone = F.interpolate(zone, size=(max(1, round(rows * block)), max(1, round(cols * block))),
+                         mode="nearest")[..., :h, :w]
+    zone = F.pad(zone, (0, w - zone.shape[-1], 0, h - zone.shape[-2]), mode="replicate")
+    zone = zone[0, 0].to(view.device) > 0.5
+    local = F.avg_pool2d(view[None, None].to(torch.float32), 5, stride=1, padding=2,
+                         count_include_pad=False)[0, 0]
+    middle = 0.5 * (level + opaque_level)
+    beyond = (local - middle) * (1.0 if opaque_level > level else -1.0) > 0
+    pixels = (zone & beyond).to(torch.float32)[None, None]
+    grow = max(3, round(block / 4))
+    pixels = F.max_pool2d(pixels, 2 * grow + 1, stride=1, padding=grow)
+    pixels = F.avg_pool2d(F.pad(pixels, (grow,) * 4, mode="replicate"), 2 * grow + 1, stride=1)
+    weight = (1.0 - pixels[0, 0]).clamp(0.0, 1.0).to(dtype=view.dtype)
     keep = weight > 0.999
     fill = view[keep].mean() if bool(keep.any()) else view.mean()
     return fill + (view - fill) * weight
