@@ -328,7 +328,7 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
     memory = 1.0 if opts.cumulative else opts.reference_memory
     if opts.adaptive and (noisy or level_z < SKIP_FRC_Z):
         fine = binned if extra0 == 1 else binned.rebinned(extra0)
-        agree = neighbour_frc(fine.views, angles, reference, branches, unusable,
+        agree, ring_correlation = neighbour_frc(fine.views, angles, reference, branches, unusable,
                               estimates / extra0, across, fine.centre,
                               extra=extra0, interpolation=opts.interpolation)
         limit = opts.low_pass_cutoff if opts.low_pass_cutoff > 0 else 0.5
@@ -338,8 +338,9 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
                    and cutoff * final_extra * 2 <= FINAL_BINNED_CUTOFF
                    and min(work_shape) // (final_extra * 2) >= MIN_FINAL_SIZE):
                 final_extra *= 2
-            text = (f"low-pass lowered to {cutoff / factor:.3f} cycles per input pixel: "
-                    "neighbouring views agree only below it")
+            text = (f"low-pass lowered to {cutoff / factor:.3f} cycles per input pixel, "
+                    "frequencies weighted by their signal-to-noise ratio: neighbouring views "
+                    "agree only below it")
             if final_extra > 1:
                 text += f"; final pass at binning {final_extra * factor}"
             notes.series.append(text)
@@ -355,6 +356,8 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
                                          min(opts.low_pass_sigma, binned_cutoff / 3))
     correlator = PairCorrelator(tuple(final_views.views.shape[-2:]), final_filter,
                                 taper_fraction=opts.taper_fraction, pad_fraction=0.0, device=device)
+    if cutoff != opts.low_pass_cutoff:  # noisy data: weigh each frequency by its measured SNR
+        correlator.reweight(_snr_weight(ring_correlation, final_extra))
     box = None
     if area is not None:
         box = area_boxes(area, angles[reference:reference + 1], across, final_views)[0]
@@ -416,6 +419,30 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
         final_binning=final_extra * factor,
         low_pass_used=float(final_filter.low_pass_cutoff),
     )
+
+
+def _snr_weight(ring_correlation: torch.Tensor, final_extra: int):
+    """Radial weight (a function of cycles per final pixel): the signal-to-noise ratio per ring.
+
+    `FRC = SNR / (1 + SNR)` between neighbouring views, so `SNR = FRC / (1 - FRC)`;
+    weighing the cross-power by it (on top of the low-pass) lets each frequency count
+    as much as it carries signal, which locates a noisy peak better than a flat band.
+    """
+    from .final_pass import FRC_BIN
+
+    frc = ring_correlation.clamp(0.0, 0.95)
+    snr = frc / (1 - frc)
+    snr = snr / snr.max().clamp_min(1e-12)
+
+    def weight(frequency: torch.Tensor) -> torch.Tensor:
+        working = frequency / final_extra
+        position = (working / FRC_BIN - 0.5).clamp(0.0, len(snr) - 1.0)
+        low = position.floor().long().clamp(max=len(snr) - 1)
+        high = (low + 1).clamp(max=len(snr) - 1)
+        t = (position - low.to(position.dtype)).to(snr.dtype)
+        return ((1 - t) * snr[low] + t * snr[high]).to(frequency.dtype)
+
+    return weight
 
 
 def _check_enough_views(unusable: torch.Tensor, reasons: list[str]) -> None:

@@ -75,6 +75,15 @@ class PairCorrelator:
         self.energy_weights = (self.filter * self.col_weights.to(torch.float32))[:, :, None].expand(
             -1, -1, 2).reshape(-1).contiguous()
 
+    def reweight(self, radial) -> None:
+        """Multiply the filter by `radial(frequency)` (cycles per pixel), e.g. a measured SNR."""
+        frequency = torch.sqrt(self.ky[:, None].to(torch.float64) ** 2
+                               + self.kx[None, :].to(torch.float64) ** 2)
+        self.filter = (self.filter * radial(frequency.cpu()).to(self.filter.device)).to(
+            torch.float32)
+        self.energy_weights = (self.filter * self.col_weights.to(torch.float32))[:, :, None].expand(
+            -1, -1, 2).reshape(-1).contiguous()
+
     def windows(self, window_shifts: torch.Tensor, boxes: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """Taper windows `(n, h, w)`: `w(r) * w(r - shift)` for window shifts `(n, 2)`.

@@ -17,7 +17,7 @@ from .geometry import stretch_images
 
 RESIDUAL_SEARCH = 6.0   # pixels: the final pass looks for residual shifts this far from its estimate
 COARSE_BAND = 0.12      # cycles/pixel: its short search needs only low frequencies
-FRC_THRESHOLD = 0.15    # neighbouring views agree up to where their ring correlation falls below this
+FRC_THRESHOLD = 0.1     # neighbouring views agree up to where their ring correlation falls below this
 FRC_BIN = 0.02          # width of the frequency rings (cycles per working pixel)
 
 
@@ -30,7 +30,8 @@ def stretch_matrices(factors: torch.Tensor, across: torch.Tensor) -> list[torch.
 
 def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, branches,
                   unusable: torch.Tensor, estimates: torch.Tensor, across: torch.Tensor,
-                  centre: torch.Tensor, *, extra: int, interpolation: str) -> float:
+                  centre: torch.Tensor, *, extra: int, interpolation: str
+                  ) -> tuple[float, torch.Tensor]:
     """Frequency (cycles per working pixel) up to which neighbouring views agree; inf if beyond.
 
     The views `(b, h, w)` (binned `extra` times more than the working
@@ -39,7 +40,9 @@ def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, bra
     ring correlation of consecutive usable views of each branch, summed over
     all such pairs, estimates `SNR / (1 + SNR)` per frequency ring; the
     answer is where it first falls below `FRC_THRESHOLD` (linear between
-    rings), or inf if it never does below the views' Nyquist frequency.
+    rings), or inf if it never does below the views' Nyquist frequency; and
+    the ring correlation itself `(rings,)`, ring `i` centred on
+    `(i + 0.5) * FRC_BIN` cycles per working pixel.
     """
     h, w = views.shape[-2:]
     cos_ref = math.cos(math.radians(float(angles[reference])))
@@ -53,7 +56,7 @@ def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, bra
         usable = [v for v in branch if not unusable[v]]
         pairs += list(zip(usable[:-1], usable[1:], strict=True))
     if not pairs:
-        return math.inf
+        return math.inf, torch.zeros(0, dtype=torch.float64)
     ky = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
     kx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
     ring_width = FRC_BIN * extra  # cycles per level pixel
@@ -85,8 +88,8 @@ def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, bra
             above, below = float(frc[ring - 1]), float(frc[ring])
             fraction = (above - FRC_THRESHOLD) / max(above - below, 1e-12)
             centre_above = (ring - 1 + 0.5) * FRC_BIN
-            return centre_above + min(max(fraction, 0.0), 1.0) * FRC_BIN
-    return math.inf
+            return centre_above + min(max(fraction, 0.0), 1.0) * FRC_BIN, frc[:nyquist_ring]
+    return math.inf, frc[:nyquist_ring]
 
 
 def refine_in_reference_frame(views, angles, reference, branches, estimates, correlator: PairCorrelator,
