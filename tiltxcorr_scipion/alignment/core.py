@@ -113,27 +113,38 @@ def align_tilt_series(
         most 1180 px, up to 4x; or an integer), `cumulative` (False),
         `reference_memory` (0.75), `refine` (True: exact sub-pixel peaks),
         `max_shift` (None: any; input pixels between neighbours),
-        `interpolation` ("bilinear" or "bicubic").
+        `interpolation` ("bilinear" or "bicubic"), `fixed_pattern` ("auto",
+        "on", "off"; IMOD's ExcludeCentralPeak answers the same problem),
+        `x_min_max`, `y_min_max` (None), `borders` ((0, 0)) (IMOD's
+        XMinAndMax, YMinAndMax, BordersInXandY: input pixels from 0 at zero
+        tilt), `angle_offset` (0; IMOD's AngleOffset), `absolute_cosine_stretch`
+        (True; IMOD's AbsoluteCosineStretch), `adaptive` (True).
 
     Returns
     -------
     TiltxcorrResult
         Shifts `(b, 2)` `(dy, dx)` in input pixels (content moves by `+shift`
-        to align; the reference view gets 0), per-view correlation scores, the
-        reference view, the pairing and the binning used.
+        to align; the reference view gets 0), per-view correlation scores and
+        peak significance, the reference view, the pairing, the binning used,
+        the views judged unusable with their reasons, and notes of what was
+        done per view and for the series.
 
     Raises
     ------
     ValueError
         For input that cannot be aligned: fewer than 2 views, an angle count
-        that does not match, |tilt| > 82, views too small for the taper,
-        options out of range (`OptionError`); `ViewError` (naming the views by
-        their 0-based index in `tilt_series`) for NaN, infinite or blank views.
+        that does not match, |tilt| (plus `angle_offset`) > 82, views too small
+        for the taper, an area outside the views or options out of range
+        (`OptionError`); `ViewError` (naming the views by their 0-based index
+        in `tilt_series`) for NaN or infinite pixels, or when fewer than 2
+        views hold anything to correlate. Blank, constant, dark or blocked
+        views are not errors: they are flagged in the result.
     """
     opts = CoarseOptions.from_kwargs(**options)
     b, h, w = check_stack(tilt_series)
     factor = check_binned_size((h, w), opts.binning)
     angles = check_angles(tilt_angles, b, tilt_axis_angle)
+    opts.area((h, w))  # an area outside the views fails before any work
     binned = bin_stack(tilt_series.detach(), factor)
     return _align(binned, angles, tilt_axis_angle, opts, progress)
 
@@ -154,6 +165,7 @@ def align_binned_views(
     opts = CoarseOptions() if options is None else options
     check_binned_size(binned.full_shape, binned.factor)
     angles = check_angles(tilt_angles, binned.views.shape[0], tilt_axis_angle)
+    opts.area(binned.full_shape)
     return _align(binned, angles, tilt_axis_angle, opts, progress)
 
 
