@@ -271,12 +271,12 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
         notes.series.append("reference view: the lowest-tilt usable view (lower tilts unusable)")
     branches = tilt_branches(angles, reference)
     pairs = branch_pairs(branches, unusable)
-    search = dict(interpolation=opts.interpolation)
+    pair_args = dict(interpolation=opts.interpolation)
 
     def level_max_shift(lvl):
         return None if binned_max_shift is None else binned_max_shift / lvl.extra
 
-    found = search_pairs(level, angles, pairs, max_shift=level_max_shift(level), **search)
+    found = search_pairs(level, angles, pairs, max_shift=level_max_shift(level), **pair_args)
     tried = [(level.extra, median_z(found, unusable))]
     if opts.adaptive:
         best = (tried[0][1], level, found)
@@ -285,7 +285,7 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
             extra *= 2
             candidate = Level(binned, extra, correlation_filter, **level_args)
             measured = search_pairs(candidate, angles, pairs,
-                                    max_shift=level_max_shift(candidate), **search)
+                                    max_shift=level_max_shift(candidate), **pair_args)
             tried.append((extra, median_z(measured, unusable)))
             if tried[-1][1] > best[0]:
                 best = (tried[-1][1], candidate, measured)
@@ -297,7 +297,7 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
             notes.series.append(f"first stage at binning {level.extra * factor}: median peak "
                                 f"significance {figures}")
         found = bridge_blank_views(level, angles, branches, unusable, reasons, found,
-                                   max_shift=level_max_shift(level), **search)
+                                   max_shift=level_max_shift(level), **pair_args)
     refine_pairs(level, angles, found, refine=opts.refine)
     estimates = chain_shifts(found.pairs, found.shifts, angles, across_cpu)  # level pixels
     pair_z = torch.full((n_views,), float("nan"), dtype=torch.float64)

@@ -117,9 +117,6 @@ class PairMeasurements:
     z: torch.Tensor
     stretched: torch.Tensor = field(repr=False)
 
-    def z_of(self, outer: int) -> float:
-        return float(self.z[[p[1] for p in self.pairs].index(outer)])
-
 
 class Level:
     """The views of one first-stage binning, with their correlator and area boxes."""
@@ -241,7 +238,7 @@ def bridge_blank_views(level: Level, angles, branches, unusable, reasons, found:
     updated; the returned measurements pair `w` with `g`.
     """
     z_of = {outer: float(z) for (_, outer), z in zip(found.pairs, found.z, strict=True)}
-    candidates = []
+    candidates = []  # (inner, view, outer) usable views in a row
     for branch in branches:
         usable = [v for v in branch if not unusable[v]]
         for k in range(1, len(usable) - 1):
@@ -253,10 +250,9 @@ def bridge_blank_views(level: Level, angles, branches, unusable, reasons, found:
     bridges = search_pairs(level, angles, [(g, w) for g, _, w in candidates],
                            max_shift=max_shift, interpolation=interpolation)
     changed = False
-    for (_, view, _), z_bridge in zip(candidates, bridges.z.tolist(), strict=True):
-        weaker = max(z_of[view], z_of[[c[2] for c in candidates if c[1] == view][0]])
+    for (_, view, outer), z_bridge in zip(candidates, bridges.z.tolist(), strict=True):
+        weaker = max(z_of[view], z_of[outer])
         if z_bridge >= Z_LOW and z_bridge >= 2 * weaker and not unusable[view]:
-            outer = [c[2] for c in candidates if c[1] == view][0]
             unusable[view] = True
             reasons[view] = (f"blank: no significant correlation with the neighbouring views "
                              f"(peak significance {z_of[view]:.1f} and {z_of[outer]:.1f}; "
