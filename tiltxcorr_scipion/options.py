@@ -179,14 +179,15 @@ class CoarseOptions:
         and each view is stretched onto its lower-tilt neighbour only.
     adaptive
         Measure the significance of every correlation peak and adapt to the
-        data: first stage on coarser views while peaks are weak, a
-        low-pass at the frequency where neighbouring views stop agreeing
-        (never above `low_pass_cutoff`), the final pass binned accordingly,
-        references averaged over more views, a wider search for views whose
-        first-stage peak was not significant, and views without specimen
-        (blocked, dark, blank) aligned around and flagged. False: the given
-        filter and binning only, as IMOD (views are still screened and
-        flagged).
+        data: the first stage on coarser views while its peaks are weak,
+        then redone against averaged references (each view against the sum
+        of the views before it) where they stay weak; a low-pass where
+        neighbouring views stop agreeing (never above `low_pass_cutoff`),
+        frequencies weighted by their measured signal-to-noise ratio, the
+        final pass binned accordingly; a wider search for views whose
+        first-stage peak was not significant; blank views found by their
+        lack of correlation. False: the given filter and binning only, as
+        IMOD (views are still screened, flagged and bridged).
     """
 
     low_pass_cutoff: float = 0.25
