@@ -19,6 +19,8 @@ import numpy as np
 __all__ = [
     "AUTO_BINNING_MAX_FACTOR",
     "AUTO_BINNING_MAX_SIZE",
+    "FIXED_PATTERN_CHOICES",
+    "MIN_AREA_SIZE",
     "MAX_TILT_DEG",
     "MIN_BINNED_SIZE",
     "MIN_ENABLED_VIEWS",
@@ -43,6 +45,10 @@ AUTO_BINNING_MAX_FACTOR = 4
 MIN_BINNED_SIZE = 24
 #: Fewer enabled views than this cannot give a meaningful alignment of a tilt series.
 MIN_ENABLED_VIEWS = 3
+#: Choices of `CoarseOptions.fixed_pattern`.
+FIXED_PATTERN_CHOICES = ("auto", "on", "off")
+#: IMOD needs at least this many pixels between the ends of XMinAndMax / YMinAndMax.
+MIN_AREA_SIZE = 24
 
 
 class OptionError(ValueError):
@@ -140,6 +146,43 @@ def _interpolation(option: str, value) -> str:
     return value
 
 
+def _int_pair(option: str, value) -> tuple[int, int]:
+    """`value` as a pair of integers, or an `OptionError`."""
+    try:
+        first, last = value
+    except (TypeError, ValueError):
+        raise OptionError(option, f"must be a pair of integers, got {value!r}") from None
+    for item in (first, last):
+        if isinstance(item, bool) or not isinstance(item, int):
+            if not (isinstance(item, float) and item.is_integer()):
+                raise OptionError(option, f"must be a pair of integers, got {value!r}")
+    return int(first), int(last)
+
+
+def _fixed_pattern(option: str, value) -> str:
+    if value not in FIXED_PATTERN_CHOICES:
+        raise OptionError(option, f"must be one of {', '.join(FIXED_PATTERN_CHOICES)}, "
+                                  f"got {value!r}")
+    return value
+
+
+def _borders(option: str, value) -> tuple[int, int]:
+    borders = _int_pair(option, value)
+    if min(borders) < 0:
+        raise OptionError(option, f"must be two pixel counts >= 0, got {value!r}")
+    return borders
+
+
+def _area_range(option: str, value) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    first, last = _int_pair(option, value)
+    if first < 0 or last - first < MIN_AREA_SIZE:
+        raise OptionError(option, f"must be (first, last) pixels numbered from 0 with last - "
+                                  f"first >= {MIN_AREA_SIZE}, got {value!r}")
+    return first, last
+
+
 _FREQUENCY = lambda option, value: _number(option, value, 0.0, 0.5)  # noqa: E731
 _SIGMA = lambda option, value: _number(option, value, 0.0, math.inf)  # noqa: E731
 
@@ -157,6 +200,14 @@ _CHECKS = {
     "refine": _flag,
     "max_shift": _max_shift,
     "interpolation": _interpolation,
+    "fixed_pattern": _fixed_pattern,
+    "x_min_max": _area_range,
+    "y_min_max": _area_range,
+    "borders": _borders,
+    "angle_offset": lambda option, value: _number(option, value, -90.0, 90.0, low_open=True,
+                                                  high_open=True),
+    "absolute_cosine_stretch": _flag,
+    "adaptive": _flag,
 }
 
 
@@ -248,6 +299,51 @@ class CoarseOptions:
         None: any shift the correlation can hold.
     interpolation
         ``"bilinear"`` or ``"bicubic"`` resampling for the cosine stretch.
+    fixed_pattern
+        A pattern fixed in the camera frame (gain-reference residue), which
+        correlates at zero shift in every pair and pulls the alignment
+        there. ``"auto"``: detected (a pixel-sharp correlation at exactly
+        zero shift between different views) and then removed; ``"on"``:
+        always removed; ``"off"``: left alone. Removing means subtracting
+        the mean high-passed view, which holds the pattern once the specimen
+        has moved about, scaled to each view. IMOD's ExcludeCentralPeak
+        answers the same problem by ignoring the correlation peak on a
+        strip through zero shift; like it, ``"on"`` hurts a series that is
+        aligned already (the specimen then stays put as well).
+    x_min_max, y_min_max
+        IMOD's XMinAndMax / YMinAndMax: first and last column (X) / row (Y)
+        of the area to correlate, in input pixels numbered from 0, both
+        included, as placed on the zero-tilt view; at tilt `t` the area's
+        centre moves towards the tilt axis, its distance across the axis
+        times `cos(t)`, so that it holds the same specimen (IMOD's rule),
+        and it is kept inside the view. None: the whole width / height less
+        `borders`. Each overrides that direction's border.
+    borders
+        IMOD's BordersInXandY: `(x, y)` input pixels trimmed off each edge
+        of the area to correlate (0, 0: the whole view).
+    angle_offset
+        IMOD's AngleOffset: degrees added to every tilt angle (a specimen
+        tilted at zero stage tilt, e.g. a lamella's milling angle). The
+        stretch, the choice of the reference view (smallest |tilt + offset|)
+        and the +-82 degree limit all use the offset tilts.
+    absolute_cosine_stretch
+        IMOD's AbsoluteCosineStretch: the final pass stretches every view into
+        the reference view's frame (by `cos(t_ref) / cos(t)`, IMOD's code for
+        this option) before summing views into references; this engine has
+        always done so, hence True by default. False: IMOD's default for
+        cumulative references: the lower-tilt views are summed unstretched
+        and each view is stretched onto its lower-tilt neighbour only.
+    adaptive
+        Measure the significance of every correlation peak and adapt to the
+        data: the first stage on coarser views while its peaks are weak,
+        then redone against averaged references (each view against the sum
+        of the views before it) where they stay weak; a low-pass where
+        neighbouring views stop agreeing (never above `low_pass_cutoff`),
+        frequencies weighted by their measured signal-to-noise ratio, the
+        final pass binned accordingly; a wider search for views whose
+        first-stage peak was not significant; blank views found by their
+        lack of correlation. False: the given filter and binning only, as
+        IMOD (views are still screened, flagged and bridged).
     """
 
     low_pass_cutoff: float = 0.25
@@ -262,6 +358,13 @@ class CoarseOptions:
     refine: bool = True
     max_shift: float | None = None
     interpolation: str = "bilinear"
+    fixed_pattern: str = "auto"
+    x_min_max: tuple[int, int] | None = None
+    y_min_max: tuple[int, int] | None = None
+    borders: tuple[int, int] = (0, 0)
+    angle_offset: float = 0.0
+    absolute_cosine_stretch: bool = True
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -281,6 +384,28 @@ class CoarseOptions:
                 f"frequency up to 0.5/px): the high-pass (radius {self.high_pass_radius:g}, "
                 f"sigma {self.high_pass_sigma:g}) must stay well below the low-pass cutoff "
                 f"({self.low_pass_cutoff:g}, fall-off {self.low_pass_sigma:g})")
+
+    def area(self, shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """The area to correlate in views of `shape` `(h, w)` input pixels, at zero tilt.
+
+        Returns `((first_row, last_row), (first_col, last_col))`, both ends
+        included, or None for the whole view. Raises an `OptionError` when
+        the area does not fit in the views (IMOD: "Impossible amount to trim
+        by or incorrect coordinates").
+        """
+        h, w = shape
+        bx, by = self.borders
+        cols = self.x_min_max if self.x_min_max is not None else (bx, w - 1 - bx)
+        rows = self.y_min_max if self.y_min_max is not None else (by, h - 1 - by)
+        for name, (first, last), size in (("x_min_max" if self.x_min_max else "borders", cols, w),
+                                          ("y_min_max" if self.y_min_max else "borders", rows, h)):
+            if first < 0 or last > size - 1 or last - first < MIN_AREA_SIZE:
+                raise OptionError(name, f"pixels {first}..{last} do not fit in views of {h} rows x "
+                                        f"{w} columns with at least {MIN_AREA_SIZE + 1} pixels "
+                                        "between the ends")
+        if cols == (0, w - 1) and rows == (0, h - 1):
+            return None
+        return rows, cols
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> CoarseOptions:

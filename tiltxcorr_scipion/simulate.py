@@ -18,6 +18,12 @@ Geometry, the convention the aligner must follow (IMOD's):
   in the aligned view (IMOD's projection, `x`, `y`, `z` its specimen axes);
   the raw view is that moved by `-shift` (and, with `view_rotations`, turned
   about the centre: ``raw = centre + R^-1 (aligned - centre - shift)``).
+
+Real conditions (all off by default; each draws from its own random stream,
+so turning one on leaves the specimen, the shifts and the other conditions
+as they were): counting noise at a dose per view, a CTF, thick ice, a fixed
+camera pattern, gold beads, a grid-bar shadow and blocked views. See
+`simulate_tilt_series` for what each models.
 """
 
 from __future__ import annotations
@@ -60,6 +66,229 @@ class SimulatedTiltSeries:
     shifts: torch.Tensor
     tilt_angle_offset: float = 0.0
     view_rotations: torch.Tensor | None = None
+
+
+#: Inelastic mean free path of 300 kV electrons in vitreous ice (Angstrom): the
+#: fraction that passes unscattered (what an energy filter keeps) is exp(-path / this).
+ICE_MEAN_FREE_PATH = 3500.0
+#: Peak density of a gold bead's projection, in standard deviations of the blob signal.
+BEAD_DENSITY = 8.0
+#: Density of an opaque object (grid bar, blocked view), in standard deviations of the
+#: blob signal above the view's mean; with a dose, the fraction of electrons it lets pass.
+OPAQUE_DENSITY = 10.0
+OPAQUE_TRANSMISSION = 0.01
+
+
+def electron_wavelength(voltage_kv: float) -> float:
+    """Relativistic electron wavelength in Angstrom at an accelerating voltage in kV."""
+    volts = voltage_kv * 1e3
+    return 12.2643 / math.sqrt(volts * (1.0 + 0.978466e-6 * volts))
+
+
+def ctf_2d(shape: tuple[int, int], pixel_size: float, defocus_um: float, *,
+           voltage: float = 300.0, spherical_aberration: float = 2.7,
+           amplitude_contrast: float = 0.07) -> torch.Tensor:
+    """Phase-contrast transfer function `(h, w // 2 + 1)` on an rfft2 grid, float64.
+
+    `CTF(k) = -(sqrt(1 - A^2) sin chi + A cos chi)` with
+    `chi = pi lambda df k^2 - pi / 2 Cs lambda^3 k^4`, `df` the underfocus
+    (positive), `k` in 1/Angstrom: mass appears dark at low frequencies, as in
+    an electron micrograph; the sign flips at each zero of `sin chi`.
+    """
+    h, w = shape
+    ky = torch.fft.fftfreq(h, d=pixel_size, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(w, d=pixel_size, dtype=torch.float64)
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    lam = electron_wavelength(voltage)
+    chi = (math.pi * lam * defocus_um * 1e4 * k2
+           - 0.5 * math.pi * spherical_aberration * 1e7 * lam ** 3 * k2 ** 2)
+    a = amplitude_contrast
+    return -(math.sqrt(1.0 - a * a) * torch.sin(chi) + a * torch.cos(chi))
+
+
+@dataclass(frozen=True)
+class RealConditions:
+    """Conditions of real tilt series, applied to a simulated noiseless series.
+
+    The noiseless views are projected density `D` (mass positive). In order:
+
+    1. gold beads join the specimen: strong (`BEAD_DENSITY`), small Gaussian
+       projections of spheres on the slab's two surfaces, moving and
+       projecting with it;
+    2. the CTF filters each view's density (`ctf_defocus`);
+    3. opaque objects replace the density: a grid bar's shadow (its edge
+       moves with the specimen and advances by `height * sin(tilt)`), and the
+       blocked views entirely;
+    4. with a `dose`: expected counts `N T exp(-contrast (D - D0) / s)` with
+       `N = dose * pixel_size^2`, `T` the ice's transmission
+       `exp(-ice_thickness * pixel_size / (cos(tilt) * ICE_MEAN_FREE_PATH))`
+       (`OPAQUE_TRANSMISSION` behind opaque objects), `D0` the reference
+       view's mean and `s` the blob signal's std; then Poisson counts;
+    5. the fixed pattern, in the camera frame (additive on density,
+       a gain error on counts);
+    6. Gaussian noise, `noise` times the signal's std in the output's units
+       (at least 1x on blocked views, so that they are never constant).
+
+    Each draws from its own random stream, seeded from the series' seed.
+    """
+
+    pixel_size: float = 4.0
+    dose: float | None = None
+    contrast: float = 0.1
+    ctf_defocus: float | None = None
+    voltage: float = 300.0
+    spherical_aberration: float = 2.7
+    amplitude_contrast: float = 0.07
+    ice_thickness: float = 0.0
+    fixed_pattern: float = 0.0
+    gold_beads: float = 0.0
+    bead_radius: float = 4.0
+    grid_bar: tuple[float, float] | None = None
+    blocked_views: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pixel_size <= 0:
+            raise ValueError(f"pixel_size must be positive, got {self.pixel_size}")
+        if self.dose is not None and self.dose <= 0:
+            raise ValueError(f"dose must be positive (e/A^2 per view), got {self.dose}")
+        for name in ("ice_thickness", "fixed_pattern", "gold_beads", "contrast"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.bead_radius <= 0:
+            raise ValueError(f"bead_radius must be positive, got {self.bead_radius}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any condition changes the series."""
+        return (self.dose is not None or self.ctf_defocus is not None or self.fixed_pattern > 0
+                or self.gold_beads > 0 or self.grid_bar is not None or bool(self.blocked_views))
+
+    def apply(self, images: torch.Tensor, angles: torch.Tensor, tilt_axis_angle: float,
+              shifts: torch.Tensor, *, signal_std: float, noise: float, thickness: float,
+              reach: tuple[float, float], seed: int) -> torch.Tensor:
+        """The views `(b, h, w)` float32 under these conditions (see the class docstring).
+
+        `images` are the noiseless views (density), `angles` `(b,)` the true
+        tilts in degrees, `shifts` `(b, 2)` the true alignment shifts,
+        `signal_std` the blob signal's std in the reference view, `reach` the
+        specimen's half extents `(across, along)` in pixels.
+        """
+        b, h, w = images.shape
+        for view in self.blocked_views:
+            if not -b <= view < b:
+                raise ValueError(f"blocked view {view} is not in a series of {b} views")
+        blocked = {v % b for v in self.blocked_views}
+        streams = {name: torch.Generator().manual_seed(seed * 1_000_003 + k)
+                   for k, name in enumerate(("beads", "counts", "pattern", "noise"))}
+        alpha = math.radians(tilt_axis_angle)
+        axis = torch.tensor([math.cos(alpha), -math.sin(alpha)], dtype=torch.float64)
+        perp = torch.tensor([math.sin(alpha), math.cos(alpha)], dtype=torch.float64)
+        centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
+        rows = torch.arange(h, dtype=torch.float64)[:, None]
+        cols = torch.arange(w, dtype=torch.float64)[None, :]
+        reference = int(torch.argmin(angles.abs()))
+
+        beads = None
+        if self.gold_beads > 0:
+            gen = streams["beads"]
+            half_x, half_y = reach
+            n = max(1, round(self.gold_beads * 4 * half_x * half_y / (h * w)))
+            bx = (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1) * half_x
+            by = (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1) * half_y
+            side = torch.where(torch.rand(n, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0)
+            beads = (bx, by, side * 0.5 * thickness)
+        ctf = None
+        pad = 0
+        if self.ctf_defocus is not None:
+            pad = min(h, w) // 8
+            ctf = ctf_2d((h + 2 * pad, w + 2 * pad), self.pixel_size, self.ctf_defocus,
+                         voltage=self.voltage, spherical_aberration=self.spherical_aberration,
+                         amplitude_contrast=self.amplitude_contrast)
+
+        density = images.to(torch.float64)
+        opaque = torch.zeros(b, h, w, dtype=torch.float64)
+        for i in range(b):
+            theta = math.radians(float(angles[i]))
+            view = density[i]
+            if beads is not None:
+                bx, by, bz = beads
+                u = bx * math.cos(theta) + bz * math.sin(theta)
+                position = centre + u[:, None] * perp + by[:, None] * axis - shifts[i]
+                sigma = 0.6 * self.bead_radius
+                margin = 4 * sigma
+                seen = ((position[:, 0] > -margin) & (position[:, 0] < h - 1 + margin)
+                        & (position[:, 1] > -margin) & (position[:, 1] < w - 1 + margin))
+                count = int(seen.sum())
+                if count:
+                    view = view + _render_gaussians(
+                        position[seen, 0], position[seen, 1],
+                        torch.full((count,), BEAD_DENSITY * signal_std, dtype=torch.float64),
+                        torch.full((count,), sigma, dtype=torch.float64), (h, w))
+            if ctf is not None:
+                mean = view.mean()
+                padded = torch.nn.functional.pad((view - mean)[None, None], (pad,) * 4,
+                                                 mode="reflect")[0, 0]
+                filtered = torch.fft.irfft2(torch.fft.rfft2(padded) * ctf, s=padded.shape)
+                view = filtered[pad:pad + h, pad:pad + w] + mean
+            if self.grid_bar is not None:
+                edge, height = self.grid_bar
+                # across-axis coordinate in the aligned view of each pixel
+                u_image = ((rows + shifts[i, 0] - centre[0]) * perp[0]
+                           + (cols + shifts[i, 1] - centre[1]) * perp[1])
+                corners = (edge * math.cos(theta), edge * math.cos(theta) + height * math.sin(theta))
+                if edge >= 0:  # the bar lies beyond the edge: shadow from the nearer corner on
+                    opaque[i] = (u_image - min(corners) + 0.5).clamp(0.0, 1.0)
+                else:
+                    opaque[i] = (max(corners) - u_image + 0.5).clamp(0.0, 1.0)
+            if i in blocked:
+                opaque[i] = 1.0
+            density[i] = view
+
+        s_out = signal_std
+        if ctf is not None:  # the CTF changes the signal's std: measure it on the reference
+            view = density[reference] - density[reference].mean()
+            s_out = float(view.std()) if float(view.std()) > 0 else signal_std
+        if self.dose is None:
+            level = density.mean(dim=(1, 2), keepdim=True) + OPAQUE_DENSITY * s_out
+            out = density * (1 - opaque) + opaque * level
+        else:
+            electrons = self.dose * self.pixel_size ** 2
+            cosines = torch.cos(torch.deg2rad(angles.to(torch.float64)))
+            ice = torch.exp(-self.ice_thickness * self.pixel_size
+                            / (cosines * ICE_MEAN_FREE_PATH))[:, None, None]
+            d0 = float(density[reference].mean())
+            transmission = (1 - opaque) + opaque * OPAQUE_TRANSMISSION
+            expected = (electrons * ice * transmission
+                        * torch.exp(-self.contrast * (density - d0) / signal_std))
+            out = torch.poisson(expected, generator=streams["counts"])
+            s_out = electrons * self.contrast * s_out / signal_std
+        if self.fixed_pattern > 0:
+            pattern = camera_pattern((h, w), streams["pattern"])
+            if self.dose is None:
+                out = out + self.fixed_pattern * s_out * pattern
+            else:  # a gain error: proportional to the counts, sized at the reference's mean
+                out = out * (1 + self.fixed_pattern * s_out * pattern
+                             / float(out[reference].mean()))
+        gen = streams["noise"]
+        for i in range(b):
+            level = max(noise, 1.0) if i in blocked and self.dose is None else noise
+            if level > 0:
+                out[i] = out[i] + level * s_out * torch.randn(h, w, generator=gen,
+                                                             dtype=torch.float64)
+        return out.to(torch.float32)
+
+
+def camera_pattern(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """A fixed camera pattern `(h, w)` float64 of unit std: pixel gains and column offsets.
+
+    What an imperfect gain reference leaves: independent per-pixel gain errors
+    and, weaker, offsets shared by the pixels of a column (read-out lines).
+    """
+    h, w = shape
+    pixels = torch.randn(h, w, generator=generator, dtype=torch.float64)
+    columns = torch.randn(1, w, generator=generator, dtype=torch.float64)
+    pattern = pixels + 0.5 * columns
+    return (pattern - pattern.mean()) / pattern.std()
 
 
 def tilt_scheme(tilt_range: tuple[float, float], n_views: int, order: str,
@@ -113,6 +342,19 @@ def simulate_tilt_series(
     shifts: torch.Tensor | None = None,
     tilt_angle_offset: float = 0.0,
     view_rotations: torch.Tensor | None = None,
+    pixel_size: float = 4.0,
+    dose: float | None = None,
+    contrast: float = 0.1,
+    ctf_defocus: float | None = None,
+    voltage: float = 300.0,
+    spherical_aberration: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    ice_thickness: float = 0.0,
+    fixed_pattern: float = 0.0,
+    gold_beads: float = 0.0,
+    bead_radius: float = 4.0,
+    grid_bar: tuple[float, float] | None = None,
+    blocked_views: tuple[int, ...] | list[int] = (),
 ) -> SimulatedTiltSeries:
     """Simulate a tilt series of a slab of blobs, with known alignment shifts.
 
@@ -155,7 +397,49 @@ def simulate_tilt_series(
     view_rotations
         `(n_views,)` in-plane rotation of each view in degrees (see
         `SimulatedTiltSeries.view_rotations`), in stack order; None for none.
+        The real conditions' gold beads and grid bar do not turn with it.
+
+    Real conditions (see `RealConditions` for the models; all off by default,
+    and then the series is exactly what it was before they existed):
+
+    pixel_size
+        Angstrom per pixel, for `dose`, `ctf_defocus` and `ice_thickness`.
+    dose
+        Electrons per square Angstrom per view: the views become electron
+        counts (Poisson), mass dark, `contrast` setting how dark.
+    contrast
+        With `dose`: fractional drop in transmitted intensity per standard
+        deviation of the blob signal (0.1: weak phase contrast).
+    ctf_defocus
+        Underfocus in micrometres: the projected density is filtered by the
+        phase-contrast transfer function (`voltage` kV, `spherical_aberration`
+        mm, `amplitude_contrast`), one defocus over the whole view.
+    ice_thickness
+        Pixels of vitreous ice around the specimen; with `dose`, the electrons
+        that pass without scattering fall as `exp(-path / 3500 A)` with a path
+        of `ice_thickness / cos(tilt)`.
+    fixed_pattern
+        Strength of a pattern fixed in the camera frame (gain-reference
+        residue), the same in every view, relative to the signal's std.
+    gold_beads
+        Gold beads expected in the field of view, on the two surfaces of the
+        slab; radius `bead_radius` pixels.
+    grid_bar
+        `(edge, height)` in pixels: an opaque grid bar beyond `edge` across
+        the axis (specimen coordinates at zero tilt; negative: the other
+        side), whose top lies `height` above the specimen: its shadow moves
+        with the specimen and advances across the field as the stage tilts.
+    blocked_views
+        Stack indices of views that carry no specimen at all (a bar, a lamella
+        edge, an ice chunk in the beam): opaque, blank plus noise.
     """
+    conditions = RealConditions(
+        pixel_size=pixel_size, dose=dose, contrast=contrast, ctf_defocus=ctf_defocus,
+        voltage=voltage, spherical_aberration=spherical_aberration,
+        amplitude_contrast=amplitude_contrast, ice_thickness=ice_thickness,
+        fixed_pattern=fixed_pattern, gold_beads=gold_beads, bead_radius=bead_radius,
+        grid_bar=grid_bar, blocked_views=tuple(int(v) for v in blocked_views))
+    loop_noise = 0.0 if conditions.active else noise  # the conditions add the noise last
     gen = torch.Generator().manual_seed(seed)
     h, w = shape
     angles = tilt_scheme(tilt_range, n_views, order, gen)
@@ -231,9 +515,15 @@ def simulate_tilt_series(
         specimen_x = u_image / math.cos(theta)  # thin-slab approximation of the mid-plane
         gradient = (specimen_x * ramp_direction[0] + v_image * ramp_direction[1]) / (0.5 * max(h, w))
         view = blobs + signal_std * (1.0 + ramp * gradient) / math.cos(theta)
-        if noise > 0:
+        if loop_noise > 0:
             view = view + noise * signal_std * torch.randn(h, w, generator=gen, dtype=torch.float64)
         images[i] = view.to(torch.float32)
+
+    if conditions.active:
+        images = conditions.apply(  # the true tilts: beads, bars and ice follow them
+            images, angles + tilt_angle_offset, tilt_axis_angle, shifts,
+            signal_std=signal_std, noise=noise,
+            thickness=thickness, reach=(half_x, half_y), seed=seed)
 
     return SimulatedTiltSeries(
         images=images,

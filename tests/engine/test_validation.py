@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tiltxcorr_scipion.alignment import tiltxcorr
+from tiltxcorr_scipion.alignment import align_tilt_series, tiltxcorr
 from tiltxcorr_scipion.simulate import simulate_tilt_series
 
 
@@ -30,11 +30,23 @@ def test_non_finite_pixels_name_the_view(series, bad):
         tiltxcorr(images, series.tilt_angles, 85.0)
 
 
-def test_blank_view(series):
+def test_constant_views_are_flagged_until_too_few_remain(series):
+    # A constant view (an empty frame) is aligned around and flagged, not an error...
     images = series.images.clone()
     images[2] = 3.0
-    with pytest.raises(ValueError, match=r"view 2 \(0-based\): constant"):
+    result = align_tilt_series(images, series.tilt_angles, 85.0)
+    assert result.unusable_views() == [2]
+    assert result.reasons[2].startswith("blank: constant image")
+    # ...until fewer than two views are left to correlate.
+    images[:] = 3.0
+    images[4] = series.images[4]
+    with pytest.raises(ValueError, match=r"fewer than 2 usable views"):
         tiltxcorr(images, series.tilt_angles, 85.0)
+
+
+def test_angle_offset_counts_against_the_tilt_limit(series):
+    with pytest.raises(ValueError, match="once the angle offset of 30 is added"):
+        tiltxcorr(series.images, series.tilt_angles * 1.2, 85.0, angle_offset=30.0)
 
 
 def test_impossible_angles(series):
@@ -67,7 +79,11 @@ def test_too_small_for_the_taper(series):
 
 @pytest.mark.parametrize("option", [dict(low_pass_cutoff=0.7), dict(high_pass_sigma=-0.1),
                                     dict(taper_fraction=0.6), dict(binning=-1),
-                                    dict(max_shift=0.0), dict(interpolation="nearest")])
+                                    dict(max_shift=0.0), dict(interpolation="nearest"),
+                                    dict(fixed_pattern="yes"), dict(borders=(-2, 0)),
+                                    dict(x_min_max=(10, 20)), dict(y_min_max=(0, 200)),
+                                    dict(angle_offset=90.0), dict(absolute_cosine_stretch="no"),
+                                    dict(adaptive=None)])
 def test_parameters_out_of_range(series, option):
     with pytest.raises(ValueError):
         tiltxcorr(series.images, series.tilt_angles, 85.0, **option)

@@ -153,7 +153,9 @@ def test_form_values_become_engine_options():
         "low_pass_cutoff": 0.25, "low_pass_sigma": 0.05, "high_pass_sigma": 0.03,
         "high_pass_radius": 0.0, "taper_fraction": 0.1, "pad_fraction": 0.05,
         "binning": "auto", "cumulative": False, "reference_memory": 0.75, "refine": True,
-        "max_shift": None, "interpolation": "bilinear",
+        "max_shift": None, "interpolation": "bilinear", "fixed_pattern": "auto",
+        "x_min_max": None, "y_min_max": None, "borders": (0, 0), "angle_offset": 0.0,
+        "absolute_cosine_stretch": True, "adaptive": True,
     }
     kw = coarse_options_from_form({"binning": 2, "maxShift": 12.5,
                                    "cumulativeCorrelation": True, "subpixelRefinement": False,

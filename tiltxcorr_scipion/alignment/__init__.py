@@ -7,7 +7,9 @@
 `shifts` is `(b, 2)` `(dy, dx)` in input pixels: moving the content of each
 view by `+shift` aligns it; the lowest-|tilt| view gets `(0, 0)`.
 `align_tilt_series` takes the same arguments and returns a `TiltxcorrResult`
-with per-view correlation scores too. `bin_chunks` and `align_binned_views`
+with per-view correlation scores, peak significance, the views judged
+unusable (blocked, dark, blank) with their reasons, and notes of what the
+engine adapted, too. `bin_chunks` and `align_binned_views`
 do the same on views that arrive a few at a time (a stack read from disk),
 so that only the binned views are ever held in memory.
 

@@ -11,7 +11,8 @@ block average keeps the mean density.
 
 Views are binned a chunk at a time as they arrive (`bin_chunks`), so a large
 stack never exists in memory at full size, and their pixels are checked on
-the way (`ViewError` for NaN, infinite or constant views).
+the way (`ViewError` for NaN or infinite pixels; constant views are left to
+the alignment, which flags them and aligns around them).
 """
 
 from __future__ import annotations
@@ -117,13 +118,13 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
     ------
     ViewError
         After all chunks are read: the views (0-based, in arrival order) with
-        NaN or infinite pixels, else those that are constant (blank).
+        NaN or infinite pixels (a corrupt file: no estimate can be made for
+        them, and every neighbour would inherit the damage).
     """
     hb, wb = binned_shape(full_shape, factor)
     out = None
     start = 0
     non_finite: list[int] = []
-    constant: list[int] = []
     for chunk in chunks:
         if out is None:
             target = chunk.device if device is None else torch.device(device)
@@ -136,7 +137,6 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
         low, high = torch.aminmax(binned.flatten(1), dim=1)  # one pass; NaN and inf show here
         finite = torch.isfinite(low) & torch.isfinite(high)
         non_finite += (torch.nonzero(~finite).flatten() + start).tolist()
-        constant += (torch.nonzero(finite & (high <= low)).flatten() + start).tolist()
         out[start:start + binned.shape[0]] = binned
         start += binned.shape[0]
     if start != n_views:
@@ -144,9 +144,6 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
     if non_finite:
         raise ViewError(non_finite, "NaN or infinite pixels (the stack file may be corrupt)",
                         "exclude or repair the view")
-    if constant:
-        raise ViewError(constant, "constant (blank) image, nothing to correlate",
-                        "exclude the view")
     top, left = _trim(full_shape[0], factor), _trim(full_shape[1], factor)
     return BinnedViews(views=out, factor=factor, full_shape=tuple(full_shape), origin=(top, left))
 

@@ -1,82 +1,84 @@
 """Coarse alignment of a tilt series by stretched cross-correlation (IMOD tiltxcorr's method).
 
-Outline:
-1. Sort the views by tilt; the reference is the view with the smallest |tilt|.
-   Walking outwards from it on each side, each view is paired with its
-   lower-tilt neighbour ("inner" view).
-2. For each pair the outer view is stretched across the tilt axis by
-   `cos(inner) / cos(outer)` about the image centre, so that a thin specimen
-   looks the same in both; both are tapered, padded, Fourier transformed and
-   cross-correlated through IMOD's filter. The peak is found on a coarse grid
-   and then climbed exactly (`peak.refine_peak`).
-3. The measured shift `s` lays the stretched outer view on the inner one. With
-   `e` the alignment shift of a view (content moves by `+e`), the geometry gives
-   `e_outer = K^-1 (e_inner + s)` with `K` the stretch: the running shift is
-   carried into the stretched frame, which keeps the tilt axis at the image
-   centre (IMOD's "adjust the shift to bring the tilt axis to the true center").
-   Steps 2-3 run on 2x or 4x binned copies of large views ("stage 1"): they
-   only have to land within a pixel.
-4. Stage 2, at full working resolution: every view, moved by its estimate, is
-   stretched once into the reference view's frame and correlated with a
-   weighted sum of the lower-tilt views of its branch (weights 1,
-   `reference_memory`, `reference_memory**2`...; all 1 with `cumulative=True`,
-   IMOD's CumulativeCorrelation). The residual shifts follow from a linear
-   recursion (`refine_in_reference_frame`).
+Outline (`_align`):
+1. **Screen** the views (`screening`): constant, blocked, dark or bright views
+   are judged unusable; opaque areas of the others (a grid bar's shadow) are
+   filled with the specimen's mean so that only specimen is correlated.
+2. **Fixed pattern** (`pattern`): a pattern that stays put in the camera
+   frame is detected and subtracted (option `fixed_pattern`).
+3. **First stage** (`first_stage`), on 2x or 4x binned copies, coarser while
+   the peaks are weak: from the usable view with the smallest |tilt| (the
+   reference), walking outwards on each side, each view is paired with the
+   last usable view before it. The outer view is stretched across the tilt
+   axis by `cos(inner) / cos(outer)` about the image centre, both are tapered,
+   padded and cross-correlated through IMOD's filter; the peak is found on a
+   coarse grid, its significance measured, and climbed exactly. A view that
+   correlates with neither neighbour while they correlate across it is
+   blank: flagged and bridged. Pair shifts are chained: with `e` the
+   alignment shift of a view (content moves by `+e`), `e_outer = K^-1
+   (e_inner + s)`, `K` the stretch, which keeps the tilt axis at the image
+   centre (IMOD's "adjust the shift to bring the tilt axis to the true
+   center"). Where peaks stay weak, every view is found again against the
+   average of the views before it (`reference_walk`).
+4. **Final pass** (`final_pass`), at working resolution (binned further and
+   low-passed where neighbouring views agree only at low frequencies):
+   every view, moved by its estimate, is stretched once into the reference
+   view's frame and correlated with a weighted sum of the usable lower-tilt
+   views of its branch (weights 1, `reference_memory`,
+   `reference_memory**2`...; all 1 with `cumulative=True`, IMOD's
+   CumulativeCorrelation). The residual shifts follow from a linear
+   recursion. Views whose first-stage peak was not significant get a wider
+   search, then a second pass.
+5. Unusable views keep a best estimate: their own measurement if its peak is
+   significant, else an interpolation in tilt between their usable
+   neighbours.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
-from ..options import CoarseOptions, check_binned_size
+from ..options import MAX_TILT_DEG, CoarseOptions, check_binned_size
+from .area import area_boxes
 from .binning import BinnedViews, bin_stack
 from .correlate import CorrelationFilter, PairCorrelator
-from .geometry import axis_directions, stretch_factors, stretch_images, unstretch_shifts
+from .final_pass import RESIDUAL_SEARCH, neighbour_frc, refine_in_reference_frame
+from .first_stage import (
+    STAGE1_MIN_SIZE,
+    Z_GOOD,
+    Z_LOW,
+    Level,
+    base_extra,
+    branch_pairs,
+    bridge_blank_views,
+    chain_pairs,
+    chain_shifts,
+    choose_reference,
+    median_z,
+    reference_walk,
+    refine_pairs,
+    search_pairs,
+    tilt_branches,
+)
+from .geometry import axis_directions
+from .pattern import detect_fixed_pattern, remove_fixed_pattern
 from .result import TiltxcorrResult
-from .validation import check_angles, check_stack
+from .screening import fill_opaque, screen_views
+from .validation import ViewError, check_angles, check_stack
 
-WORKING_BYTES = 384 << 20  # rough budget for the temporaries of one chunk of pairs
+__all__ = ["align_binned_views", "align_tilt_series", "chain_pairs", "chain_shifts",
+           "tiltxcorr"]
 
-
-def chain_pairs(tilt_angles: torch.Tensor) -> tuple[int, list[tuple[int, int]]]:
-    """The reference view and the `(inner, outer)` pairs, each branch walked outwards.
-
-    `tilt_angles` `(b,)` in any order; returns input indices. Views with equal
-    tilts are paired in stack order.
-    """
-    order = torch.argsort(tilt_angles, stable=True).tolist()
-    position = min(range(len(order)), key=lambda p: (abs(float(tilt_angles[order[p]])), p))
-    reference = order[position]
-    pairs = [(order[p - 1], order[p]) for p in range(position + 1, len(order))]
-    pairs += [(order[p + 1], order[p]) for p in range(position - 1, -1, -1)]
-    return reference, pairs
-
-
-def chain_shifts(pairs: list[tuple[int, int]], pair_shifts: torch.Tensor, angles: torch.Tensor,
-                 across: torch.Tensor) -> torch.Tensor:
-    """Alignment shifts `(b, 2)` from pair shifts `(n_pairs, 2)`, walking each branch outwards.
-
-    `e_outer = K^-1 (e_inner + s)`: the inner view's shift is carried into the
-    stretched frame, which keeps the tilt axis at the image centre.
-    """
-    shifts = torch.zeros(angles.numel(), 2, dtype=torch.float64)
-    inner_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-    outer_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-    factors = stretch_factors(angles[inner_idx], angles[outer_idx])
-    for k, (inner, outer) in enumerate(pairs):
-        shifts[outer] = unstretch_shifts((shifts[inner] + pair_shifts[k])[None],
-                                         factors[k:k + 1], across)[0]
-    return shifts
-
-
-def _pairs_per_chunk(shape: tuple[int, int], fft_shape: tuple[int, int]) -> int:
-    h, w = shape
-    fh, fw = fft_shape
-    per_pair = 4 * (6 * h * w + 6 * fh * (fw // 2 + 1))  # stretched view, grid, spectra
-    return max(1, WORKING_BYTES // per_pair)
+FRC_LOWER = 0.6          # the low-pass adapts only below this fraction of the given cutoff
+MIN_FINAL_SIZE = 128     # the final pass bins further only while views keep this many pixels
+MAX_FINAL_EXTRA = 4      # ...and by at most this factor
+FINAL_BINNED_CUTOFF = 0.25  # ...so that its low-pass stays at most this (cycles/binned pixel)
+NOISY_MEMORY = 0.75      # reference memory on data whose peaks are weak
+SKIP_FRC_Z = 25.0        # first-stage peaks this clear: no need to measure the ring correlation
 
 
 def align_tilt_series(
@@ -111,27 +113,38 @@ def align_tilt_series(
         most 1180 px, up to 4x; or an integer), `cumulative` (False),
         `reference_memory` (0.75), `refine` (True: exact sub-pixel peaks),
         `max_shift` (None: any; input pixels between neighbours),
-        `interpolation` ("bilinear" or "bicubic").
+        `interpolation` ("bilinear" or "bicubic"), `fixed_pattern` ("auto",
+        "on", "off"; IMOD's ExcludeCentralPeak answers the same problem),
+        `x_min_max`, `y_min_max` (None), `borders` ((0, 0)) (IMOD's
+        XMinAndMax, YMinAndMax, BordersInXandY: input pixels from 0 at zero
+        tilt), `angle_offset` (0; IMOD's AngleOffset), `absolute_cosine_stretch`
+        (True; IMOD's AbsoluteCosineStretch), `adaptive` (True).
 
     Returns
     -------
     TiltxcorrResult
         Shifts `(b, 2)` `(dy, dx)` in input pixels (content moves by `+shift`
-        to align; the reference view gets 0), per-view correlation scores, the
-        reference view, the pairing and the binning used.
+        to align; the reference view gets 0), per-view correlation scores and
+        peak significance, the reference view, the pairing, the binning used,
+        the views judged unusable with their reasons, and notes of what was
+        done per view and for the series.
 
     Raises
     ------
     ValueError
         For input that cannot be aligned: fewer than 2 views, an angle count
-        that does not match, |tilt| > 82, views too small for the taper,
-        options out of range (`OptionError`); `ViewError` (naming the views by
-        their 0-based index in `tilt_series`) for NaN, infinite or blank views.
+        that does not match, |tilt| (plus `angle_offset`) > 82, views too small
+        for the taper, an area outside the views or options out of range
+        (`OptionError`); `ViewError` (naming the views by their 0-based index
+        in `tilt_series`) for NaN or infinite pixels, or when fewer than 2
+        views hold anything to correlate. Blank, constant, dark or blocked
+        views are not errors: they are flagged in the result.
     """
     opts = CoarseOptions.from_kwargs(**options)
     b, h, w = check_stack(tilt_series)
     factor = check_binned_size((h, w), opts.binning)
     angles = check_angles(tilt_angles, b, tilt_axis_angle)
+    opts.area((h, w))  # an area outside the views fails before any work
     binned = bin_stack(tilt_series.detach(), factor)
     return _align(binned, angles, tilt_axis_angle, opts, progress)
 
@@ -152,59 +165,240 @@ def align_binned_views(
     opts = CoarseOptions() if options is None else options
     check_binned_size(binned.full_shape, binned.factor)
     angles = check_angles(tilt_angles, binned.views.shape[0], tilt_axis_angle)
+    opts.area(binned.full_shape)
     return _align(binned, angles, tilt_axis_angle, opts, progress)
 
 
-def _align(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: float,
+def _effective_angles(angles: torch.Tensor, offset: float) -> torch.Tensor:
+    """Tilt angles plus IMOD's AngleOffset, checked against the stretch's limit."""
+    if offset == 0:
+        return angles
+    shifted = angles + offset
+    too_high = torch.nonzero(shifted.abs() > MAX_TILT_DEG).flatten().tolist()
+    if too_high:
+        raise ViewError(too_high, f"tilted beyond +-{MAX_TILT_DEG:g} degrees once the angle offset "
+                                  f"of {offset:g} is added (up to {float(shifted.abs().max()):.1f}): "
+                                  "cosine stretching is undefined there; exclude those views")
+    return shifted
+
+
+class _Notes:
+    """Per-view and series notes, collected while aligning."""
+
+    def __init__(self, n_views: int):
+        self.views: list[list[str]] = [[] for _ in range(n_views)]
+        self.series: list[str] = []
+
+    def add(self, view: int, text: str) -> None:
+        if text not in self.views[view]:
+            self.views[view].append(text)
+
+    def joined(self) -> tuple[str, ...]:
+        return tuple("; ".join(items) for items in self.views)
+
+
+def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
            opts: CoarseOptions, progress) -> TiltxcorrResult:
     """The alignment proper, on checked angles `(b,)` float64 and binned views."""
+    angles = _effective_angles(angles_in, opts.angle_offset)
+    n_views = angles.numel()
+    notes = _Notes(n_views)
     correlation_filter = CorrelationFilter(opts.high_pass_sigma, opts.high_pass_radius,
                                            opts.low_pass_cutoff, opts.low_pass_sigma)
-    views, factor = binned.views, binned.factor
-    work_shape = tuple(views.shape[-2:])
-    device = views.device
-    centre = binned.centre
+    factor = binned.factor
+    work_shape = tuple(binned.views.shape[-2:])
+    device = binned.views.device
     _, across = axis_directions(tilt_axis_angle, device=device)
-    reference, pairs = chain_pairs(angles)
-    n_views = angles.numel()
+    across_cpu = across.cpu()
+    area = opts.area(binned.full_shape)
     binned_max_shift = None if opts.max_shift is None else opts.max_shift / factor
 
-    # Stage 1: neighbour pairs, on 2x or 4x binned views when they are large
-    # enough (it only has to land within a pixel or so), chained into estimates.
-    if min(work_shape) >= PREVIEW_MIN_SIZE:
-        extra = 4 if min(work_shape) >= 4 * PREVIEW_MIN_SIZE and max(work_shape) >= 1024 else 2
-        stage1 = binned.rebinned(extra)
-        stage1_filter = correlation_filter.coarser(extra)
-    else:
-        extra, stage1, stage1_filter = 1, binned, correlation_filter
-    stage1_correlator = PairCorrelator(tuple(stage1.views.shape[-2:]), stage1_filter,
-                                       taper_fraction=opts.taper_fraction,
-                                       pad_fraction=opts.pad_fraction, device=device)
-    pair_shifts, _, _ = _correlate_neighbours(
-        stage1.views, angles, pairs, stage1_correlator, across, stage1.centre,
-        refine=opts.refine,
-        max_shift=None if binned_max_shift is None else binned_max_shift / extra,
-        interpolation=opts.interpolation)
-    estimates = chain_shifts(pairs, pair_shifts, angles, across.cpu()) * extra
-    del stage1
+    # 1. Screen the views on the first stage's coarse copies (cheap).
+    extra0 = base_extra(work_shape)
+    level_args = dict(taper_fraction=opts.taper_fraction, pad_fraction=opts.pad_fraction,
+                      area=area, across=across)
+    level = Level(binned, extra0, correlation_filter, **level_args)
+    screen = screen_views(level.binned.views, angles)
+    unusable = screen.unusable.clone()
+    reasons = list(screen.reasons)
+    _check_enough_views(unusable, reasons)
+    partial = screen.partial_views()
+    if partial:
+        notes.series.append(f"opaque areas (e.g. a grid bar's shadow) left out of the correlation "
+                            f"in {len(partial)} views")
+        for view in partial:
+            notes.add(view, f"{100 * float(screen.opaque_fraction[view]):.0f}% of the view opaque: "
+                            "left out")
 
-    # Stage 2: every view against a (cumulative) reference in the reference
-    # view's frame, at full working resolution; solves for the residuals.
-    memory = 1.0 if opts.cumulative else opts.reference_memory
-    unpadded = PairCorrelator(work_shape, correlation_filter, taper_fraction=opts.taper_fraction,
-                              pad_fraction=0.0, device=device)
-    shifts, ncc, peak = refine_in_reference_frame(
-        views, angles, reference, pairs, estimates, unpadded, across, centre,
-        memory=memory, refine=opts.refine, interpolation=opts.interpolation, progress=progress)
+    # 2. A fixed camera pattern.
+    remove = opts.fixed_pattern == "on"
+    if opts.fixed_pattern == "auto":
+        test = detect_fixed_pattern(binned.views, angles, ~unusable)
+        remove = test.present
+        if remove:
+            notes.series.append(f"fixed pattern detected ({test.describe()}): removed")
+    elif remove:
+        notes.series.append("fixed pattern removed (fixed_pattern='on')")
+    if partial or remove:
+        views = binned.views.clone()
+        for view in partial:
+            views[view] = fill_opaque(views[view], screen.opaque[view], screen.size * extra0,
+                                      float(screen.level[view]), float(screen.opaque_level[view]))
+        if remove:
+            constant = torch.tensor([r.startswith("blank: constant") for r in reasons])
+            remove_fixed_pattern(views, ~constant)
+        binned = replace(binned, views=views)
+        level = Level(binned, extra0, correlation_filter, **level_args)
 
-    inner_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-    outer_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-    correlation = torch.full((n_views,), float("nan"), dtype=torch.float32)
-    peak_height = torch.full((n_views,), float("nan"), dtype=torch.float32)
+    # 3. First stage: the reference, the branches, neighbour pairs.
+    reference = choose_reference(angles, unusable)
+    if abs(float(angles[reference])) > float(angles.abs().min()):
+        notes.series.append("reference view: the lowest-tilt usable view (lower tilts unusable)")
+    branches = tilt_branches(angles, reference)
+    pairs = branch_pairs(branches, unusable)
+    pair_args = dict(interpolation=opts.interpolation)
+
+    def level_max_shift(lvl):
+        return None if binned_max_shift is None else binned_max_shift / lvl.extra
+
+    found = search_pairs(level, angles, pairs, max_shift=level_max_shift(level), **pair_args)
+    tried = [(level.extra, median_z(found, unusable))]
+    if opts.adaptive:
+        best = (tried[0][1], level, found)
+        extra = level.extra
+        while tried[-1][1] < Z_GOOD and min(work_shape) // (2 * extra) >= STAGE1_MIN_SIZE:
+            extra *= 2
+            candidate = Level(binned, extra, correlation_filter, **level_args)
+            measured = search_pairs(candidate, angles, pairs,
+                                    max_shift=level_max_shift(candidate), **pair_args)
+            tried.append((extra, median_z(measured, unusable)))
+            if tried[-1][1] > best[0]:
+                best = (tried[-1][1], candidate, measured)
+            else:
+                break
+        _, level, found = best
+        if len(tried) > 1:
+            figures = ", ".join(f"{z:.1f} at binning {e * factor}" for e, z in tried)
+            notes.series.append(f"first stage at binning {level.extra * factor}: median peak "
+                                f"significance {figures}")
+        found = bridge_blank_views(level, angles, branches, unusable, reasons, found,
+                                   max_shift=level_max_shift(level), **pair_args)
+    refine_pairs(level, angles, found, refine=opts.refine)
+    estimates = chain_shifts(found.pairs, found.shifts, angles, across_cpu)  # level pixels
+    pair_z = torch.full((n_views,), float("nan"), dtype=torch.float64)
     paired_with = torch.full((n_views,), -1, dtype=torch.long)
-    correlation[outer_idx] = ncc[outer_idx].to(torch.float32)
-    peak_height[outer_idx] = peak[outer_idx].to(torch.float32)
-    paired_with[outer_idx] = inner_idx
+    for (inner, outer), z in zip(found.pairs, found.z.tolist(), strict=True):
+        pair_z[outer] = z
+        paired_with[outer] = inner
+    for branch in branches:
+        for position, view in enumerate(branch[1:], start=1):
+            if int(paired_with[view]) != branch[position - 1]:
+                notes.add(view, "paired across unusable views")
+
+    level_z = median_z(found, unusable)
+    usable_z = pair_z[[v for v in range(n_views) if not unusable[v] and v != reference]]
+    weak = bool((usable_z < Z_LOW).any()) if usable_z.numel() else False
+    noisy = opts.adaptive and (level_z < Z_GOOD or weak)
+    unsure = torch.zeros(n_views, dtype=torch.bool)
+    if noisy:
+        memory_walk = max(opts.reference_memory, NOISY_MEMORY)
+        before = estimates.clone()
+        estimates, walk_z = reference_walk(level, angles, branches, unusable, estimates, pair_z,
+                                           memory=memory_walk, max_shift=level_max_shift(level),
+                                           interpolation=opts.interpolation, refine=opts.refine)
+        notes.series.append("first stage repeated against averaged references (weak peaks "
+                            "between neighbours)")
+        moved = (estimates - before).norm(dim=1)
+        for view in range(n_views):
+            if view != reference and float(moved[view]) > 1.0:
+                notes.add(view, "first-stage shift replaced by a search against the average of "
+                                "lower-tilt views")
+        pair_z = torch.where(torch.isfinite(walk_z), walk_z, pair_z)
+        for view in range(n_views):
+            if view != reference and not unusable[view] and float(pair_z[view]) < Z_LOW:
+                unsure[view] = True
+    estimates = estimates * level.extra  # working pixels
+
+    # 4. Final pass: low-pass and binning tuned to how far neighbours agree.
+    final_extra = 1
+    cutoff = opts.low_pass_cutoff  # cycles per working pixel (0: none)
+    memory = 1.0 if opts.cumulative else opts.reference_memory
+    if opts.adaptive and (noisy or level_z < SKIP_FRC_Z):
+        fine = binned if extra0 == 1 else binned.rebinned(extra0)
+        agree, ring_correlation = neighbour_frc(fine.views, angles, reference, branches, unusable,
+                              estimates / extra0, across, fine.centre,
+                              extra=extra0, interpolation=opts.interpolation)
+        limit = opts.low_pass_cutoff if opts.low_pass_cutoff > 0 else 0.5
+        if agree < FRC_LOWER * limit:
+            cutoff = agree
+            while (final_extra * 2 <= MAX_FINAL_EXTRA
+                   and cutoff * final_extra * 2 <= FINAL_BINNED_CUTOFF
+                   and min(work_shape) // (final_extra * 2) >= MIN_FINAL_SIZE):
+                final_extra *= 2
+            text = (f"low-pass lowered to {cutoff / factor:.3f} cycles per input pixel, "
+                    "frequencies weighted by their signal-to-noise ratio: neighbouring views "
+                    "agree only below it")
+            if final_extra > 1:
+                text += f"; final pass at binning {final_extra * factor}"
+            notes.series.append(text)
+            if not opts.cumulative and memory < NOISY_MEMORY:
+                memory = NOISY_MEMORY
+                notes.series.append(f"references averaged over more views (memory {memory:g})")
+    final_views = binned if final_extra == 1 else binned.rebinned(final_extra)
+    if final_extra == 1 and cutoff == opts.low_pass_cutoff:
+        final_filter = correlation_filter
+    else:  # IMOD's values hold per pixel of the final binning; the roll-off scales with the cutoff
+        binned_cutoff = cutoff * final_extra
+        final_filter = CorrelationFilter(opts.high_pass_sigma, opts.high_pass_radius, binned_cutoff,
+                                         min(opts.low_pass_sigma, binned_cutoff / 3))
+    correlator = PairCorrelator(tuple(final_views.views.shape[-2:]), final_filter,
+                                taper_fraction=opts.taper_fraction, pad_fraction=0.0, device=device)
+    if cutoff != opts.low_pass_cutoff:  # noisy data: weigh each frequency by its measured SNR
+        correlator.reweight(_snr_weight(ring_correlation, final_extra))
+    box = None
+    if area is not None:
+        box = area_boxes(area, angles[reference:reference + 1], across, final_views)[0]
+    radius = torch.full((n_views,), RESIDUAL_SEARCH, dtype=torch.float64)
+    wide = RESIDUAL_SEARCH + 2.0 * level.extra / final_extra
+    for view in torch.nonzero(unsure).flatten().tolist():
+        radius[view] = wide
+        notes.add(view, f"wider search (+-{wide * final_extra * factor:.0f} input px): "
+                        "first-stage peak not significant")
+    sure = (pair_z >= Z_LOW) & ~unusable  # a first-stage estimate worth keeping
+    final_args = dict(memory=memory, refine=opts.refine, interpolation=opts.interpolation,
+                      unusable=unusable, absolute=opts.absolute_cosine_stretch, box=box,
+                      keep_if_weak=sure if opts.adaptive else None)
+    start = estimates / final_extra
+    shifts, ncc, peak, z, kept = refine_in_reference_frame(
+        final_views.views, angles, reference, branches, start, correlator, across,
+        final_views.centre, search=radius, progress=progress, **final_args)
+    if bool(unsure.any()) and float((shifts - start)[unsure].norm(dim=1).max()) > RESIDUAL_SEARCH / 2:
+        shifts, ncc, peak, z, kept = refine_in_reference_frame(
+            final_views.views, angles, reference, branches, shifts, correlator, across,
+            final_views.centre, **final_args)
+        notes.series.append("final pass repeated from the wider search's shifts")
+    for view in torch.nonzero(kept).flatten().tolist():
+        notes.add(view, f"first-stage shift kept: final peak not significant "
+                        f"({float(z[view]):.1f})")
+    shifts = shifts * final_extra  # working pixels
+
+    # 5. Unusable views: their own measurement if significant, else interpolated.
+    for view in torch.nonzero(unusable).flatten().tolist():
+        if view == reference:
+            continue
+        if math.isfinite(float(z[view])) and float(z[view]) >= Z_LOW:
+            notes.add(view, f"shift measured against the usable views below it "
+                            f"(peak significance {float(z[view]):.1f})")
+        else:
+            shifts[view], text = _interpolated_shift(view, angles, branches, unusable, shifts)
+            notes.add(view, text)
+
+    correlation = ncc.to(torch.float32)
+    peak_height = peak.to(torch.float32)
+    significance = z.to(torch.float32)
+    for tensor in (correlation, peak_height, significance):
+        tensor[reference] = float("nan")
+    paired_with[reference] = -1
     return TiltxcorrResult(
         shifts=(shifts * factor).to(torch.float32).to(device),
         correlation=correlation.to(device),
@@ -212,178 +406,63 @@ def _align(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: float,
         reference_view=reference,
         paired_with=paired_with.to(device),
         binning=factor,
+        unusable=unusable.to(device),
+        reasons=tuple(reasons),
+        notes=notes.joined(),
+        peak_significance=significance.to(device),
+        series_notes=tuple(notes.series),
+        fixed_pattern_removed=remove,
+        first_stage_binning=level.extra * factor,
+        final_binning=final_extra * factor,
+        low_pass_used=float(final_filter.low_pass_cutoff),
     )
 
 
-def _stretch_outer_views(views, angles, pairs, across, centre, *, interpolation):
-    """The outer view of every pair stretched onto its inner neighbour: `(n_pairs, h, w)`."""
-    device = views.device
-    out = torch.empty(len(pairs), *views.shape[1:], dtype=torch.float32, device=device)
-    chunk = max(1, WORKING_BYTES // (12 * views.shape[1] * views.shape[2]))
-    for first in range(0, len(pairs), chunk):
-        block = pairs[first:first + chunk]
-        inner = torch.tensor([p[0] for p in block], dtype=torch.long)
-        outer = torch.tensor([p[1] for p in block], dtype=torch.long)
-        out[first:first + len(block)] = stretch_images(
-            views[outer.to(device)], stretch_factors(angles[inner], angles[outer]), across,
-            centre, mode=interpolation)
-    return out
+def _snr_weight(ring_correlation: torch.Tensor, final_extra: int):
+    """Radial weight (a function of cycles per final pixel): the signal-to-noise ratio per ring.
 
-
-def _measure_pairs(views, stretched, pairs, correlator, *, start=None, refine=True,
-                   max_shift=None):
-    """Shifts `(n, 2)`, NCC `(n,)` and peak `(n,)` of each `(inner, outer)` pair, by chunks.
-
-    `stretched` `(n, h, w)` holds each pair's outer view stretched onto its
-    inner one. Without `start`, a full search with the fixed taper. With
-    `start` `(n, 2)` (approximate shifts), windows matched to those shifts
-    remove the taper's bias and the peak is climbed from there.
+    `FRC = SNR / (1 + SNR)` between neighbouring views, so `SNR = FRC / (1 - FRC)`;
+    weighing the cross-power by it (on top of the low-pass) lets each frequency count
+    as much as it carries signal, which locates a noisy peak better than a flat band.
     """
-    device = views.device
-    n_pairs = len(pairs)
-    pair_shifts = torch.zeros(n_pairs, 2, dtype=torch.float64)
-    ncc = torch.zeros(n_pairs, dtype=torch.float64)
-    peak = torch.zeros(n_pairs, dtype=torch.float64)
-    chunk = _pairs_per_chunk(correlator.shape, correlator.fft_shape)
-    for first in range(0, n_pairs, chunk):
-        block = slice(first, min(first + chunk, n_pairs))
-        inner = torch.tensor([p[0] for p in pairs[block]], dtype=torch.long, device=device)
-        guess = None if start is None else start[block].to(device)
-        reference_spectra = correlator.spectra(views[inner], guess)
-        moving_spectra = correlator.spectra(stretched[block], None if guess is None else -guess)
-        s, c, p = correlator.correlate(reference_spectra, moving_spectra, refine=refine,
-                                       max_shift=max_shift, start=guess)
-        pair_shifts[block], ncc[block], peak[block] = s.cpu(), c.cpu(), p.cpu()
-    return pair_shifts, ncc, peak
+    from .final_pass import FRC_BIN
+
+    frc = ring_correlation.clamp(0.0, 0.95)
+    snr = frc / (1 - frc)
+    snr = snr / snr.max().clamp_min(1e-12)
+
+    def weight(frequency: torch.Tensor) -> torch.Tensor:
+        working = frequency / final_extra
+        position = (working / FRC_BIN - 0.5).clamp(0.0, len(snr) - 1.0)
+        low = position.floor().long().clamp(max=len(snr) - 1)
+        high = (low + 1).clamp(max=len(snr) - 1)
+        t = (position - low.to(position.dtype)).to(snr.dtype)
+        return ((1 - t) * snr[low] + t * snr[high]).to(frequency.dtype)
+
+    return weight
 
 
-PREVIEW_MIN_SIZE = 128  # stage 1 runs on 2x binned views when they are at least this large
-WINDOW_ITERATIONS = 2   # passes with matched windows, while a peak still moves
-RESIDUAL_SEARCH = 6.0   # pixels: stage 2 looks for residual shifts this far from its estimate
-COARSE_BAND = 0.12      # cycles/pixel: stage 2's short search needs only low frequencies
+def _check_enough_views(unusable: torch.Tensor, reasons: list[str]) -> None:
+    """A ViewError when fewer than 2 views are usable."""
+    if int((~unusable).sum()) >= 2:
+        return
+    bad = torch.nonzero(unusable).flatten().tolist()
+    first = next(r for r in reasons if r)
+    raise ViewError(bad, f"no specimen to correlate ({first}); fewer than 2 usable views remain")
 
 
-def _correlate_neighbours(views, angles, pairs, correlator, across, centre, *, refine,
-                          max_shift, interpolation):
-    """Every outer view against its inner neighbour: shifts, NCC and peak per pair.
-
-    A full search with the fixed taper lands within a fraction of a pixel;
-    then windows matched to the found shift remove the taper's pull towards
-    zero, and the exact peak is climbed again, repeated while a peak still
-    moves by over 0.25 px.
-    """
-    stretched = _stretch_outer_views(views, angles, pairs, across, centre,
-                                     interpolation=interpolation)
-    # The first search only has to land near the peak: no refinement yet.
-    shifts, ncc, peak = _measure_pairs(views, stretched, pairs, correlator, refine=False,
-                                       max_shift=max_shift)
-    todo = list(range(len(pairs)))
-    for _ in range(WINDOW_ITERATIONS):
-        index = torch.tensor(todo, dtype=torch.long)
-        s, c, p = _measure_pairs(views, stretched[index.to(views.device)],
-                                 [pairs[k] for k in todo], correlator, start=shifts[index],
-                                 refine=refine)
-        moved = (s - shifts[index]).norm(dim=1)
-        shifts[index], ncc[index], peak[index] = s, c, p
-        todo = [k for k, m in zip(todo, moved.tolist(), strict=True) if m > 0.25]
-        if not todo:
-            break
-    return shifts, ncc, peak
-
-
-def refine_in_reference_frame(views, angles, reference, pairs, estimates, correlator, across,
-                              centre, *, memory, refine, interpolation, progress=None):
-    """Final pass: each view against a weighted sum of its branch's lower-tilt views.
-
-    Every view is moved by its current estimate and stretched into the frame
-    of the reference view (by `cos(t_ref) / cos(t)`), once. In that common
-    frame, the reference for a view is the sum of the views before it in its
-    branch, weighted 1, `memory`, `memory**2`... from the neighbour inwards:
-    averaging several views beats the noise, and errors no longer add up
-    view after view as in a chain of neighbours. Residual shifts are small,
-    so the fixed taper causes no bias. The residuals `rho` then follow from
-    the measured `s` by `rho_m = K_m^-1 (s_m + sum_j w_j K_j rho_j)`.
-
-    Returns shifts `(b, 2)` float64 (binned pixels), NCC `(b,)` and peak `(b,)`
-    of each view against its reference (NaN for the reference view).
-    """
-    device = views.device
-    n_views = angles.numel()
-    cos_ref = math.cos(math.radians(float(angles[reference])))
-    factors = cos_ref / torch.cos(torch.deg2rad(angles))  # (b,) stretch into the reference frame
-    # Views moved by up to max|estimate|: the window keeps clear of pixels that
-    # some view lacks, and of the search range, so no padding is needed either.
-    margin = float(estimates.abs().max()) + RESIDUAL_SEARCH
-    window = correlator.inset_mask(margin)
-
-    spectra = []
-    chunk = _pairs_per_chunk(correlator.shape, correlator.fft_shape)
-    for first in range(0, n_views, chunk):
-        idx = torch.arange(first, min(first + chunk, n_views))
-        warped = stretch_images(views[idx.to(device)], factors[idx], across, centre,
-                                pre_shifts=estimates[idx].to(device), mode=interpolation)
-        spectra.append(correlator.spectra(warped, window=window))
-    spectra = torch.cat(spectra)  # (b, rows, cols)
-
-    # Branches: reference first, then outwards.
-    branches: list[list[int]] = []
-    for inner, outer in pairs:
-        if inner == reference:
-            branches.append([reference, outer])
-        else:
-            next(b for b in branches if b[-1] == inner).append(outer)
-
-    energies = correlator.energy(spectra)  # (b,)
-    measured = torch.zeros(n_views, 2, dtype=torch.float64)
-    ncc = torch.full((n_views,), float("nan"), dtype=torch.float64)
-    peak = torch.full((n_views,), float("nan"), dtype=torch.float64)
-    weights_of: dict[int, dict[int, float]] = {}
-    done = 0
-    total = len(pairs)
-    for branch in branches:
-        # refs[k] = spectra[inner] + memory * refs[k - 1]: one pass per view; the
-        # normalisation by the weights' sum changes neither peak nor NCC.
-        previous = torch.zeros_like(spectra[0])
-        weights: dict[int, float] = {}
-        todo_views: list[int] = []
-        norms: list[float] = []
-        refs = torch.empty(chunk, *spectra.shape[1:], dtype=spectra.dtype, device=device)
-        for position in range(1, len(branch)):
-            inner, view = branch[position - 1], branch[position]
-            slot = refs[len(todo_views)]
-            torch.add(spectra[inner], previous, alpha=memory, out=slot)
-            previous = slot
-            weights = {j: w * memory for j, w in weights.items()}
-            weights[inner] = 1.0
-            norm = sum(weights.values())
-            weights_of[view] = {j: w / norm for j, w in weights.items()}
-            norms.append(norm)
-            todo_views.append(view)
-            if len(todo_views) == chunk or position == len(branch) - 1:
-                idx = torch.tensor(todo_views, device=device)
-                s, c, p = correlator.correlate(
-                    refs[:len(todo_views)], spectra[idx], refine=refine,
-                    max_shift=RESIDUAL_SEARCH, coarse_band=COARSE_BAND,
-                    moving_energy=energies[idx])
-                measured[todo_views], ncc[todo_views] = s.cpu(), c.cpu()
-                peak[todo_views] = p.cpu() / torch.tensor(norms, dtype=torch.float64)
-                done += len(todo_views)
-                previous = previous.clone()  # refs is overwritten by the next chunk
-                todo_views, norms = [], []
-                if progress is not None:
-                    progress(done, total)
-
-    # Residuals, branch by branch from the reference outwards.
-    across64 = across.cpu().to(torch.float64)
-    stretch = [torch.eye(2, dtype=torch.float64) + (float(k) - 1.0) * torch.outer(across64, across64)
-               for k in factors.tolist()]
-    residual = torch.zeros(n_views, 2, dtype=torch.float64)
-    for branch in branches:
-        for view in branch[1:]:
-            pulled = sum((w * (stretch[j] @ residual[j]) for j, w in weights_of[view].items()),
-                         torch.zeros(2, dtype=torch.float64))
-            residual[view] = torch.linalg.solve(stretch[view], measured[view] + pulled)
-    return estimates + residual, ncc, peak
+def _interpolated_shift(view, angles, branches, unusable, shifts):
+    """Shift `(2,)` of an unusable view, linear in tilt between the usable views around it."""
+    branch = next(b for b in branches if view in b[1:])
+    position = branch.index(view)
+    inner = next(v for v in reversed(branch[:position]) if not unusable[v])
+    outer = next((v for v in branch[position + 1:] if not unusable[v]), None)
+    if outer is None:
+        return shifts[inner].clone(), "shift of the nearest usable view (none beyond it)"
+    t, t0, t1 = float(angles[view]), float(angles[inner]), float(angles[outer])
+    weight = 0.5 if t1 == t0 else (t - t0) / (t1 - t0)
+    return ((1 - weight) * shifts[inner] + weight * shifts[outer],
+            "shift interpolated between the usable views on either side")
 
 
 def tiltxcorr(

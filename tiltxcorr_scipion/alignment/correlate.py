@@ -51,6 +51,7 @@ class PairCorrelator:
         self.shape = shape
         self.fft_shape = (padded_size(shape[0], pad_fraction), padded_size(shape[1], pad_fraction))
         self.mask = taper_mask(shape, taper_fraction, device=device)
+        self.taper_fraction = taper_fraction
         self.taper_rows = taper_width(shape[0], taper_fraction)
         self.taper_cols = taper_width(shape[1], taper_fraction)
         big_h, big_w = self.fft_shape
@@ -74,7 +75,17 @@ class PairCorrelator:
         self.energy_weights = (self.filter * self.col_weights.to(torch.float32))[:, :, None].expand(
             -1, -1, 2).reshape(-1).contiguous()
 
-    def windows(self, window_shifts: torch.Tensor) -> torch.Tensor:
+    def reweight(self, radial) -> None:
+        """Multiply the filter by `radial(frequency)` (cycles per pixel), e.g. a measured SNR."""
+        frequency = torch.sqrt(self.ky[:, None].to(torch.float64) ** 2
+                               + self.kx[None, :].to(torch.float64) ** 2)
+        self.filter = (self.filter * radial(frequency.cpu()).to(self.filter.device)).to(
+            torch.float32)
+        self.energy_weights = (self.filter * self.col_weights.to(torch.float32))[:, :, None].expand(
+            -1, -1, 2).reshape(-1).contiguous()
+
+    def windows(self, window_shifts: torch.Tensor, boxes: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Taper windows `(n, h, w)`: `w(r) * w(r - shift)` for window shifts `(n, 2)`.
 
         Correlating two views whose content is displaced by `d` with one fixed
@@ -82,16 +93,46 @@ class PairCorrelator:
         off with `d`). Giving the reference the window `w(r) w(r - d)` and the
         moving view `w(r) w(r + d)` makes the two windowed images exact
         translates of each other, so the peak sits at `d` without bias.
+        With `boxes` `(n, 4)` (see `box_profiles`), `w` is each box's taper
+        instead of the whole view's.
+        """
+        shifts = window_shifts.to(device=self.mask.device, dtype=torch.float64)
+        row_window, col_window = self.box_profiles(boxes, len(shifts), shifts)
+        row_base, col_base = self.box_profiles(boxes, len(shifts))
+        row_window = row_window * row_base
+        col_window = col_window * col_base
+        return (row_window[:, :, None] * col_window[:, None, :]).to(torch.float32)
+
+    def box_profiles(self, boxes: torch.Tensor | None, n: int,
+                     shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row `(n, h)` and column `(n, w)` tapers of boxes, moved by `shifts` `(n, 2)`.
+
+        `boxes` `(n, 4)`: `(top, left, height, width)` in pixels, `top` and
+        `left` the continuous coordinates of the box's first edge (pixel `j`
+        spans `j - 0.5 .. j + 0.5`); None: the whole view. The taper is
+        `taper_fraction` of each box side (at least 5 px), as the whole view's.
         """
         h, w = self.shape
-        rows = torch.arange(h, dtype=torch.float64, device=self.mask.device)
-        cols = torch.arange(w, dtype=torch.float64, device=self.mask.device)
-        shifts = window_shifts.to(device=self.mask.device, dtype=torch.float64)
-        row_window = taper_profile(rows[None] - shifts[:, 0:1], h, self.taper_rows)
-        col_window = taper_profile(cols[None] - shifts[:, 1:2], w, self.taper_cols)
-        row_window = row_window * taper_profile(rows, h, self.taper_rows)[None]
-        col_window = col_window * taper_profile(cols, w, self.taper_cols)[None]
-        return (row_window[:, :, None] * col_window[:, None, :]).to(torch.float32)
+        device = self.mask.device
+        rows = torch.arange(h, dtype=torch.float64, device=device)
+        cols = torch.arange(w, dtype=torch.float64, device=device)
+        if shifts is None:
+            shifts = torch.zeros(n, 2, dtype=torch.float64, device=device)
+        if boxes is None:
+            return (taper_profile(rows[None] - shifts[:, 0:1], h, self.taper_rows),
+                    taper_profile(cols[None] - shifts[:, 1:2], w, self.taper_cols))
+        boxes = boxes.to(device=device, dtype=torch.float64)
+        # Boxes differ only in position (an area keeps its size through the series).
+        height, width = float(boxes[0, 2]), float(boxes[0, 3])
+        rows_in = rows[None] - boxes[:, 0:1] - 0.5 - shifts[:, 0:1]  # (n, h)
+        cols_in = cols[None] - boxes[:, 1:2] - 0.5 - shifts[:, 1:2]  # (n, w)
+        return (taper_profile(rows_in, height, taper_width(round(height), self.taper_fraction)),
+                taper_profile(cols_in, width, taper_width(round(width), self.taper_fraction)))
+
+    def box_mask(self, box: torch.Tensor) -> torch.Tensor:
+        """Taper window `(h, w)` of one box `(4,)` (see `box_profiles`)."""
+        rows, cols = self.box_profiles(box[None], 1)
+        return (rows[0][:, None] * cols[0][None, :]).to(torch.float32)
 
     def inset_mask(self, margin: float) -> torch.Tensor:
         """Taper mask `(h, w)` that is zero within `margin` pixels of every edge.
@@ -109,16 +150,20 @@ class PairCorrelator:
         return (rows[:, None] * cols[None, :]).to(torch.float32)
 
     def spectra(self, images: torch.Tensor, window_shifts: torch.Tensor | None = None,
-                window: torch.Tensor | None = None) -> torch.Tensor:
+                window: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Band of the spectra `(n, band_rows, band_cols)` of windowed, padded images `(n, h, w)`.
 
         Each view is brought to zero weighted mean and multiplied by its taper
-        window (the fixed mask, or `windows(window_shifts)`), so it falls
-        smoothly to zero at the edges and the padding joins it without a step.
+        window (the fixed mask, `window`, or `windows(window_shifts, boxes)`),
+        so it falls smoothly to zero at the edges and the padding joins it
+        without a step.
         """
         images = images.to(torch.float32)
+        if boxes is not None and window_shifts is None:
+            window_shifts = torch.zeros(images.shape[0], 2, dtype=torch.float64)
         if window_shifts is not None:
-            window = self.windows(window_shifts)  # (n, h, w)
+            window = self.windows(window_shifts, boxes)  # (n, h, w)
             mean = torch.einsum("nhw,nhw->n", images, window) / window.sum(dim=(-2, -1))
         else:
             window = self.mask if window is None else window  # (h, w)
@@ -137,9 +182,10 @@ class PairCorrelator:
         return (parts @ self.energy_weights).to(torch.float64)
 
     def correlate(self, reference: torch.Tensor, moving: torch.Tensor, *, refine: bool = True,
-                  max_shift: float | None = None, start: torch.Tensor | None = None,
-                  coarse_band: float | None = None, moving_energy: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  max_shift: float | torch.Tensor | None = None,
+                  start: torch.Tensor | None = None,
+                  coarse_band: float | None = None, moving_energy: torch.Tensor | None = None,
+                  significance: bool = False):
         """Shift that lays each moving view on its reference.
 
         Parameters
@@ -150,7 +196,8 @@ class PairCorrelator:
             Climb to the exact maximum of the correlation (else: the parabolic
             estimate on the coarse grid).
         max_shift
-            Search radius in pixels (None: the whole correlation).
+            Search radius in pixels (None: the whole correlation), or one per
+            pair `(n,)`.
         start
             `(n, 2)` known approximate shifts: skips the coarse search.
         coarse_band
@@ -158,21 +205,27 @@ class PairCorrelator:
             pixel only (a smaller, cheaper grid; enough for short searches).
         moving_energy
             `(n,)` precomputed `energy(moving)`, when the caller has it.
+        significance
+            Also return each coarse peak's height over the root mean square of
+            its correlation map `(n,)` (NaN where `start` skipped the search).
 
         Returns
         -------
         `shifts (n, 2)` float64 `(dy, dx)` pixels (moving content by `+shift`
         lays it on the reference), `ncc (n,)` normalised cross-correlation at
-        the peak, `peak (n,)` correlation value at the peak per pixel.
+        the peak, `peak (n,)` correlation value at the peak per pixel (and
+        the significance, if asked).
         """
         cross = torch.mul(reference, moving.conj()).mul_(self.filter)  # (n, rows, cols)
+        z = torch.full((cross.shape[0],), float("nan"), dtype=torch.float64)
         if start is None:
             search = cross
             if coarse_band is not None:
                 rows = min(cross.shape[-2], 2 * math.ceil(coarse_band * self.fft_shape[0]) + 1)
                 cols = min(cross.shape[-1], math.ceil(coarse_band * self.fft_shape[1]) + 1)
                 search = crop_half_spectrum(cross, rows, cols)
-            start = coarse_peak(search, self.fft_shape, max_shift=max_shift)
+            start, z = coarse_peak(search, self.fft_shape, max_shift=max_shift,
+                                   significance=True)
         if refine:
             shifts, value = refine_peak(cross, self.ky, self.kx, self.col_weights, start)
         else:
@@ -183,6 +236,8 @@ class PairCorrelator:
         norm = torch.sqrt(self.energy(reference) * moving_energy).clamp_min(1e-300)
         ncc = (value / norm).clamp(-1.0, 1.0)  # float32 spectra can overshoot by 1e-6
         peak = value / (self.fft_shape[0] * self.fft_shape[1])
+        if significance:
+            return shifts, ncc, peak, z.cpu()
         return shifts, ncc, peak
 
 

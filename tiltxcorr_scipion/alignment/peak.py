@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -44,7 +45,7 @@ def crop_half_spectrum(spectrum: torch.Tensor, rows: int, cols: int) -> torch.Te
 
 
 def coarse_peak(band: torch.Tensor, full_shape: tuple[int, int], *,
-                max_shift: float | None = None) -> torch.Tensor:
+                max_shift: float | torch.Tensor | None = None, significance: bool = False):
     """Peak of the correlation on a coarse grid, with a parabolic estimate in between.
 
     Parameters
@@ -58,11 +59,17 @@ def coarse_peak(band: torch.Tensor, full_shape: tuple[int, int], *,
         `H / grid_rows` pixels: much cheaper than a full inverse FFT when the
         filter removes high frequencies; `refine_peak` restores full precision.
     max_shift
-        Only peaks within this distance (pixels) of zero are considered.
+        Only peaks within this distance (pixels) of zero are considered; a
+        tensor `(n,)` gives each correlation its own.
+    significance
+        Also return each peak's height over the root mean square of its
+        whole correlation map, `(n,)` float64: about 4 to 5 for the highest
+        peak of pure noise, tens for a clear match.
 
     Returns
     -------
-    `(n, 2)` float64 peak positions `(dy, dx)` in pixels.
+    `(n, 2)` float64 peak positions `(dy, dx)` in pixels (and the
+    significance, if asked).
     """
     from .fourier import next_fast_size
 
@@ -81,10 +88,16 @@ def coarse_peak(band: torch.Tensor, full_shape: tuple[int, int], *,
     step_y, step_x = big_h / h, big_w / w
     dy = torch.fft.fftfreq(h, d=1.0 / h, device=corr.device).to(torch.float64) * step_y
     dx = torch.fft.fftfreq(w, d=1.0 / w, device=corr.device).to(torch.float64) * step_x
+    mean_square = corr.flatten(1).square().mean(dim=1).to(torch.float64).cpu()
     if max_shift is not None:
-        allowed = (dy[:, None] ** 2 + dx[None, :] ** 2) <= max_shift ** 2
-        allowed[0, 0] = True
-        corr = torch.where(allowed[None], corr, torch.full_like(corr, -torch.inf))
+        radius = torch.as_tensor(max_shift, dtype=torch.float64, device=corr.device)
+        distance = dy[:, None] ** 2 + dx[None, :] ** 2
+        if radius.ndim == 0:
+            allowed = (distance <= radius ** 2)[None]
+        else:
+            allowed = distance[None] <= radius[:, None, None] ** 2
+        allowed[:, 0, 0] = True
+        corr = torch.where(allowed, corr, torch.full_like(corr, -torch.inf))
     flat = corr.reshape(n, -1).argmax(dim=1)
     iy, ix = flat // w, flat % w
     batch = torch.arange(n, device=corr.device)
@@ -99,8 +112,13 @@ def coarse_peak(band: torch.Tensor, full_shape: tuple[int, int], *,
     c0 = corr[batch, iy, ix]
     oy = parabola(corr[batch, (iy - 1) % h, ix], c0, corr[batch, (iy + 1) % h, ix])
     ox = parabola(corr[batch, iy, (ix - 1) % w], c0, corr[batch, iy, (ix + 1) % w])
-    return torch.stack([dy[iy] + oy.to(torch.float64) * step_y,
-                        dx[ix] + ox.to(torch.float64) * step_x], dim=1)
+    peaks = torch.stack([dy[iy] + oy.to(torch.float64) * step_y,
+                         dx[ix] + ox.to(torch.float64) * step_x], dim=1)
+    if significance:
+        # numpy's sqrt: a torch one on a few numbers costs a thread-pool round trip
+        rms = torch.from_numpy(np.sqrt(mean_square.clamp_min(1e-300).numpy()))
+        return peaks, c0.to(torch.float64).cpu() / rms
+    return peaks
 
 
 def _correlation_derivatives(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor,

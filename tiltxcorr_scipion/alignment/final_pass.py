@@ -1,0 +1,238 @@
+"""Final pass: every view against a weighted sum of lower-tilt views, in one frame.
+
+Also the measurement that tunes it to noisy data: how far in frequency
+neighbouring views agree (`neighbour_frc`), which sets the low-pass and the
+binning of this pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .correlate import PairCorrelator
+from .first_stage import Z_LOW, pairs_per_chunk
+from .geometry import stretch_images
+
+RESIDUAL_SEARCH = 6.0   # pixels: the final pass looks for residual shifts this far from its estimate
+COARSE_BAND = 0.12      # cycles/pixel: its short search needs only low frequencies
+FRC_THRESHOLD = 0.1     # neighbouring views agree up to where their ring correlation falls below this
+FRC_BIN = 0.02          # width of the frequency rings (cycles per working pixel)
+
+
+def stretch_matrices(factors: torch.Tensor, across: torch.Tensor) -> list[torch.Tensor]:
+    """`K = I + (k - 1) p p^T` `(2, 2)` float64 for each factor `k` of `factors` `(b,)`."""
+    p = across.detach().cpu().to(torch.float64)
+    return [torch.eye(2, dtype=torch.float64) + (float(k) - 1.0) * torch.outer(p, p)
+            for k in factors.tolist()]
+
+
+def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, branches,
+                  unusable: torch.Tensor, estimates: torch.Tensor, across: torch.Tensor,
+                  centre: torch.Tensor, *, extra: int, interpolation: str
+                  ) -> tuple[float, torch.Tensor]:
+    """Frequency (cycles per working pixel) up to which neighbouring views agree; inf if beyond.
+
+    The views `(b, h, w)` (binned `extra` times more than the working
+    views) are moved by `estimates` `(b, 2)` (their pixels), stretched into
+    the reference view's frame and Fourier transformed inside a margin. The
+    ring correlation of consecutive usable views of each branch, summed over
+    all such pairs, estimates `SNR / (1 + SNR)` per frequency ring; the
+    answer is where it first falls below `FRC_THRESHOLD` (linear between
+    rings), or inf if it never does below the views' Nyquist frequency; and
+    the ring correlation itself `(rings,)`, ring `i` centred on
+    `(i + 0.5) * FRC_BIN` cycles per working pixel.
+    """
+    h, w = views.shape[-2:]
+    cos_ref = math.cos(math.radians(float(angles[reference])))
+    factors = cos_ref / torch.cos(torch.deg2rad(angles))
+    margin = min(h, w) // 8 + int(float(estimates.abs().max()))
+    margin = min(margin, min(h, w) // 4)
+    window = torch.zeros(h, w, dtype=torch.float32, device=views.device)
+    window[margin:h - margin, margin:w - margin] = 1.0
+    pairs = []
+    for branch in branches:
+        usable = [v for v in branch if not unusable[v]]
+        pairs += list(zip(usable[:-1], usable[1:], strict=True))
+    if not pairs:
+        return math.inf, torch.zeros(0, dtype=torch.float64)
+    ky = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
+    ring_width = FRC_BIN * extra  # cycles per level pixel
+    rings = (torch.sqrt(ky ** 2 + kx ** 2) / ring_width).long().flatten()
+    n_rings = int(rings.max()) + 1
+    numerator = torch.zeros(n_rings, dtype=torch.float64)
+    power_a = torch.zeros(n_rings, dtype=torch.float64)
+    power_b = torch.zeros(n_rings, dtype=torch.float64)
+    needed = sorted({v for pair in pairs for v in pair})
+    spectra = {}
+    chunk = 16
+    for first in range(0, len(needed), chunk):
+        idx = torch.tensor(needed[first:first + chunk])
+        warped = stretch_images(views[idx.to(views.device)], factors[idx], across, centre,
+                                pre_shifts=estimates[idx].to(views.device), mode=interpolation)
+        warped = (warped - (warped * window).sum(dim=(-2, -1), keepdim=True) / window.sum()) * window
+        spec = torch.fft.rfft2(warped).cpu()
+        for k, view in enumerate(idx.tolist()):
+            spectra[view] = spec[k]
+    for a, b in pairs:
+        fa, fb = spectra[a].flatten(), spectra[b].flatten()
+        numerator.index_add_(0, rings, (fa * fb.conj()).real.double())
+        power_a.index_add_(0, rings, fa.abs().square().double())
+        power_b.index_add_(0, rings, fb.abs().square().double())
+    frc = numerator / (power_a * power_b).sqrt().clamp_min(1e-300)
+    nyquist_ring = int(0.5 / ring_width)
+    for ring in range(1, min(n_rings, nyquist_ring)):
+        if float(frc[ring]) < FRC_THRESHOLD:
+            above, below = float(frc[ring - 1]), float(frc[ring])
+            fraction = (above - FRC_THRESHOLD) / max(above - below, 1e-12)
+            centre_above = (ring - 1 + 0.5) * FRC_BIN
+            return centre_above + min(max(fraction, 0.0), 1.0) * FRC_BIN, frc[:nyquist_ring]
+    return math.inf, frc[:nyquist_ring]
+
+
+def refine_in_reference_frame(views, angles, reference, branches, estimates, correlator: PairCorrelator,
+                              across, centre, *, memory, refine, interpolation, unusable,
+                              search=None, absolute: bool = True, box: torch.Tensor | None = None,
+                              keep_if_weak: torch.Tensor | None = None, progress=None):
+    """Final pass: each view against a weighted sum of its branch's lower-tilt views.
+
+    Every view is moved by its current estimate and stretched into the frame
+    of the reference view (by `cos(t_ref) / cos(t)`), once. In that common
+    frame, the reference for a view is the sum of the usable views before it
+    in its branch, weighted 1, `memory`, `memory**2`... from the neighbour
+    inwards: averaging several views beats the noise, and errors no longer
+    add up view after view as in a chain of neighbours. Residual shifts are
+    small, so the fixed taper causes no bias. The residuals `rho` then follow
+    from the measured `s` by `rho_m = K_m^-1 (s_m + sum_j w_j K_j rho_j)`.
+
+    With `absolute=False` (IMOD's default for cumulative references) the
+    references sum the views unstretched and each view is stretched onto its
+    lower-tilt neighbour only: `K_j` becomes the identity and `K_m` the
+    neighbour stretch.
+
+    Parameters
+    ----------
+    unusable
+        `(b,)` bool: views measured but never part of a reference.
+    search
+        `(b,)` search radius per view in pixels (default `RESIDUAL_SEARCH`).
+    box
+        `(4,)` area box (see `PairCorrelator.box_profiles`) at the reference's tilt.
+    keep_if_weak
+        `(b,)` bool: views whose estimate stands when their peak here is not
+        significant (below `Z_LOW`: e.g. most of the view stretched out of
+        the frame); they get no residual.
+
+    Returns shifts `(b, 2)` float64 (binned pixels), NCC `(b,)`, peak `(b,)`
+    and significance `(b,)` of each view against its reference (NaN for the
+    reference view), and the views whose estimate was kept `(b,)` bool.
+    """
+    device = views.device
+    n_views = angles.numel()
+    cos_ref = math.cos(math.radians(float(angles[reference])))
+    factors = cos_ref / torch.cos(torch.deg2rad(angles))  # (b,) stretch into the reference frame
+    if search is None:
+        search = torch.full((n_views,), RESIDUAL_SEARCH, dtype=torch.float64)
+    # Views moved by up to max|estimate|: the window keeps clear of pixels that
+    # some view lacks, and of the search range, so no padding is needed either.
+    margin = float(estimates.abs().max()) + RESIDUAL_SEARCH
+    window = correlator.inset_mask(margin)
+    if box is not None:
+        window = window * correlator.box_mask(box)
+
+    inner_of = {}
+    for branch in branches:
+        inner = branch[0]
+        for view in branch[1:]:
+            inner_of[view] = inner
+            if not unusable[view]:
+                inner = view
+    if absolute:
+        moving_factors = factors
+        reference_factors = factors
+    else:
+        moving_factors = factors.clone()
+        for view, inner in inner_of.items():
+            moving_factors[view] = math.cos(math.radians(float(angles[inner]))) / math.cos(
+                math.radians(float(angles[view])))
+        reference_factors = torch.ones_like(factors)
+
+    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
+
+    def all_spectra(view_factors):
+        out = []
+        for first in range(0, n_views, chunk):
+            idx = torch.arange(first, min(first + chunk, n_views))
+            warped = stretch_images(views[idx.to(device)], view_factors[idx], across, centre,
+                                    pre_shifts=estimates[idx].to(device), mode=interpolation)
+            out.append(correlator.spectra(warped, window=window))
+        return torch.cat(out)  # (b, rows, cols)
+
+    spectra = all_spectra(moving_factors)
+    reference_spectra = spectra if absolute else all_spectra(reference_factors)
+
+    energies = correlator.energy(spectra)  # (b,)
+    measured = torch.zeros(n_views, 2, dtype=torch.float64)
+    ncc = torch.full((n_views,), float("nan"), dtype=torch.float64)
+    peak = torch.full((n_views,), float("nan"), dtype=torch.float64)
+    z = torch.full((n_views,), float("nan"), dtype=torch.float64)
+    weights_of: dict[int, dict[int, float]] = {}
+    done = 0
+    total = sum(len(branch) - 1 for branch in branches)
+    for branch in branches:
+        # refs[k] = spectra[inner] + memory * refs[k - 1]: one pass per view; the
+        # normalisation by the weights' sum changes neither peak nor NCC.
+        previous = torch.zeros_like(spectra[0])
+        weights: dict[int, float] = {}
+        pending_inner = branch[0]
+        todo_views: list[int] = []
+        norms: list[float] = []
+        refs = torch.empty(chunk, *spectra.shape[1:], dtype=spectra.dtype, device=device)
+        for position in range(1, len(branch)):
+            view = branch[position]
+            slot = refs[len(todo_views)]
+            if pending_inner is not None:  # a usable view joins the references
+                torch.add(reference_spectra[pending_inner], previous, alpha=memory, out=slot)
+                weights = {j: w * memory for j, w in weights.items()}
+                weights[pending_inner] = 1.0
+            else:
+                slot.copy_(previous)
+            previous = slot
+            pending_inner = None if unusable[view] else view
+            norm = sum(weights.values())
+            weights_of[view] = {j: w / norm for j, w in weights.items()}
+            norms.append(norm)
+            todo_views.append(view)
+            if len(todo_views) == chunk or position == len(branch) - 1:
+                idx = torch.tensor(todo_views, device=device)
+                s, c, p, q = correlator.correlate(
+                    refs[:len(todo_views)], spectra[idx], refine=refine,
+                    max_shift=search[todo_views], coarse_band=COARSE_BAND,
+                    moving_energy=energies[idx], significance=True)
+                measured[todo_views], ncc[todo_views] = s.cpu(), c.cpu()
+                z[todo_views] = q
+                peak[todo_views] = p.cpu() / torch.tensor(norms, dtype=torch.float64)
+                done += len(todo_views)
+                previous = previous.clone()  # refs is overwritten by the next chunk
+                todo_views, norms = [], []
+                if progress is not None:
+                    progress(done, total)
+
+    # Residuals, branch by branch from the reference outwards.
+    moving_k = stretch_matrices(moving_factors, across)
+    reference_k = stretch_matrices(reference_factors, across)
+    kept = torch.zeros(n_views, dtype=torch.bool)
+    if keep_if_weak is not None:
+        kept = keep_if_weak.cpu() & ~(z >= Z_LOW)
+        kept[reference] = False
+    residual = torch.zeros(n_views, 2, dtype=torch.float64)
+    for branch in branches:
+        for view in branch[1:]:
+            if kept[view]:
+                continue
+            pulled = sum((w * (reference_k[j] @ residual[j]) for j, w in weights_of[view].items()),
+                         torch.zeros(2, dtype=torch.float64))
+            residual[view] = torch.linalg.solve(moving_k[view], measured[view] + pulled)
+    return estimates + residual, ncc, peak, z, kept
