@@ -40,6 +40,13 @@ OPTION_FLAGS = {
     "refine": "--no-refine",
     "max_shift": "--max-shift",
     "interpolation": "--interpolation",
+    "fixed_pattern": "--fixed-pattern",
+    "x_min_max": "--xminmax",
+    "y_min_max": "--yminmax",
+    "borders": "--borders",
+    "angle_offset": "--angle-offset",
+    "absolute_cosine_stretch": "--absolute-cosine-stretch",
+    "adaptive": "--no-adaptive",
 }
 
 
@@ -79,18 +86,23 @@ def parse_view_list(text: str) -> tuple[range, ...]:
     return tuple(range(low, high + 1) for low, high in merged)
 
 
-def _option_type(option: str, convert):
+def _option_type(option: str, convert, expected: str = "a number"):
     """An argparse type: convert the text, then check it as the engine would."""
     def parse(text: str):
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
         try:
             return check_option(option, value)
         except OptionError as error:
             raise argparse.ArgumentTypeError(error.problem) from None
     return parse
+
+
+def _int_pair(text: str) -> tuple[int, int]:
+    first, _, last = text.replace(" ", "").partition(",")
+    return int(first), int(last)
 
 
 def _binning_value(text: str) -> int | str:
@@ -244,6 +256,46 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--interpolation", choices=("bicubic", "bilinear"),
                         default=DEFAULTS.interpolation,
                         help=f"resampling for the cosine stretch; default {DEFAULTS.interpolation}")
+    engine.add_argument("--fixed-pattern", dest="fixed_pattern", choices=("auto", "on", "off"),
+                        default=DEFAULTS.fixed_pattern,
+                        help="fixed-pattern noise (gain-reference residue, IMOD "
+                             "ExcludeCentralPeak): 'auto' detects and removes it, 'on' always "
+                             f"removes, 'off' leaves it; default {DEFAULTS.fixed_pattern}")
+    engine.add_argument("--xminmax", dest="x_min_max", metavar="FIRST,LAST",
+                        type=_option_type("x_min_max", _int_pair, "two integers like 10,200"),
+                        default=DEFAULTS.x_min_max,
+                        help="columns of the area to correlate, numbered from 0, as placed on the "
+                             "zero-tilt view (IMOD XMinAndMax); default: the whole width")
+    engine.add_argument("--yminmax", dest="y_min_max", metavar="FIRST,LAST",
+                        type=_option_type("y_min_max", _int_pair, "two integers like 10,200"),
+                        default=DEFAULTS.y_min_max,
+                        help="rows of the area to correlate (IMOD YMinAndMax); default: the "
+                             "whole height")
+    engine.add_argument("--borders", dest="borders", metavar="X,Y",
+                        type=_option_type("borders", _int_pair, "two integers like 10,200"),
+                        default=DEFAULTS.borders,
+                        help="pixels left out of the correlation on each side in X and Y (IMOD "
+                             "BordersInXandY); default 0,0")
+    engine.add_argument("--angle-offset", dest="angle_offset", metavar="DEG",
+                        type=_option_type("angle_offset", float), default=DEFAULTS.angle_offset,
+                        help="degrees added to every tilt angle for the stretch (IMOD "
+                             "AngleOffset), e.g. a lamella's milling angle; default 0")
+    engine.add_argument("--absolute-cosine-stretch", dest="absolute_cosine_stretch",
+                        action=argparse.BooleanOptionalAction,
+                        default=DEFAULTS.absolute_cosine_stretch,
+                        help="final pass: stretch every view into the reference view's frame "
+                             "before summing references (IMOD AbsoluteCosineStretch); "
+                             "--no-absolute-cosine-stretch sums them unstretched, IMOD's default "
+                             "for cumulative references; default on")
+    engine.add_argument("--no-adaptive", dest="adaptive", action="store_false",
+                        default=DEFAULTS.adaptive,
+                        help="use exactly the given filter and binning, as IMOD; by default the "
+                             "engine measures each peak's significance and adapts to noisy data "
+                             "(views are screened and flagged either way)")
+    engine.add_argument("--exclude-bad", action="store_true",
+                        help="leave the views found unusable (blocked, dark, blank) out of the "
+                             "files as --exclude does (IMOD's SkipViews); by default they keep "
+                             "their best estimate and are only listed")
     engine.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to compute: 'cuda' (a GPU), 'cpu', or 'auto' (the GPU if "
                              "torch sees one); default auto")
@@ -314,7 +366,10 @@ def _print_table(out: TextIO, outcome, low: np.ndarray) -> None:
     out.write(" view    tilt       dx       dy   correlation\n")
     for i in views.stack_order:
         score = outcome.correlation[i]
-        if not views.enabled[i]:
+        if outcome.unusable[i]:
+            note = "UNUSABLE" + (", excluded" if not views.enabled[i] else "")
+            text = "       -" if not np.isfinite(score) else f"{score:8.3f}"
+        elif not views.enabled[i]:
             note, text = "excluded", "       -"
         elif i == outcome.reference_position:
             note, text = "reference", "       -"
@@ -363,6 +418,10 @@ def align_command(args: argparse.Namespace) -> int:
             check_aligned_binning(args.aligned_binning, source.view_shape)
         except ValueError as error:
             raise UserError(f"--aligned-binning: {error}") from None
+    try:
+        options.area(source.view_shape)
+    except OptionError as error:
+        raise UserError(error.describe(OPTION_FLAGS[error.option])) from None
 
     folder, name = _output_folder_and_name(stack, args.out)
     try:
@@ -389,6 +448,8 @@ def align_command(args: argparse.Namespace) -> int:
     bar, update = _progress_bar("aligning", "pairs", show, bool(args.progress))
     try:
         outcome = align_views(views, options, args.axis, device=device, progress=update)
+        if args.exclude_bad:
+            outcome = outcome.exclude_unusable()
         bar.close()
         elapsed = time.monotonic() - started
         bar, update = _progress_bar("writing", "views", show, bool(args.progress))
@@ -415,7 +476,8 @@ def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_in
     from .plots import low_correlation_views
 
     views = outcome.views
-    low = low_correlation_views(views.tilt_angles, outcome.correlation, views.enabled)
+    low = low_correlation_views(views.tilt_angles, outcome.correlation,
+                                views.enabled & ~outcome.unusable)
     _print_table(out, outcome, low)
     out.write(f"aligned {int(views.enabled.sum())} of {views.n_views} views in {elapsed:.1f} s on "
               f"{outcome.device.split(':')[0]} (correlation binned by {outcome.binning}; reference "
@@ -424,6 +486,11 @@ def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_in
     if low.any():
         out.write("low correlation, check these views: "
                   + ", ".join(str(v) for v in np.sort(views.stack_positions[low])) + "\n")
+    for note in outcome.series_notes:
+        out.write(f"note: {note}\n")
+    for i in views.stack_order[outcome.unusable[views.stack_order]]:
+        out.write(f"unusable view {views.stack_positions[i]}: {outcome.reasons[i]}"
+                  + (" (excluded: --exclude-bad)" if not views.enabled[i] else "") + "\n")
     for kind in ("prexf", "prexg", "tlt", "ali", "png"):
         if kind in paths:
             out.write(f"wrote {os.path.relpath(paths[kind])}\n")

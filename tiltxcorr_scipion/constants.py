@@ -10,6 +10,10 @@ OUTPUT_INTERPOLATED_TILT_SERIES = "InterpolatedTiltSeries"
 # reference view and for disabled views.
 CORRELATION_ATTR = "_tiltxcorrCorrelation"
 
+# Attribute stored on every output tilt image: why the engine found the view
+# unusable (blocked, dark, blank), or unset (None) for usable views.
+UNUSABLE_ATTR = "_tiltxcorrUnusable"
+
 # Files written per tilt series in the protocol's extra/ folder.
 PLOT_SUFFIX = "_alignment.png"
 ALIGNED_STACK_SUFFIX = ".ali"

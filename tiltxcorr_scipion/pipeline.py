@@ -271,6 +271,19 @@ class AlignmentOutcome:
         Where the engine ran (``"cpu"``, ``"cuda:0"``...).
     timings
         Seconds: ``read`` (read, earlier alignment, binning), ``engine``.
+    unusable
+        `(n,)` bool: views the engine found to hold no usable specimen
+        (blocked, dark, blank): aligned around, their shift only a best
+        estimate (see `exclude_unusable`).
+    reasons
+        `(n,)` why each unusable view is unusable (``""`` otherwise).
+    notes
+        `(n,)` what the engine did for each view beyond the plain method.
+    significance
+        `(n,)` correlation peak height over the correlation map's RMS (pure
+        noise reaches 4-5); NaN for the reference and disabled views.
+    series_notes
+        What the engine found and did for the whole series.
     fine
         What the fine alignment adds (`FineDetails`); None for a coarse one.
     """
@@ -284,7 +297,42 @@ class AlignmentOutcome:
     binning: int
     device: str
     timings: dict[str, float] = field(default_factory=dict)
+    unusable: np.ndarray | None = None
+    reasons: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    significance: np.ndarray | None = None
+    series_notes: tuple[str, ...] = ()
     fine: FineDetails | None = None
+
+    def __post_init__(self) -> None:
+        n = self.views.n_views
+        if self.unusable is None:
+            self.unusable = np.zeros(n, dtype=bool)
+        self.reasons = self.reasons or ("",) * n
+        self.notes = self.notes or ("",) * n
+        if self.significance is None:
+            self.significance = np.full(n, np.nan)
+
+    def exclude_unusable(self) -> AlignmentOutcome:
+        """This outcome with the unusable views disabled: identity transform, no score.
+
+        As views excluded from the start are (and as IMOD's SkipViews makes
+        them); the reasons stay. Returns `self` when no view is unusable.
+        """
+        if not self.unusable.any():
+            return self
+        from dataclasses import replace
+
+        transforms = self.transforms.copy()
+        transforms[self.unusable] = np.eye(3)
+        correlation = self.correlation.copy()
+        correlation[self.unusable] = np.nan
+        views = replace(self.views, enabled=self.views.enabled & ~self.unusable)
+        return replace(self, views=views, transforms=transforms, correlation=correlation)
+
+    def unusable_numbers(self) -> list[int]:
+        """1-based stack positions of the unusable views, ascending."""
+        return sorted(int(v) for v in self.views.stack_positions[self.unusable])
 
     @property
     def reference_number(self) -> int:
@@ -446,7 +494,25 @@ def _coarse_outcome(views, items, previous, binned, angles, axis, options, progr
     return AlignmentOutcome(
         views=views, transforms=transforms, shifts=shifts, correlation=correlation,
         reference_position=int(items[int(result.reference_view)]), tilt_axis_angle=axis,
-        binning=int(result.binning), device="")
+        binning=int(result.binning), device="", **_verdicts(result, items, n))
+
+
+def _verdicts(result, items: np.ndarray, n: int) -> dict:
+    """The engine's per-view verdicts (`TiltxcorrResult`) spread over all `n` views."""
+    unusable = np.zeros(n, dtype=bool)
+    significance = np.full(n, np.nan)
+    reasons, notes = [""] * n, [""] * n
+    if result.unusable is not None:
+        unusable[items] = result.unusable.detach().cpu().numpy()
+    if result.peak_significance is not None:
+        significance[items] = result.peak_significance.detach().cpu().double().numpy()
+    for k, item in enumerate(items):
+        if result.reasons:
+            reasons[item] = result.reasons[k]
+        if result.notes:
+            notes[item] = result.notes[k]
+    return dict(unusable=unusable, reasons=tuple(reasons), notes=tuple(notes),
+                significance=significance, series_notes=tuple(result.series_notes))
 
 
 def _fine_outcome(views, items, previous, binned, angles, axis, options, progress
@@ -522,7 +588,7 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
         views=views, transforms=transforms, shifts=full_shifts, correlation=correlation,
         reference_position=int(items[int(result.geometry.reference_view)]),
         tilt_axis_angle=float(result.tilt_axis_angle), binning=factor * result.tracks.binning,
-        device="", fine=details)
+        device="", fine=details, **_verdicts(result.coarse, items, n))
 
 
 def _scaled(size, factor: int):
@@ -621,7 +687,7 @@ def _write_coarse_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> Non
         # view numbers are stack positions, as in the viewer and the IMOD files
         save_alignment_plot(paths["png"], views.ts_id, views.tilt_angles, outcome.shifts,
                             views.enabled, outcome.correlation,
-                            view_numbers=views.stack_positions)
+                            view_numbers=views.stack_positions, unusable=outcome.unusable)
 
 
 def _write_fine_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> None:

@@ -34,6 +34,7 @@ MIN_DROP = 0.1
 
 _DX_COLOUR, _DY_COLOUR = "#1f77b4", "#ff7f0e"
 _OK_COLOUR, _LOW_COLOUR, _EXCLUDED_COLOUR = "#2a9d4b", "#d62728", "#9a9a9a"
+_UNUSABLE_COLOUR = "#b5179e"
 
 
 def _check_inputs(tilt_angles, shifts, enabled, correlation):
@@ -146,7 +147,7 @@ def low_correlation_views(tilt_angles: np.ndarray, correlation: np.ndarray,
 
 def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enabled: np.ndarray,
                    correlation: np.ndarray, *, view_numbers: np.ndarray | None = None,
-                   figure: Figure | None = None) -> Figure:
+                   unusable: np.ndarray | None = None, figure: Figure | None = None) -> Figure:
     """Plot one tilt series' alignment: shifts and correlation against tilt angle.
 
     Parameters
@@ -166,6 +167,10 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
     view_numbers
         `(n,)` numbers naming the views in labels, e.g. 1-based stack
         positions when the arrays are not in stack order; default 1..n.
+    unusable
+        `(n,)` bool: views the engine found without usable specimen (blocked,
+        dark, blank), drawn as magenta diamonds with their number, whether
+        they were then disabled or not; never flagged as low correlation.
     figure
         Figure to draw into (e.g. one made by pyplot for an interactive
         window); a new 8 x 6.5 inch `Figure` if None.
@@ -188,7 +193,9 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
         if views.shape[0] != n:
             raise ValueError(f"view_numbers has {views.shape[0]} values for {n} tilt angles")
     order = np.argsort(angles, kind="stable")
-    low = low_correlation_views(angles, correlation, enabled)
+    unusable = (np.zeros(n, dtype=bool) if unusable is None
+                else np.asarray(unusable, dtype=bool).reshape(-1))
+    low = low_correlation_views(angles, correlation, enabled & ~unusable)
     scored = enabled & np.isfinite(correlation)
     reference = enabled & ~np.isfinite(correlation)
     threshold = correlation_threshold(angles, correlation, enabled)
@@ -218,6 +225,18 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
             for axes in (axes_shift, axes_corr):
                 axes.axvline(angle, color=_EXCLUDED_COLOUR, linewidth=0.8, linestyle=":",
                              zorder=0)
+    if np.any(unusable):
+        for column in (1, 0):
+            axes_shift.plot(angles[unusable], shifts[unusable, column], "D",
+                            color=_UNUSABLE_COLOUR, markersize=7, markerfacecolor="none",
+                            markeredgewidth=1.5, zorder=6)
+        for index in np.flatnonzero(unusable):
+            axes_corr.annotate(f"{views[index]}", (angles[index], 0.0),
+                               textcoords="offset points", xytext=(0, 6), ha="center",
+                               fontsize=8, color=_UNUSABLE_COLOUR, fontweight="bold")
+        axes_corr.plot(angles[unusable], np.zeros(int(unusable.sum())), "D",
+                       color=_UNUSABLE_COLOUR, markersize=7, markerfacecolor="none",
+                       markeredgewidth=1.5)
     axes_shift.axhline(0.0, color="black", linewidth=0.6, zorder=0)
     axes_shift.set_ylabel("shift (pixels)")
     axes_shift.grid(True, alpha=0.3)
@@ -231,6 +250,10 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
                               markeredgecolor=_LOW_COLOUR, markeredgewidth=1.5,
                               label="low correlation (view no.)"))
+    if np.any(unusable):
+        handles.append(Line2D([], [], linestyle="none", marker="D", markerfacecolor="none",
+                              markeredgecolor=_UNUSABLE_COLOUR, markeredgewidth=1.5,
+                              label="unusable: blocked, dark, blank"))
     axes_shift.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85,
                       ncol=min(len(handles), 3))
 
@@ -262,18 +285,23 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
     n_off = int(off.sum())
     n_low = int(low.sum())
     status = f"{n} views, {n_off} excluded, "
+    if np.any(unusable):
+        status += ("unusable: " + ", ".join(str(v) for v in sorted(views[unusable])[:8])
+                   + ("..." if unusable.sum() > 8 else "") + "; ")
     status += (f"{n_low} with low correlation: view{'s' if n_low > 1 else ''} "
                + ", ".join(str(v) for v in sorted(views[low])[:8]) + ("..." if n_low > 8 else "")
                if n_low else "no low correlation")
     figure.suptitle(f"{ts_id}: coarse alignment", fontsize=12, fontweight="bold")
-    axes_shift.set_title(status, fontsize=9, color=_LOW_COLOUR if n_low else "black")
+    axes_shift.set_title(status, fontsize=9,
+                         color=_LOW_COLOUR if n_low or np.any(unusable) else "black")
     figure.tight_layout()
     return figure
 
 
 def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray,
                         enabled: np.ndarray, correlation: np.ndarray, *,
-                        view_numbers: np.ndarray | None = None) -> str:
+                        view_numbers: np.ndarray | None = None,
+                        unusable: np.ndarray | None = None) -> str:
     """Write `plot_alignment`'s figure as a PNG (800 x 650 pixels) and return its path.
 
     Uses matplotlib's Agg canvas directly: no display, no pyplot state. The
@@ -286,7 +314,7 @@ def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: 
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
     figure = plot_alignment(ts_id, tilt_angles, shifts, enabled, correlation,
-                            view_numbers=view_numbers)
+                            view_numbers=view_numbers, unusable=unusable)
     FigureCanvasAgg(figure)
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)

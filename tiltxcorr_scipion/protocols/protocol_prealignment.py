@@ -7,6 +7,7 @@ resume are `ProtTiltxcorrBase`'s.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 
@@ -14,7 +15,7 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pwem.objects import Transform
 from pyworkflow import BETA
-from pyworkflow.object import Float
+from pyworkflow.object import Float, String
 from tomo.objects import SetOfTiltSeries
 
 from .. import constants as cts
@@ -32,8 +33,8 @@ from .protocol_base import ProtTiltxcorrBase
 
 DEFAULTS = CoarseOptions()
 
-#: Form parameter -> `CoarseOptions` field. The form's binning 0 means "auto" and an
-#: empty or non-positive maximum shift means no limit.
+#: Form parameter -> `CoarseOptions` field, for the values that map one to one. The form's
+#: binning 0 means "auto" and an empty or non-positive maximum shift means no limit.
 FORM_OPTIONS = {
     "lowPassCutoff": "low_pass_cutoff",
     "lowPassSigma": "low_pass_sigma",
@@ -45,7 +46,17 @@ FORM_OPTIONS = {
     "cumulativeCorrelation": "cumulative",
     "subpixelRefinement": "refine",
     "maxShift": "max_shift",
+    "fixedPattern": "fixed_pattern",
+    "pxTrim": "borders",
+    "angleOffset": "angle_offset",
+    "absoluteCosineStretch": "absolute_cosine_stretch",
+    "adaptive": "adaptive",
 }
+#: Form parameters of IMOD's area to correlate (XMinAndMax, YMinAndMax), by option.
+AREA_PARAMS = {"x_min_max": ("xmin", "xmax"), "y_min_max": ("ymin", "ymax")}
+#: Choices of the form's fixed-pattern list, in order (EnumParam stores the index).
+FIXED_PATTERN_LABELS = ["auto: detect and remove", "on: always remove", "off: leave alone"]
+FIXED_PATTERN_VALUES = ["auto", "on", "off"]
 
 
 def coarse_options_from_form(values: Mapping) -> CoarseOptions:
@@ -62,10 +73,25 @@ def coarse_options_from_form(values: Mapping) -> CoarseOptions:
             continue
         elif param == "binning":
             kwargs[option] = "auto" if int(value) == 0 else int(value)
+        elif param == "fixedPattern":
+            kwargs[option] = FIXED_PATTERN_VALUES[int(value)]
+        elif param == "pxTrim":
+            numbers = str(value).replace(",", " ").split()
+            try:
+                kwargs[option] = tuple(int(float(n)) for n in numbers)
+            except ValueError:
+                raise OptionError(option, f"must be two pixel counts (X Y), got {value!r}") from None
         elif isinstance(getattr(DEFAULTS, option), bool):
             kwargs[option] = bool(value)
         else:
             kwargs[option] = float(value)
+    for option, (first_param, last_param) in AREA_PARAMS.items():
+        first, last = values.get(first_param), values.get(last_param)
+        if first is None and last is None:
+            continue
+        if first is None or last is None:
+            raise OptionError(option, "give both the first and the last pixel, or neither")
+        kwargs[option] = (int(first), int(last))
     return CoarseOptions(**kwargs)
 
 
@@ -92,6 +118,10 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         cts.OUTPUT_FAILED_TILT_SERIES: SetOfTiltSeries,
         cts.OUTPUT_INTERPOLATED_TILT_SERIES: SetOfTiltSeries,
     }
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.unusableViews = String()  # JSON {tsId: {view: reason}}, for the summary
 
     # ------------------------------------------------------------------ form
     def _defineParams(self, form):
@@ -148,7 +178,75 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
                            "series), to about 0.005 px on clean data. No: a parabola through "
                            "the grid maximum, faster but biased towards whole pixels.")
 
+        form.addParam("fixedPattern", params.EnumParam, choices=FIXED_PATTERN_LABELS,
+                      default=FIXED_PATTERN_VALUES.index(DEFAULTS.fixed_pattern),
+                      display=params.EnumParam.DISPLAY_COMBO,
+                      label="Fixed-pattern noise",
+                      help="A pattern fixed in the camera frame (gain-reference residue) "
+                           "correlates at zero shift in every pair and pulls the alignment "
+                           "there. auto: detected (a pixel-sharp correlation spike at exactly "
+                           "zero shift between different views) and removed; on: always "
+                           "removed; off: left alone. IMOD's ExcludeCentralPeak answers the "
+                           "same problem by ignoring the central peak.")
+        form.addParam("disableUnusableViews", params.BooleanParam, default=True,
+                      label="Disable blocked, dark or blank views?",
+                      help="Views with no usable specimen (a grid bar or lamella edge in "
+                           "the way, a dark or blank frame, no significant correlation "
+                           "with their neighbours) are detected, aligned around (the next "
+                           "view pairs with the last good one) and given a best estimate. "
+                           "Yes: they are disabled in the output, with the reason stored on "
+                           "the tilt image and listed in the summary, as AreTomo removes "
+                           "dark views. No: they keep their best estimate, enabled and "
+                           "flagged. The plots show them either way.")
+
         group = form.addGroup("Advanced", expertLevel=params.LEVEL_ADVANCED)
+        group.addParam("adaptive", params.BooleanParam, default=DEFAULTS.adaptive,
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Adapt to the data?",
+                       help="Measure how significant each correlation peak is and adapt: "
+                            "coarser first stage while peaks are weak, a low-pass where "
+                            "neighbouring views stop agreeing (never above the cutoff above), "
+                            "references averaged over more views, a wider search where the "
+                            "first stage was unsure. No: exactly the filter and binning "
+                            "given, as IMOD (views are still screened and flagged).")
+        group.addParam("angleOffset", params.FloatParam, default=DEFAULTS.angle_offset,
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Tilt angle offset (deg)",
+                       help="Degrees added to every tilt angle for the stretch (IMOD "
+                            "AngleOffset): for a specimen tilted at zero stage tilt, e.g. a "
+                            "lamella's milling angle.")
+        group.addParam("absoluteCosineStretch", params.BooleanParam,
+                       default=DEFAULTS.absolute_cosine_stretch,
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Absolute cosine stretch?",
+                       help="IMOD AbsoluteCosineStretch: the final pass stretches every view "
+                            "into the reference view's frame before summing references (this "
+                            "engine's default). No: lower-tilt views summed unstretched, each "
+                            "view stretched onto its neighbour only (IMOD's default for "
+                            "cumulative correlation).")
+        group.addParam("pxTrim", params.NumericListParam,
+                       default=" ".join(str(b) for b in DEFAULTS.borders),
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Borders to trim (X Y, px)",
+                       help="Pixels left out of the correlation on each side in X and Y (IMOD "
+                            "BordersInXandY). 0 0: the whole view.")
+        line = group.addLine("Area to correlate in X (px)", expertLevel=params.LEVEL_ADVANCED,
+                             help="First and last column of the area to correlate, numbered "
+                                  "from 0, as placed on the zero-tilt view (IMOD XMinAndMax); "
+                                  "at other tilts it moves towards the axis by cos(tilt) to "
+                                  "hold the same specimen (useful for lamellae). Empty: the "
+                                  "whole width less the borders.")
+        line.addParam("xmin", params.IntParam, allowsNull=True, label="first",
+                      expertLevel=params.LEVEL_ADVANCED)
+        line.addParam("xmax", params.IntParam, allowsNull=True, label="last",
+                      expertLevel=params.LEVEL_ADVANCED)
+        line = group.addLine("Area to correlate in Y (px)", expertLevel=params.LEVEL_ADVANCED,
+                             help="First and last row of the area to correlate (IMOD "
+                                  "YMinAndMax); see the X line.")
+        line.addParam("ymin", params.IntParam, allowsNull=True, label="first",
+                      expertLevel=params.LEVEL_ADVANCED)
+        line.addParam("ymax", params.IntParam, allowsNull=True, label="last",
+                      expertLevel=params.LEVEL_ADVANCED)
         group.addParam("taperFraction", params.FloatParam,
                        default=DEFAULTS.taper_fraction,
                        validators=[params.GE(0), params.LT(0.5)],
@@ -186,8 +284,8 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         self._defineComputeParams(form)
 
     def _options(self) -> CoarseOptions:
-        return coarse_options_from_form({param: self.getAttributeValue(param)
-                                         for param in FORM_OPTIONS})
+        names = list(FORM_OPTIONS) + [p for pair in AREA_PARAMS.values() for p in pair]
+        return coarse_options_from_form({name: self.getAttributeValue(name) for name in names})
 
     # ------------------------------------------------------------------ one tilt series
     def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
@@ -196,6 +294,9 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         self.info(f"Tilt series {tsId}: {deviceMessage}")
         outcome = align_views(views, self._options(), views.tilt_axis(self.tiltAxisAngle.get()),
                               device=device)
+        self._reportVerdicts(outcome)
+        if self.getAttributeValue("disableUnusableViews", True):
+            outcome = outcome.exclude_unusable()
         writeAligned = bool(self.getAttributeValue("writeAlignedStacks", False))
         paths = output_paths(self._getExtraPath(), tsId, aligned=writeAligned)
         fileSeconds = write_outputs(outcome, paths, aligned_binning=self._alignedBinning())
@@ -220,6 +321,30 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
             f"extra files {sum(fileSeconds.values()):.2f} s ({files}), registration "
             f"{registered - registering:.2f} s, total {registered - started:.2f} s")
 
+    def _reportVerdicts(self, outcome: AlignmentOutcome):
+        """Log what the engine found; keep the unusable views for the summary."""
+        tsId = outcome.views.ts_id
+        for note in outcome.series_notes:
+            self.info(f"Tilt series {tsId}: {note}")
+        unusable = {}
+        for i in np.flatnonzero(outcome.unusable):
+            number = int(outcome.views.stack_positions[i])
+            unusable[str(number)] = outcome.reasons[i]
+            self.warning(f"Tilt series {tsId}: view {number} is unusable: {outcome.reasons[i]}")
+        for i, note in enumerate(outcome.notes):
+            if note:
+                self.info(f"Tilt series {tsId}: view {outcome.views.stack_positions[i]}: {note}")
+        if unusable:
+            with self._lock:
+                found = self._unusableViews()
+                found[tsId] = unusable
+                self.unusableViews.set(json.dumps(found))
+                self._store(self.unusableViews)
+
+    def _unusableViews(self) -> dict[str, dict[str, str]]:
+        text = self.unusableViews.get()
+        return json.loads(text) if text else {}
+
     def _alignedBinning(self) -> int:
         return int(self.getAttributeValue("alignedBinning", 1) or 1)
 
@@ -230,8 +355,11 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
 
         def editImage(i, outTi):
             outTi.setTransform(Transform(matrix=outcome.transforms[i].copy()))
+            outTi.setEnabled(bool(outcome.views.enabled[i]))
             value = outcome.correlation[i]
             setattr(outTi, cts.CORRELATION_ATTR, Float(float(value) if np.isfinite(value) else None))
+            setattr(outTi, cts.UNUSABLE_ATTR,
+                    String(outcome.reasons[i] if outcome.unusable[i] else None))
 
         outSet = self._appendTiltSeries(cts.OUTPUT_TILT_SERIES, "", inTs, items, editTs=editTs,
                                         editImage=editImage)
@@ -246,6 +374,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
             outTs.getAcquisition().setTiltAxisAngle(outcome.tilt_axis_angle)
 
         def editImage(i, outTi):
+            outTi.setEnabled(bool(outcome.views.enabled[i]))
             outTi.setLocation(items[i].getIndex(), path)
             outTi.setSamplingRate(samplingRate)
             outTi.setTransform(None)
@@ -265,8 +394,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         try:
             options = self._options()
         except OptionError as error:
-            param = next(p for p, o in FORM_OPTIONS.items() if o == error.option)
-            errors.append(error.describe(f"'{self.getParam(param).getLabel()}'"))
+            errors.append(error.describe(f"'{self._labelOf(error.option)}'"))
             return errors
         inSet = self.inputSetOfTiltSeries.get()
         if inSet is None:
@@ -277,12 +405,34 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
                 continue  # sizes unknown until the stack is read: the step will check
             try:
                 check_binned_size((height, width), options.binning)
+                options.area((height, width))
                 if self.getAttributeValue("writeAlignedStacks", False):
                     check_aligned_binning(self._alignedBinning(), (height, width))
+            except OptionError as error:
+                errors.append(f"Tilt series {ts.getTsId()}: "
+                              f"{error.describe(repr(self._labelOf(error.option)))}")
+                break
             except ValueError as error:
                 errors.append(f"Tilt series {ts.getTsId()}: {error}")
                 break
         return errors
+
+    def _labelOf(self, option: str) -> str:
+        """The form label of an engine option (the name users see in messages)."""
+        if option in AREA_PARAMS:
+            return f"Area to correlate in {option[0].upper()}"
+        param = next((p for p, o in FORM_OPTIONS.items() if o == option), None)
+        return self.getParam(param).getLabel() if param else option
+
+    def _summary(self):
+        summary = super()._summary()
+        for tsId, views in sorted(self._unusableViews().items()):
+            action = ("disabled" if self.getAttributeValue("disableUnusableViews", True)
+                      else "flagged")
+            summary.append(f"{tsId}: unusable views {action}: " + "; ".join(
+                f"{view} ({reason})" for view, reason in sorted(views.items(),
+                                                               key=lambda kv: int(kv[0]))))
+        return summary
 
     def _methods(self):
         kw = vars(self._options())

@@ -47,6 +47,8 @@ class AlignmentData:
     correlation
         `(n,)` the ``_tiltxcorrCorrelation`` scores, NaN where unset (the
         reference view, excluded views).
+    unusable
+        `(n,)` the ``_tiltxcorrUnusable`` reasons, ``""`` for usable views.
     """
 
     ts_id: str
@@ -55,6 +57,12 @@ class AlignmentData:
     shifts: np.ndarray
     enabled: np.ndarray
     correlation: np.ndarray
+    unusable: tuple[str, ...] = ()
+
+    @property
+    def unusable_mask(self) -> np.ndarray:
+        return np.array([bool(reason) for reason in self.unusable], dtype=bool) if self.unusable \
+            else np.zeros(len(self.view_numbers), dtype=bool)
 
 
 def alignment_data(tilt_series) -> AlignmentData:
@@ -65,11 +73,13 @@ def alignment_data(tilt_series) -> AlignmentData:
                   if item.hasTransform() else np.eye(3))
         score = getattr(item, cts.CORRELATION_ATTR, None)
         value = None if score is None else score.get()
+        reason = getattr(item, cts.UNUSABLE_ATTR, None)
         rows.append((int(item.getIndex()), float(item.getTiltAngle()), float(matrix[1, 2]),
                      float(matrix[0, 2]), bool(item.isEnabled()),
-                     np.nan if value is None else float(value)))
+                     np.nan if value is None else float(value),
+                     (reason.get() if reason is not None else None) or ""))
     rows.sort(key=lambda row: row[0])
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
     return AlignmentData(
         ts_id=str(tilt_series.getTsId()),
         view_numbers=np.array(columns[0], dtype=np.int64),
@@ -78,13 +88,15 @@ def alignment_data(tilt_series) -> AlignmentData:
                          np.array(columns[3], dtype=np.float64)], axis=1).reshape(-1, 2),
         enabled=np.array(columns[4], dtype=bool),
         correlation=np.array(columns[5], dtype=np.float64),
+        unusable=tuple(columns[6]),
     )
 
 
 def alignment_figure(data: AlignmentData, figure=None):
     """`plot_alignment` of `data` (into `figure` if given); returns the figure."""
     return plot_alignment(data.ts_id, data.tilt_angles, data.shifts, data.enabled,
-                          data.correlation, view_numbers=data.view_numbers, figure=figure)
+                          data.correlation, view_numbers=data.view_numbers,
+                          unusable=data.unusable_mask, figure=figure)
 
 
 class AlignmentPlotter(Plotter):
@@ -127,7 +139,8 @@ class TiltxcorrPrealignmentViewer(pwviewer.ProtocolViewer):
                            "its neighbours' (check that view: blank, blurred, an obstruction...).")
         form.addParam("showLowViews", params.LabelParam,
                       label="List views with low correlation, all tilt series",
-                      help="The views the plots flag in red, for every tilt series.")
+                      help="The views the plots flag in red, for every tilt series, and the "
+                           "views found unusable (blocked, dark, blank) with the reason.")
 
     def _getVisualizeDict(self) -> dict:
         return {"showAlignmentPlot": self._showAlignmentPlot,
@@ -167,11 +180,18 @@ class TiltxcorrPrealignmentViewer(pwviewer.ProtocolViewer):
 
 
 def low_correlation_report(series: list[AlignmentData]) -> str:
-    """One line per tilt series naming its flagged views (1-based stack positions)."""
+    """One line per tilt series naming its flagged views (1-based stack positions).
+
+    Low correlation first, then the views found unusable, with their reasons.
+    """
     lines = []
     for data in sorted(series, key=lambda d: d.ts_id):
-        low = low_correlation_views(data.tilt_angles, data.correlation, data.enabled)
+        unusable = data.unusable_mask
+        low = low_correlation_views(data.tilt_angles, data.correlation, data.enabled & ~unusable)
         flagged = ", ".join(str(v) for v in sorted(data.view_numbers[low])) or "none"
         excluded = int((~data.enabled).sum())
-        lines.append(f"{data.ts_id}: {flagged}" + (f"  ({excluded} excluded)" if excluded else ""))
+        line = f"{data.ts_id}: {flagged}" + (f"  ({excluded} excluded)" if excluded else "")
+        for index in np.flatnonzero(unusable):
+            line += f"\n    view {data.view_numbers[index]} unusable: {data.unusable[index]}"
+        lines.append(line)
     return "\n".join(lines) if lines else "No tilt series."
