@@ -20,12 +20,19 @@ from typing import TextIO
 
 import numpy as np
 
-from .options import CoarseOptions, OptionError, check_aligned_binning, check_option
+from .options import (
+    CoarseOptions,
+    FineOptions,
+    OptionError,
+    check_aligned_binning,
+    check_option,
+)
 
 __all__ = ["main", "parse_view_list"]
 
 PROG = "tiltxcorr-scipion"
 DEFAULTS = CoarseOptions()
+FINE = FineOptions()
 
 #: Engine option -> its command-line flag (the name every message uses).
 OPTION_FLAGS = {
@@ -105,6 +112,38 @@ def _int_pair(text: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
+def _xy_pair(expected: str):
+    """An argparse type for "X,Y" (or one number for both) -> `(x, y)` positive integers."""
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            values = [int(v) for v in text.replace(" ", "").split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected} like 64,64") from None
+        if len(values) == 1:
+            values *= 2
+        if len(values) != 2 or min(values) < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected} like 64,64")
+        return values[0], values[1]
+    return parse
+
+
+def _fine_options(args: argparse.Namespace) -> FineOptions:
+    """The fine alignment's options from the arguments (sizes given X,Y become rows, cols)."""
+    flip = lambda pair: None if pair is None else (pair[1], pair[0])  # noqa: E731
+    try:
+        return FineOptions(
+            size_of_patches=flip(args.patch_size), overlap_of_patches=args.patch_overlap,
+            number_of_patches=flip(args.number_of_patches), iterations=args.iterations,
+            length_and_overlap=tuple(args.length_and_overlap),
+            solve_axis=not args.fixed_axis,
+            rotation_group_size=1 if args.rotation_per_view else args.axis_groups,
+            magnification_group_size=args.magnification_groups,
+            tilt_group_size=args.tilt_groups, level_specimen=args.level_specimen,
+            robust=args.robust, robust_k=args.residual_cutoff)
+    except (OptionError, ValueError, TypeError) as error:
+        raise UserError(str(error)) from None
+
+
 def _binning_value(text: str) -> int | str:
     value = text if text == "auto" else int(text)
     if value == 0:
@@ -134,8 +173,50 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _add_common_arguments(parser: argparse.ArgumentParser, *, plot_help: str) -> None:
+    """The stack, its angles and the outputs: what ``align`` and ``fine`` share."""
+    parser.add_argument("stack", metavar="STACK",
+                       help="MRC tilt-series stack (.mrc, .st, ...), views in any tilt order")
+    inputs = parser.add_argument_group("input")
+    inputs.add_argument("--tlt", metavar="FILE",
+                        help="tilt angles in degrees, one per line in stack order (IMOD .tlt or "
+                             ".rawtlt); default: STACK's name with .tlt, else .rawtlt")
+    inputs.add_argument("--axis", metavar="DEG", type=_finite_float, required=True,
+                        help="tilt axis angle in degrees from the image Y axis, counter-clockwise "
+                             "positive (IMOD's RotationAngle, Scipion's tilt axis angle); required")
+    inputs.add_argument("--exclude", metavar="LIST", type=parse_view_list, default=(),
+                        help="views to leave out of the alignment, 1-based stack positions like "
+                             "1,4-6 (IMOD's -SkipViews); they get the identity transform")
+    inputs.add_argument("--pixel-size", metavar="A", type=_positive_number(float, "a positive "
+                                                                           "number"),
+                        help="pixel size in Angstrom for the .ali header (default: STACK's header, "
+                             "or 1 if the header has none)")
+
+    outputs = parser.add_argument_group("output")
+    outputs.add_argument("--out", metavar="PREFIX",
+                         help="output path prefix (default: STACK without its extension); a "
+                              "folder (ending in /) writes FOLDER/STACKNAME.*")
+    outputs.add_argument("--aligned", action="store_true",
+                         help="also write the aligned stack PREFIX.ali")
+    outputs.add_argument("--aligned-binning", metavar="N", default=1,
+                         type=_positive_number(int, "an integer >= 1"),
+                         help="bin the aligned stack by N (block averaging; header pixel size "
+                              "multiplied by N); default 1")
+    outputs.add_argument("--plot", action="store_true",
+                         help=f"also write PREFIX_alignment.png ({plot_help})")
+    outputs.add_argument("--overwrite", action="store_true",
+                         help="replace existing output files (default: refuse)")
+    outputs.add_argument("--progress", dest="progress", action="store_true", default=None,
+                         help="draw a progress bar on stderr (default: when stderr is a terminal)")
+    outputs.add_argument("--no-progress", dest="progress", action="store_false",
+                         help="never draw a progress bar")
+    outputs.add_argument("-q", "--quiet", action="store_true",
+                         help="print nothing but errors (no per-view table)")
+
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``tiltxcorr-scipion`` (one subcommand: ``align``)."""
+    """The argument parser of ``tiltxcorr-scipion`` (subcommands ``align`` and ``fine``)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Coarse tilt-series alignment by stretched cross-correlation (IMOD "
@@ -166,43 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--aligned-binning 4\n\n"
                "Exit status: 0 done, 2 bad input or unwritable output (a one-line message),\n"
                "130 interrupted.")
-    align.add_argument("stack", metavar="STACK",
-                       help="MRC tilt-series stack (.mrc, .st, ...), views in any tilt order")
-    inputs = align.add_argument_group("input")
-    inputs.add_argument("--tlt", metavar="FILE",
-                        help="tilt angles in degrees, one per line in stack order (IMOD .tlt or "
-                             ".rawtlt); default: STACK's name with .tlt, else .rawtlt")
-    inputs.add_argument("--axis", metavar="DEG", type=_finite_float, required=True,
-                        help="tilt axis angle in degrees from the image Y axis, counter-clockwise "
-                             "positive (IMOD's RotationAngle, Scipion's tilt axis angle); required")
-    inputs.add_argument("--exclude", metavar="LIST", type=parse_view_list, default=(),
-                        help="views to leave out of the alignment, 1-based stack positions like "
-                             "1,4-6 (IMOD's -SkipViews); they get the identity transform")
-    inputs.add_argument("--pixel-size", metavar="A", type=_positive_number(float, "a positive "
-                                                                           "number"),
-                        help="pixel size in Angstrom for the .ali header (default: STACK's header, "
-                             "or 1 if the header has none)")
-
-    outputs = align.add_argument_group("output")
-    outputs.add_argument("--out", metavar="PREFIX",
-                         help="output path prefix (default: STACK without its extension); a "
-                              "folder (ending in /) writes FOLDER/STACKNAME.*")
-    outputs.add_argument("--aligned", action="store_true",
-                         help="also write the aligned stack PREFIX.ali")
-    outputs.add_argument("--aligned-binning", metavar="N", default=1,
-                         type=_positive_number(int, "an integer >= 1"),
-                         help="bin the aligned stack by N (block averaging; header pixel size "
-                              "multiplied by N); default 1")
-    outputs.add_argument("--plot", action="store_true",
-                         help="also write PREFIX_alignment.png (shifts and correlation per view)")
-    outputs.add_argument("--overwrite", action="store_true",
-                         help="replace existing output files (default: refuse)")
-    outputs.add_argument("--progress", dest="progress", action="store_true", default=None,
-                         help="draw a progress bar on stderr (default: when stderr is a terminal)")
-    outputs.add_argument("--no-progress", dest="progress", action="store_false",
-                         help="never draw a progress bar")
-    outputs.add_argument("-q", "--quiet", action="store_true",
-                         help="print nothing but errors (no per-view table)")
+    _add_common_arguments(align, plot_help="shifts and correlation per view")
 
     engine = align.add_argument_group("alignment (IMOD tiltxcorr's options and defaults)")
     frequency = lambda option: _option_type(option, float)  # noqa: E731
@@ -299,6 +344,75 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to compute: 'cuda' (a GPU), 'cpu', or 'auto' (the GPU if "
                              "torch sees one); default auto")
+
+    fine = commands.add_parser(
+        "fine", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="fiducial-less fine alignment: refine the tilt axis, the tilt angles (offset) "
+             "and the shifts; write PREFIX.xf, .tlt, .fid",
+        description="Fiducial-less fine alignment, IMOD's patch-tracking route: a coarse "
+                    "alignment, a grid of\npatches tracked through the series (tiltxcorr), "
+                    "and tiltalign's projection model fitted\nto the tracks. Writes, next to "
+                    "PREFIX:\n"
+                    "  PREFIX.xf             the transforms, as tiltalign writes them (the tilt "
+                    "axis turned\n                        onto Y; give them to 'newstack "
+                    "-xform')\n"
+                    "  PREFIX.tlt            the refined tilt angles (the offset that levels "
+                    "the specimen\n                        included unless --no-level)\n"
+                    "  PREFIX.fid            the tracks as an IMOD model (tiltalign, 3dmod)\n"
+                    "  PREFIX_residuals.txt  RMS residual and points per view\n"
+                    "  PREFIX_landmarks.tsv  the tracks as Scipion tomo's landmark table\n"
+                    "  PREFIX_alignment.png  with --plot: residuals and tracks\n"
+                    "  PREFIX.ali            with --aligned: the aligned stack\n"
+                    "Files appear only when complete; if one cannot be written, none is left.",
+        epilog="Sizes are in pixels of STACK; views are numbered by their 1-based position in "
+               "the stack.\n\nexample:\n"
+               f"  {PROG} fine TS_01.st --tlt TS_01.rawtlt --axis 84.5 --plot\n\n"
+               "Exit status: 0 done, 2 bad input or unwritable output (a one-line message),\n"
+               "130 interrupted.")
+    _add_common_arguments(fine, plot_help="residual per view, tracks and the solved axis")
+    tracking = fine.add_argument_group("patch tracking (IMOD tiltxcorr's options)")
+    tracking.add_argument("--patch-size", metavar="X,Y", type=_xy_pair("a patch size"),
+                          help="patch size in pixels (SizeOfPatchesXandY; one number for both); "
+                               "default: an eighth of the smaller side as tracked (at most "
+                               "640 px), at least 48 of those pixels")
+    tracking.add_argument("--patch-overlap", metavar="F", type=float,
+                          default=FINE.overlap_of_patches,
+                          help="fractional overlap of neighbouring patches "
+                               f"(OverlapOfPatchesXandY); default {FINE.overlap_of_patches:g}")
+    tracking.add_argument("--number-of-patches", metavar="X,Y", type=_xy_pair("patch counts"),
+                          help="patches in X and Y, instead of the overlap "
+                               "(NumberOfPatchesXandY)")
+    tracking.add_argument("--iterations", metavar="N", type=int, default=FINE.iterations,
+                          help="correlations per patch and view (IterateCorrelations); "
+                               f"default {FINE.iterations}")
+    tracking.add_argument("--length-and-overlap", metavar="L,O", type=_xy_pair("two view counts"),
+                          default=FINE.length_and_overlap,
+                          help="cut tracks into pieces of L views overlapping by O "
+                               "(LengthAndOverlap, imodchopconts); default "
+                               f"{','.join(str(v) for v in FINE.length_and_overlap)}")
+    solve = fine.add_argument_group("geometry solve (IMOD tiltalign's model)")
+    axis = solve.add_mutually_exclusive_group()
+    axis.add_argument("--fixed-axis", action="store_true",
+                      help="keep the tilt axis angle --axis (default: refine one angle)")
+    axis.add_argument("--axis-groups", metavar="N", type=int,
+                      help="an in-plane rotation per group of N views (RotOption 3)")
+    axis.add_argument("--rotation-per-view", action="store_true",
+                      help="an in-plane rotation per view (RotOption 1)")
+    solve.add_argument("--magnification-groups", metavar="N", type=int,
+                       help="a magnification per group of N views (MagOption)")
+    solve.add_argument("--tilt-groups", metavar="N", type=int,
+                       help="a tilt angle change per group of N views (TiltOption)")
+    solve.add_argument("--no-level", dest="level_specimen", action="store_false",
+                       help="report the tilt angle offset that levels the specimen but leave it "
+                            "out of the written tilt angles")
+    solve.add_argument("--no-robust", dest="robust", action="store_false",
+                       help="plain least squares (default: robust fitting, as tiltalign's "
+                            "RobustFitting and WeightWholeTracks)")
+    solve.add_argument("--residual-cutoff", metavar="K", type=float, default=FINE.robust_k,
+                       help="robust fitting's cutoff in robust standard deviations (Tukey's "
+                            f"constant); default {FINE.robust_k:g}")
+    solve.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where to compute; default auto")
     return parser
 
 
@@ -347,8 +461,17 @@ def _device(choice: str):
 
 
 def _progress_bar(label: str, unit: str, enabled: bool, forced: bool):
-    """A tqdm bar on stderr, drawn after 0.5 s (at once with --progress), or a no-op."""
+    """A tqdm bar on stderr, drawn after 0.5 s (at once with --progress), or a no-op.
+
+    With `unit` ``"stages"`` it shows the name of the stage under way instead
+    (the fine alignment reports stages, not counts).
+    """
     from tqdm import tqdm
+
+    if unit == "stages":
+        bar = tqdm(total=None, disable=not enabled, file=sys.stderr, delay=0.0 if forced else 0.5,
+                   bar_format=f"{label:<10} {{desc}} {{elapsed_s:6.1f}} s", mininterval=0.1)
+        return bar, bar.set_description_str
 
     bar = tqdm(total=0, disable=not enabled, file=sys.stderr, delay=0.0 if forced else 0.5,
                ascii=".#", bar_format=f"{label:<10} [{{bar:30}}] {{n_fmt}}/{{total_fmt}} {unit} "
@@ -380,21 +503,12 @@ def _print_table(out: TextIO, outcome, low: np.ndarray) -> None:
                   .rstrip() + "\n")
 
 
-def align_command(args: argparse.Namespace) -> int:
-    """Run ``align``: check everything, align, write all files or none, then report."""
-    from .convert.files import remove_temporaries
+def _read_inputs(args: argparse.Namespace):
+    """The stack (checked header), its tilt angles and file, the enabled views; or a UserError."""
     from .convert.imod import read_tlt
     from .convert.mrc import MrcStack, StackReadError
-    from .pipeline import (
-        TiltSeriesFailure,
-        TiltSeriesViews,
-        align_views,
-        output_paths,
-        write_outputs,
-    )
 
     stack = args.stack
-    options = _engine_options(args)
     try:
         source = MrcStack.open(stack)
         tlt_path = args.tlt if args.tlt is not None else _default_tlt(stack)
@@ -418,20 +532,27 @@ def align_command(args: argparse.Namespace) -> int:
             check_aligned_binning(args.aligned_binning, source.view_shape)
         except ValueError as error:
             raise UserError(f"--aligned-binning: {error}") from None
-    try:
-        options.area(source.view_shape)
-    except OptionError as error:
-        raise UserError(error.describe(OPTION_FLAGS[error.option])) from None
+    return source, tlt_path, angles, enabled
 
-    folder, name = _output_folder_and_name(stack, args.out)
+
+def _plan_outputs(args: argparse.Namespace, tlt_path: str, *, fine: bool
+                  ) -> tuple[dict[str, str], bool]:
+    """The output files by kind, and whether the input .tlt is kept as the output one."""
+    from .convert.files import remove_temporaries
+    from .pipeline import output_paths
+
+    folder, name = _output_folder_and_name(args.stack, args.out)
     try:
-        paths = output_paths(folder, name, plot=args.plot, aligned=args.aligned)
+        paths = output_paths(folder, name, plot=args.plot, aligned=args.aligned, fine=fine)
     except ValueError as error:
         raise UserError(f"cannot write {args.out or name}.*: {error}") from None
     keep_input_tlt = _same_file(paths["tlt"], tlt_path)
+    if keep_input_tlt and fine:
+        raise UserError(f"the refined tilt angles would replace the input {tlt_path}: give "
+                        "another --out, or keep the raw angles in a .rawtlt file as IMOD does")
     if keep_input_tlt:
         del paths["tlt"]
-    if _same_file(paths.get("ali", ""), stack):
+    if _same_file(paths.get("ali", ""), args.stack):
         raise UserError(f"{paths['ali']} is the input stack: choose another --out")
     # partial files a killed earlier run of this command left beside these outputs
     remove_temporaries(folder, [os.path.basename(path) for path in paths.values()])
@@ -439,16 +560,20 @@ def align_command(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise UserError(f"{os.path.relpath(existing[0])} already exists; use --overwrite to "
                         "replace it, or choose another --out")
+    return paths, keep_input_tlt
 
-    views = TiltSeriesViews.from_stack(source, angles, enabled=enabled,
-                                       pixel_size=args.pixel_size)
+
+def _run(args: argparse.Namespace, views, options, paths: dict[str, str], progress_unit: str):
+    """Align and write every file (or none); returns the outcome and the alignment's seconds."""
+    from .pipeline import TiltSeriesFailure, align_views, write_outputs
+
     device = _device(args.device)
     show = bool(sys.stderr.isatty() if args.progress is None else args.progress) and not args.quiet
     started = time.monotonic()
-    bar, update = _progress_bar("aligning", "pairs", show, bool(args.progress))
+    bar, update = _progress_bar("aligning", progress_unit, show, bool(args.progress))
     try:
         outcome = align_views(views, options, args.axis, device=device, progress=update)
-        if args.exclude_bad:
+        if getattr(args, "exclude_bad", False):
             outcome = outcome.exclude_unusable()
         bar.close()
         elapsed = time.monotonic() - started
@@ -460,14 +585,46 @@ def align_command(args: argparse.Namespace) -> int:
                       + ",".join(str(v) for v in failure.views))
         else:
             advice = failure.advice
-        raise UserError(f"{stack}: {failure.cause}" + (f"; {advice}" if advice else "")) from None
+        raise UserError(f"{args.stack}: {failure.cause}"
+                        + (f"; {advice}" if advice else "")) from None
     except ValueError as error:
-        raise UserError(f"{stack}: {error}") from None
+        raise UserError(f"{args.stack}: {error}") from None
     finally:
         bar.close()
+    return outcome, elapsed
 
+
+def align_command(args: argparse.Namespace) -> int:
+    """Run ``align``: check everything, align, write all files or none, then report."""
+    from .pipeline import TiltSeriesViews
+
+    options = _engine_options(args)
+    source, tlt_path, angles, enabled = _read_inputs(args)
+    try:
+        options.area(source.view_shape)
+    except OptionError as error:
+        raise UserError(error.describe(OPTION_FLAGS[error.option])) from None
+    paths, keep_input_tlt = _plan_outputs(args, tlt_path, fine=False)
+    views = TiltSeriesViews.from_stack(source, angles, enabled=enabled,
+                                       pixel_size=args.pixel_size)
+    outcome, elapsed = _run(args, views, options, paths, "pairs")
     if not args.quiet:
         _report(sys.stdout, outcome, elapsed, paths, keep_input_tlt, tlt_path)
+    return 0
+
+
+def fine_command(args: argparse.Namespace) -> int:
+    """Run ``fine``: coarse alignment, patch tracking and geometry solve; files; a report."""
+    from .pipeline import TiltSeriesViews
+
+    options = _fine_options(args)
+    source, tlt_path, angles, enabled = _read_inputs(args)
+    paths, _ = _plan_outputs(args, tlt_path, fine=True)
+    views = TiltSeriesViews.from_stack(source, angles, enabled=enabled,
+                                       pixel_size=args.pixel_size)
+    outcome, elapsed = _run(args, views, options, paths, "stages")
+    if not args.quiet:
+        _report_fine(sys.stdout, outcome, elapsed, paths)
     return 0
 
 
@@ -498,6 +655,25 @@ def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_in
             out.write(f"wrote {os.path.relpath(tlt_path)} (the input, kept)\n")
 
 
+def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) -> None:
+    views, fine = outcome.views, outcome.fine
+    out.write(" view    tilt  refined   residual  points\n")
+    counts = np.isfinite(fine.tracks[..., 0]).sum(axis=0)
+    for i in views.stack_order:
+        note = "" if views.enabled[i] else "  excluded"
+        residual = (f"{fine.residuals[i]:10.3f}" if np.isfinite(fine.residuals[i])
+                    else f"{'-':>10}")
+        out.write(f"{views.stack_positions[i]:5d} {views.tilt_angles[i]:7.2f} "
+                  f"{fine.tilt_angles[i]:8.2f} {residual} {counts[i]:7d}{note}\n")
+    out.write(f"tilt axis {outcome.tilt_axis_angle:.2f} deg, tilt angle offset "
+              f"{fine.tilt_angle_offset:+.2f} deg, mean residual {fine.mean_residual:.3f} px, "
+              f"{fine.n_contours} tracks ({fine.n_rejected_contours} rejected); "
+              f"{elapsed:.1f} s on {outcome.device.split(':')[0]}\n")
+    for kind in ("xf", "tlt", "fid", "residuals", "landmarks", "png", "ali"):
+        if kind in paths:
+            out.write(f"wrote {os.path.relpath(paths[kind])}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tiltxcorr-scipion`` console script; returns the exit status."""
     parser = build_parser()
@@ -505,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "align":
             return align_command(args)
+        if args.command == "fine":
+            return fine_command(args)
         parser.error(f"unknown command {args.command!r}")
     except UserError as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")

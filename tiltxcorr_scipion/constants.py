@@ -1,9 +1,11 @@
 """Names shared by the protocol, the viewer, the templates and the tests."""
 
-# Output attribute names of ProtTiltxcorrPrealignment.
+# Output attribute names of ProtTiltxcorrPrealignment...
 OUTPUT_TILT_SERIES = "TiltSeries"
 OUTPUT_FAILED_TILT_SERIES = "FailedTiltSeries"
 OUTPUT_INTERPOLATED_TILT_SERIES = "InterpolatedTiltSeries"
+# ...and of ProtTiltxcorrFineAlignment (with TiltSeries and FailedTiltSeries).
+OUTPUT_LANDMARK_MODELS = "LandmarkModels"
 
 # Attribute stored on every output tilt image: the normalised cross-correlation
 # (-1..1) of the view with the one it was aligned to; unset (None) for the

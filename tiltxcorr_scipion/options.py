@@ -528,6 +528,42 @@ class FineOptions:
     passes: int = 2
     level_specimen: bool = True
 
+    def __post_init__(self) -> None:
+        # Checked here, so that a form or command line learns of a bad value before
+        # the coarse alignment runs; the engine functions check what they use again.
+        for name in ("low_pass_cutoff", "low_pass_sigma", "high_pass_sigma", "taper_fraction",
+                     "pad_fraction", "interpolation"):
+            check_option(name, getattr(self, name))
+        object.__setattr__(self, "binning", check_option("binning", self.binning))
+        _number("overlap_of_patches", self.overlap_of_patches, 0.0, 1.0, high_open=True)
+        _number("min_relative_score", self.min_relative_score, 0.0, 1.0)
+        for name in ("max_jump", "min_contrast", "robust_k"):
+            _number(name, getattr(self, name), 0.0, math.inf, low_open=True)
+        for name in ("iterations", "min_contour_length", "max_iterations", "passes", "borders"):
+            value = getattr(self, name)
+            low = 0 if name == "borders" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise OptionError(name, f"must be an integer >= {low}, got {value!r}")
+        for name in ("rotation_group_size", "magnification_group_size", "tilt_group_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise OptionError(name, f"must be None or an integer >= 1, got {value!r}")
+        for name in ("size_of_patches", "number_of_patches"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            pair = (value, value) if isinstance(value, int) else _int_pair(name, value)
+            if min(pair) < 1:
+                raise OptionError(name, f"must be positive, got {value!r}")
+        if self.length_and_overlap is not None:
+            length, overlap = _int_pair("length_and_overlap", self.length_and_overlap)
+            if length < 2 or not 0 <= overlap < length:
+                raise OptionError("length_and_overlap", "must be a length >= 2 views and an "
+                                  f"overlap below it, got {self.length_and_overlap!r}")
+        for name in ("solve_axis", "robust", "level_specimen"):
+            _flag(name, getattr(self, name))
+
 
 #: The fine alignment's defaults, read by `track_patches`, `solve_geometry` and
 #: `fiducialless_alignment`.

@@ -227,6 +227,8 @@ class FineDetails:
     frame_tilt_axis_angle
         The refined tilt axis angle in the views as read (degrees): the raw
         images' angle turned by an earlier alignment's rotation.
+    patch_size
+        `(rows, cols)` of the tracked patches, pixels.
     """
 
     tilt_angles: np.ndarray
@@ -242,6 +244,7 @@ class FineDetails:
     n_rejected_contours: int
     image_shape: tuple[int, int]
     frame_tilt_axis_angle: float
+    patch_size: tuple[int, int]
 
 
 @dataclass
@@ -583,7 +586,8 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
         residuals=residuals, mean_residual=factor * float(result.mean_residual),
         tracks=tracks, point_residuals=point_residuals, weights=weights,
         n_contours=int(result.n_contours), n_rejected_contours=int(result.n_rejected_contours),
-        image_shape=(int(h), int(w)), frame_tilt_axis_angle=float(result.tilt_axis_angle))
+        image_shape=(int(h), int(w)), frame_tilt_axis_angle=float(result.tilt_axis_angle),
+        patch_size=tuple(int(factor * p) for p in result.tracks.patch_size))
     return AlignmentOutcome(
         views=views, transforms=transforms, shifts=full_shifts, correlation=correlation,
         reference_position=int(items[int(result.geometry.reference_view)]),

@@ -1,0 +1,332 @@
+"""Scipion protocol: fiducial-less fine alignment (patch tracking + geometry solve).
+
+Thin, as the coarse protocol: the form, and per tilt series
+`pipeline.align_views` with `FineOptions` -> `pipeline.write_outputs` ->
+registration. Streaming, steps, failures and resume are `ProtTiltxcorrBase`'s.
+Conventions (transforms, tilt angles, the model's frame) are in
+``docs/fine-alignment.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pyworkflow.protocol.params as params
+from pwem.objects import Transform
+from pyworkflow import BETA
+from pyworkflow.object import Set, String
+from tomo.objects import LandmarkModel, SetOfLandmarkModels, SetOfTiltSeries
+
+from .. import constants as cts
+from ..faults import pause_point
+from ..options import FineOptions, OptionError
+from ..pipeline import (
+    AlignmentOutcome,
+    TiltSeriesViews,
+    align_views,
+    output_paths,
+    select_device,
+    write_outputs,
+)
+from .protocol_base import ProtTiltxcorrBase
+
+DEFAULTS = FineOptions()
+
+#: Choices of the form's tilt-axis solve, in order (EnumParam stores the index).
+AXIS_CHOICES = ["fixed (the nominal angle)", "one angle for the series",
+                "one angle per group of views", "one angle per view"]
+AXIS_FIXED, AXIS_ONE, AXIS_GROUPS, AXIS_PER_VIEW = range(4)
+
+
+def _pair(text, what: str, option: str) -> tuple[int, int] | None:
+    """Two integers from a form's "X Y" text (one number stands for both), or None if empty."""
+    numbers = str(text or "").replace(",", " ").split()
+    if not numbers:
+        return None
+    try:
+        values = [int(float(n)) for n in numbers]
+    except ValueError:
+        raise OptionError(option, f"must be {what}, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2:
+        raise OptionError(option, f"must be {what}, got {text!r}")
+    return values[0], values[1]
+
+
+def fine_options_from_form(values: Mapping) -> FineOptions:
+    """`FineOptions` from the fine protocol's form values (missing ones: the defaults).
+
+    Raises `OptionError` (its `option` is the engine's field name) for a bad value.
+    """
+    get = values.get
+    kwargs: dict = {}
+    size = _pair(get("patchSize"), "a patch size in pixels (X Y)", "size_of_patches")
+    if size is not None:
+        kwargs["size_of_patches"] = (size[1], size[0])  # form X Y -> engine (rows, cols)
+    counts = _pair(get("numberOfPatches"), "two patch counts (X Y)", "number_of_patches")
+    if counts is not None:
+        kwargs["number_of_patches"] = (counts[1], counts[0])
+    if get("patchOverlap") is not None:
+        kwargs["overlap_of_patches"] = float(get("patchOverlap"))
+    if get("trackingIterations") is not None:
+        kwargs["iterations"] = int(get("trackingIterations"))
+    if get("lengthAndOverlap") is not None:
+        kwargs["length_and_overlap"] = _pair(get("lengthAndOverlap"),
+                                             "a length and an overlap in views",
+                                             "length_and_overlap")
+    axis = get("axisOption")
+    if axis is not None:
+        kwargs["solve_axis"] = int(axis) != AXIS_FIXED
+        kwargs["rotation_group_size"] = {AXIS_GROUPS: int(get("axisGroupSize") or 1),
+                                         AXIS_PER_VIEW: 1}.get(int(axis))
+    if get("solveMagnification"):
+        kwargs["magnification_group_size"] = int(get("magnificationGroupSize") or 1)
+    if get("solveTiltChanges"):
+        kwargs["tilt_group_size"] = int(get("tiltGroupSize") or 1)
+    for param, option in (("levelSpecimen", "level_specimen"), ("robustFitting", "robust")):
+        if get(param) is not None:
+            kwargs[option] = bool(get(param))
+    if get("residualCutoff") is not None:
+        kwargs["robust_k"] = float(get("residualCutoff"))
+    return FineOptions(**kwargs)
+
+
+#: Form parameters `fine_options_from_form` reads.
+FORM_PARAMS = ("patchSize", "numberOfPatches", "patchOverlap", "trackingIterations",
+               "lengthAndOverlap", "axisOption", "axisGroupSize", "solveMagnification",
+               "magnificationGroupSize", "solveTiltChanges", "tiltGroupSize", "levelSpecimen",
+               "robustFitting", "residualCutoff")
+
+
+class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
+    """Fiducial-less fine alignment of tilt series: patch tracking and a geometry solve.
+
+    A grid of patches is followed through the tilt series by stretched
+    cross-correlation (IMOD tiltxcorr's patch tracking), and the tracks are
+    fitted with the projection model of IMOD's tiltalign: the 3-D position of
+    every patch, a shift per view, the tilt axis angle (one, or per group of
+    views), optionally per-view rotations and magnifications, and the tilt
+    angle offset that levels the specimen. Bad tracks are down-weighted
+    (robust fitting). The input may carry a coarse alignment or not: then the
+    coarse alignment runs first. Registered: the refined transforms (rotation
+    and shift, IMOD's forward convention, the tilt axis turned onto Y as
+    tiltalign's), the refined tilt angles and axis, and the tracks as landmark
+    models with residuals and an IMOD model file.
+    """
+
+    _label = "tiltxcorr fiducial-less fine alignment"
+    _devStatus = BETA
+    _possibleOutputs = {
+        cts.OUTPUT_TILT_SERIES: SetOfTiltSeries,
+        cts.OUTPUT_LANDMARK_MODELS: SetOfLandmarkModels,
+        cts.OUTPUT_FAILED_TILT_SERIES: SetOfTiltSeries,
+    }
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fineResults = String()  # JSON {tsId: {axis, offset, residual, ...}}
+
+    # ------------------------------------------------------------------ form
+    def _defineParams(self, form):
+        self._defineInputParams(form)
+        group = form.addGroup("Patch tracking",
+                              help="IMOD tiltxcorr's patch tracking: a grid of patches "
+                                   "followed from the lowest-tilt view outwards.")
+        group.addParam("patchSize", params.NumericListParam, default="", allowsNull=True,
+                       label="Patch size (X Y, px; empty = auto)",
+                       help="Size of the patches in pixels of the tilt series (IMOD "
+                            "SizeOfPatchesXandY). Empty: an eighth of the smaller side of the "
+                            "views as tracked (binned to at most 640 px), at least 48 of those "
+                            "pixels.")
+        group.addParam("patchOverlap", params.FloatParam, default=DEFAULTS.overlap_of_patches,
+                       validators=[params.GE(0), params.LT(1)],
+                       label="Patch overlap (fraction)",
+                       help="Minimum fractional overlap of neighbouring patches, which sets "
+                            "their number (IMOD OverlapOfPatchesXandY).")
+        group.addParam("numberOfPatches", params.NumericListParam, default="",
+                       allowsNull=True, expertLevel=params.LEVEL_ADVANCED,
+                       label="Number of patches (X Y; empty = from the overlap)",
+                       help="Patches in X and Y instead of the overlap (IMOD "
+                            "NumberOfPatchesXandY).")
+        group.addParam("trackingIterations", params.IntParam, default=DEFAULTS.iterations,
+                       validators=[params.GE(1)], label="Tracking iterations",
+                       help="Correlations per patch and view, each one re-sampling the patch "
+                            "where the previous put it (IMOD IterateCorrelations).")
+        group.addParam("lengthAndOverlap", params.NumericListParam,
+                       default=" ".join(str(v) for v in DEFAULTS.length_and_overlap),
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Contour length and overlap (views)",
+                       help="Tracks longer than this many views are cut into pieces "
+                            "overlapping by at least the second number (IMOD "
+                            "LengthAndOverlap, imodchopconts).")
+
+        group = form.addGroup("What to solve", help="IMOD tiltalign's model.")
+        group.addParam("axisOption", params.EnumParam, choices=AXIS_CHOICES,
+                       default=AXIS_ONE, display=params.EnumParam.DISPLAY_COMBO,
+                       label="Tilt axis angle",
+                       help="Fixed: keep the nominal angle. One angle: refine the tilt axis "
+                            "angle for the series (IMOD RotOption 0/-1). Per group / per view: "
+                            "also an in-plane rotation per group of views adjacent in tilt, "
+                            "or per view (RotOption 3 / 1).")
+        group.addParam("axisGroupSize", params.IntParam, default=5, validators=[params.GE(1)],
+                       condition=f"axisOption == {AXIS_GROUPS}",
+                       label="Views per rotation group")
+        group.addParam("solveMagnification", params.BooleanParam, default=False,
+                       label="Magnification per view?",
+                       help="Solve a scale per group of views relative to the lowest-tilt "
+                            "view's group (IMOD MagOption).")
+        group.addParam("magnificationGroupSize", params.IntParam, default=1,
+                       validators=[params.GE(1)], condition="solveMagnification",
+                       label="Views per magnification group")
+        group.addParam("solveTiltChanges", params.BooleanParam, default=False,
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Tilt angle changes?",
+                       help="Solve a change of tilt angle per group of views, the lowest-tilt "
+                            "view's group fixed (IMOD TiltOption).")
+        group.addParam("tiltGroupSize", params.IntParam, default=5, validators=[params.GE(1)],
+                       expertLevel=params.LEVEL_ADVANCED, condition="solveTiltChanges",
+                       label="Views per tilt group")
+        group.addParam("levelSpecimen", params.BooleanParam, default=DEFAULTS.level_specimen,
+                       label="Apply the tilt angle offset?",
+                       help="The offset that levels the specimen (the plane of the solved "
+                            "points; tiltalign/etomo's AngleOffset) is always reported. Yes: it "
+                            "is added to the registered tilt angles, so tomograms come out "
+                            "level.")
+        group.addParam("robustFitting", params.BooleanParam, default=DEFAULTS.robust,
+                       label="Robust fitting?",
+                       help="Down-weight points and whole tracks with outlying residuals "
+                            "(Tukey's biweight, as tiltalign's RobustFitting and "
+                            "WeightWholeTracks).")
+        group.addParam("residualCutoff", params.FloatParam, default=DEFAULTS.robust_k,
+                       validators=[params.GT(0)], condition="robustFitting",
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Residual cutoff (robust units)",
+                       help="Residuals beyond this many robust standard deviations get zero "
+                            "weight (Tukey's constant; tiltalign's default 4.685). Smaller "
+                            "values reject more.")
+        self._defineComputeParams(form)
+
+    def _options(self) -> FineOptions:
+        return fine_options_from_form({name: self.getAttributeValue(name)
+                                       for name in FORM_PARAMS})
+
+    # ------------------------------------------------------------------ one tilt series
+    def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
+        tsId = views.ts_id
+        device, deviceMessage = select_device(self._useGpu(), self._bookedGpus())
+        self.info(f"Tilt series {tsId}: {deviceMessage}")
+        outcome = align_views(views, self._options(), views.tilt_axis(self.tiltAxisAngle.get()),
+                              device=device,
+                              progress=lambda stage: self.info(f"Tilt series {tsId}: {stage}"))
+        paths = output_paths(self._getExtraPath(), tsId, fine=True)
+        fileSeconds = write_outputs(outcome, paths)
+        pause_point("files written", tsId)
+        registering = time.perf_counter()
+        fine = outcome.fine
+        with self._lock:
+            # The landmark model first: TiltSeries is the "done" mark of a Continue.
+            if not self._hasLandmarkModel(tsId):
+                self._registerLandmarkModel(outcome, paths)
+            self._registerAligned(outcome, inTs, items)
+            results = self._fineResults()
+            results[tsId] = {"axis": outcome.tilt_axis_angle, "offset": fine.tilt_angle_offset,
+                             "residual": fine.mean_residual, "contours": fine.n_contours,
+                             "rejected": fine.n_rejected_contours}
+            self.fineResults.set(json.dumps(results))
+            self._store(self.fineResults)
+        registered = time.perf_counter()
+        self.info(
+            f"Tilt series {tsId}: aligned {int(views.enabled.sum())}/{views.n_views} views: "
+            f"tilt axis {outcome.tilt_axis_angle:.2f} deg, tilt angle offset "
+            f"{fine.tilt_angle_offset:+.2f} deg, mean residual {fine.mean_residual:.2f} px, "
+            f"{fine.n_contours} tracks ({fine.n_rejected_contours} rejected). Time: read "
+            f"{outcome.timings['read']:.2f} s, alignment engine {outcome.timings['engine']:.2f} s, "
+            f"extra files {sum(fileSeconds.values()):.2f} s, registration "
+            f"{registered - registering:.2f} s, total {registered - started:.2f} s")
+
+    def _registerAligned(self, outcome: AlignmentOutcome, inTs, items):
+        fine = outcome.fine
+
+        def editTs(outTs):
+            outTs.getAcquisition().setTiltAxisAngle(outcome.tilt_axis_angle)
+            outTs.setAlignment2D()
+
+        def editImage(i, outTi):
+            outTi.setTransform(Transform(matrix=outcome.transforms[i].copy()))
+            outTi.setTiltAngle(float(fine.tilt_angles[i]))
+
+        outSet = self._appendTiltSeries(cts.OUTPUT_TILT_SERIES, "", inTs, items, editTs=editTs,
+                                        editImage=editImage)
+        outSet.getAcquisition().setTiltAxisAngle(outcome.tilt_axis_angle)
+
+    def _hasLandmarkModel(self, tsId: str) -> bool:
+        models = getattr(self, cts.OUTPUT_LANDMARK_MODELS, None)
+        if models is None:
+            return False
+        found = models.getLandmarkModelFromTsId(tsId) is not None
+        models.close()
+        return found
+
+    def _registerLandmarkModel(self, outcome: AlignmentOutcome, paths: dict[str, str]):
+        """The tracks as a tomo LandmarkModel: its table and its IMOD model (caller holds the lock)."""
+        models = getattr(self, cts.OUTPUT_LANDMARK_MODELS, None)
+        if models is None:
+            models = self._createSetOfLandmarkModels(suffix="")
+            models.setSetOfTiltSeries(self.inputSetOfTiltSeries)
+            models.setHasResidualInfo(True)
+            models.setStreamState(Set.STREAM_OPEN)
+            self._defineOutputs(**{cts.OUTPUT_LANDMARK_MODELS: models})
+            self._defineSourceRelation(self.inputSetOfTiltSeries, models)
+        else:
+            models.enableAppend()
+        fine, views = outcome.fine, outcome.views
+        model = LandmarkModel(tsId=views.ts_id, fileName=paths["landmarks"],
+                              modelName=paths["fid"],
+                              size=int(round(views.sampling_rate * fine.patch_size[0])),
+                              applyTSTransformation=views.previous is None,
+                              hasResidualInfo=True)
+        contours = np.isfinite(fine.tracks[..., 0]).any(axis=1)
+        model.setCount(int(contours.sum()))
+        models.append(model)
+        models.write()
+        self._store(models)
+        models.close()
+
+    def _fineResults(self) -> dict:
+        text = self.fineResults.get()
+        return json.loads(text) if text else {}
+
+    # ------------------------------------------------------------------ info
+    def _validate(self):
+        errors = super()._validate()
+        try:
+            self._options()
+        except OptionError as error:
+            errors.append(str(error))
+        return errors
+
+    def _summary(self):
+        summary = super()._summary()
+        for tsId, result in sorted(self._fineResults().items()):
+            summary.append(f"{tsId}: tilt axis {result['axis']:.2f} deg, tilt angle offset "
+                           f"{result['offset']:+.2f} deg, mean residual {result['residual']:.2f} "
+                           f"px ({result['contours']} tracks, {result['rejected']} rejected)")
+        return summary
+
+    def _methods(self):
+        return [
+            "Tilt series were aligned without fiducials in tiltxcorr-scipion (PyTorch), "
+            "following IMOD's patch-tracking route [Kremer1996, Mastronarde2017]: after a "
+            "coarse cross-correlation alignment, a grid of patches was tracked through each "
+            "tilt series by stretched cross-correlation, and the tracks were fitted with "
+            "tiltalign's projection model, solving for the 3-D patch positions, per-view "
+            "shifts, the tilt axis angle and the tilt angle offset that levels the specimen"
+            + (" with robust fitting" if self.getAttributeValue("robustFitting", True) else "")
+            + "."]
+
+    def _citations(self):
+        return [cts.CITE_KREMER_1996, cts.CITE_MASTRONARDE_2017]
