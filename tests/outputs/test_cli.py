@@ -216,18 +216,20 @@ def test_cuda_without_a_gpu_is_a_user_error(workdir):
 
 
 def test_help_documents_every_option(tmp_path):
-    result = run("align", "--help", cwd=tmp_path)
-    assert result.returncode == 0
-    text = " ".join(result.stdout.split())
-    align = next(a for a in build_parser()._subparsers._group_actions[0].choices.values())
-    for action in align._actions:
-        for option in action.option_strings:
-            assert option in text, option
-        if action.option_strings and action.help is not None:
-            assert " ".join(action.help.split())[:30] in text, action.option_strings
-    assert "example:" in text and "Exit status" in text
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == {"align", "fine"}
+    for name, command in commands.items():
+        result = run(name, "--help", cwd=tmp_path)
+        assert result.returncode == 0
+        text = " ".join(result.stdout.split())
+        for action in command._actions:
+            for option in action.option_strings:
+                assert option in text, (name, option)
+            if action.option_strings and action.help is not None:
+                assert " ".join(action.help.split())[:30] in text, action.option_strings
+        assert "example:" in text and "Exit status" in text
     top = run("--help", cwd=tmp_path)
-    assert top.returncode == 0 and "align" in top.stdout
+    assert top.returncode == 0 and "align" in top.stdout and "fine" in top.stdout
     assert run(cwd=tmp_path).returncode == 2  # no command
 
 
@@ -237,3 +239,79 @@ def test_parse_view_list():
 
     assert numbers("1,4-6, 40") == [1, 4, 5, 6, 40]
     assert numbers("3,3") == [3]
+
+
+# --------------------------------------------------------------------------- hard data
+def test_unusable_views_are_listed_and_exclude_bad_leaves_them_out(tmp_path):
+    sim = simulate_tilt_series(shape=(192, 192), n_views=31, max_shift=5.0, thickness=5.0,
+                               noise=0.5, seed=5, blocked_views=(25,))
+    with mrcfile.new(str(tmp_path / "B.st")) as mrc:
+        mrc.set_data(sim.images.numpy())
+    np.savetxt(tmp_path / "B.rawtlt", sim.tilt_angles.numpy(), fmt="%.2f")
+    listed = run("align", "B.st", "--axis", "85", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "unusable view 26: " in listed.stdout  # 1-based stack position
+    line = next(ln for ln in listed.stdout.splitlines() if ln.split()[:1] == ["26"])
+    assert line.endswith("UNUSABLE")
+    kept = read_xf(str(tmp_path / "B.prexg"))
+    out = run("align", "B.st", "--axis", "85", "--exclude-bad", "--out", "Bx", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    excluded = read_xf(str(tmp_path / "Bx.prexg"))
+    # .prexg = registered shift minus the mean shift. Registered shifts are 0 for the
+    # reference view (16, stack order here) and, with --exclude-bad as with --exclude, for
+    # view 26, so each run's registered shifts are its .prexg minus that view's.
+    registered_kept = kept[:, :2, 2] - kept[15, :2, 2]
+    registered_excluded = excluded[:, :2, 2] - excluded[25, :2, 2]
+    others = [i for i in range(31) if i != 25]
+    np.testing.assert_allclose(registered_excluded[others], registered_kept[others], atol=3e-3)
+    assert np.abs(registered_kept[25]).max() > 0.5  # it had a best estimate, now the identity
+    table = run("align", "B.st", "--axis", "85", "--exclude-bad", "--out", "By", cwd=tmp_path)
+    line = next(ln for ln in table.stdout.splitlines() if ln.split()[:1] == ["26"])
+    assert line.endswith("UNUSABLE, excluded")
+    assert "(excluded: --exclude-bad)" in table.stdout
+
+
+def test_hard_data_options_reach_the_engine(workdir):
+    folder, _ = workdir
+    result = run("align", "TS_01.st", "--axis", "85", "--fixed-pattern", "off", "--borders",
+                 "4,4", "--angle-offset", "1.5", "--no-absolute-cosine-stretch", "--no-adaptive",
+                 "-q", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert_user_error(run("align", "TS_01.st", "--axis", "85", "--yminmax", "10,500",
+                          cwd=folder), "--yminmax", "do not fit")
+    bad = run("align", "TS_01.st", "--axis", "85", "--xminmax", "ten", cwd=folder)
+    assert bad.returncode == 2 and "--xminmax" in bad.stderr and "two integers" in bad.stderr
+
+
+# --------------------------------------------------------------------------- fine
+def test_fine_writes_imod_files_and_reports_the_geometry(tmp_path):
+    import imodmodel
+
+    sim = simulate_tilt_series(shape=(320, 320), n_views=41, tilt_axis_angle=85.0,
+                               max_shift=8.0, thickness=10.0, noise=1.0, seed=6,
+                               tilt_angle_offset=-2.0)
+    with mrcfile.new(str(tmp_path / "F.st")) as mrc:
+        mrc.set_data(sim.images.numpy())
+        mrc.voxel_size = 2.0
+    np.savetxt(tmp_path / "F.rawtlt", sim.tilt_angles.numpy(), fmt="%.2f")
+    result = run("fine", "F.st", "--axis", "87", "--plot", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = next(ln for ln in result.stdout.splitlines() if ln.startswith("tilt axis"))
+    axis, offset = float(summary.split()[2]), float(summary.split()[7])
+    assert abs(axis - 85.0) < 0.2 and abs(offset - (-2.0)) < 0.5, summary
+    for name in ("F.xf", "F.tlt", "F.fid", "F_residuals.txt", "F_landmarks.tsv",
+                 "F_alignment.png"):
+        assert f"wrote {name}" in result.stdout and (tmp_path / name).stat().st_size > 0
+    np.testing.assert_allclose(read_tlt(str(tmp_path / "F.tlt")),
+                               sim.tilt_angles.numpy() + offset, atol=0.02)
+    xf = read_xf(str(tmp_path / "F.xf"))
+    np.testing.assert_allclose(np.degrees(np.arctan2(xf[:, 1, 0], xf[:, 0, 0])), -axis,
+                               atol=0.01)
+    frame = imodmodel.read(str(tmp_path / "F.fid"))
+    table = np.loadtxt(tmp_path / "F_landmarks.tsv", skiprows=1)
+    assert len(frame) == len(table) > 1000
+    np.testing.assert_allclose(np.sort(frame["x"].to_numpy()), np.sort(table[:, 0]), atol=1e-3)
+    # the raw angles are never overwritten by the refined ones
+    (tmp_path / "F.rawtlt").rename(tmp_path / "F.tlt")
+    assert_user_error(run("fine", "F.st", "--axis", "87", "--overwrite", cwd=tmp_path),
+                      "refined tilt angles would replace the input")

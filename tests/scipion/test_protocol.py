@@ -368,3 +368,45 @@ def test_run_fails_when_nothing_could_be_aligned(tmp_path):
     assert "No tilt series could be aligned" in prot.getErrorMessage()
     assert sorted(read_tilt_series_set(project, prot, cts.OUTPUT_FAILED_TILT_SERIES)) == ["TS_only"]
     assert read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES) == {}
+
+
+def test_unusable_views_are_disabled_with_their_reason(tmp_path):
+    """A blocked view: disabled in the output (default), the reason on the tilt image, in the
+    summary, the log and the viewer's report; with the option off it stays enabled, flagged."""
+    from tiltxcorr_scipion.viewers.viewer_prealignment import alignment_data, low_correlation_report
+
+    sim = write_simulated_tilt_series(tmp_path, "TS_blk", shape=(160, 160), n_views=31, seed=71,
+                                      blocked_views=(24,), **SIM)  # stack position 25
+    project = create_project("unusable")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    runs = {}
+    for disable in (True, False):
+        prot = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=1,
+                                                         disableUnusableViews=disable))
+        runs[disable] = prot
+        record = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)["TS_blk"]
+        blocked = int(np.flatnonzero(record.stack_indices == 25)[0])
+        others = record.stack_indices != 25
+        assert record.enabled[blocked] is not disable and bool(record.enabled[others].all())
+        out_set = getattr(reload_protocol(project, prot), cts.OUTPUT_TILT_SERIES)
+        ts = out_set.getFirstItem()
+        data = alignment_data(ts)
+        out_set.close()
+        reason = data.unusable[int(np.flatnonzero(data.view_numbers == 25)[0])]
+        assert reason and ("bright" in reason or "dark" in reason or "blank" in reason), reason
+        assert sum(bool(r) for r in data.unusable) == 1
+        assert "view 25 unusable" in low_correlation_report([data])
+        summary = " ".join(prot.summary())
+        assert "TS_blk: unusable views " + ("disabled" if disable else "flagged") in summary
+        assert "25 (" in summary
+        assert "view 25 is unusable" in read_log(prot, n_chars=200_000)
+        # the other views stay aligned (accuracy with blocked views: the hard-data benchmark)
+        errors = shift_errors_px(record, sim)[np.delete(np.arange(31), 24)] if not disable \
+            else shift_errors_px(record, sim)
+        assert np.abs(errors).max() < 1.0
+    # disabled: the identity, as views excluded from the start; flagged: its best estimate
+    disabled = read_tilt_series_set(project, runs[True], cts.OUTPUT_TILT_SERIES)["TS_blk"]
+    flagged = read_tilt_series_set(project, runs[False], cts.OUTPUT_TILT_SERIES)["TS_blk"]
+    index = int(np.flatnonzero(disabled.stack_indices == 25)[0])
+    np.testing.assert_allclose(disabled.transforms[index], np.eye(3))
+    assert np.abs(flagged.transforms[index, :2, 2]).max() > 0

@@ -20,6 +20,18 @@ def test_protocol_is_in_the_tomography_tree_under_tilt_series_alignment():
 
     walk(tree["Tomography"], [])
     assert ["Tilt-series", "Alignment", "tiltxcorr coarse prealignment"] in found
+    fine = []
+
+    def walk_fine(node, path):
+        for child in node.childs:
+            text, value = (getattr(child, a) for a in ("text", "value"))
+            here = path + [str(text.get() if hasattr(text, "get") else text)]
+            if "ProtTiltxcorrFineAlignment" in str(value.get() if hasattr(value, "get") else value):
+                fine.append(here)
+            walk_fine(child, here)
+
+    walk_fine(tree["Tomography"], [])
+    assert ["Tilt-series", "Alignment", "tiltxcorr fiducial-less fine alignment"] in fine
 
 
 def test_protocol_is_found_by_plugin_discovery():
@@ -30,6 +42,9 @@ def test_protocol_is_found_by_plugin_discovery():
     cls = protocols["ProtTiltxcorrPrealignment"]
     assert cls._label == "tiltxcorr coarse prealignment"
     assert set(cls._possibleOutputs) == {"TiltSeries", "FailedTiltSeries", "InterpolatedTiltSeries"}
+    fine = protocols["ProtTiltxcorrFineAlignment"]
+    assert fine._label == "tiltxcorr fiducial-less fine alignment"
+    assert set(fine._possibleOutputs) == {"TiltSeries", "FailedTiltSeries", "LandmarkModels"}
 
 
 def test_form_parameters_keep_their_contract_names():
@@ -40,7 +55,9 @@ def test_form_parameters_keep_their_contract_names():
     expected = {"inputSetOfTiltSeries", "tiltAxisAngle", "lowPassCutoff", "lowPassSigma",
                 "highPassSigma", "highPassRadius", "cumulativeCorrelation", "binning",
                 "subpixelRefinement", "taperFraction", "padFraction", "maxShift",
-                "writeAlignedStacks", "alignedBinning", "useGpu", "gpuList", "numberOfThreads"}
+                "writeAlignedStacks", "alignedBinning", "useGpu", "gpuList", "numberOfThreads",
+                "fixedPattern", "disableUnusableViews", "adaptive", "angleOffset",
+                "absoluteCosineStretch", "pxTrim", "xmin", "xmax", "ymin", "ymax"}
     assert expected <= names
     assert prot.tiltAxisAngle.get() is None and prot.maxShift.get() is None
     assert prot.lowPassCutoff.get() == 0.25 and prot.binning.get() == 0
@@ -56,3 +73,20 @@ def test_bibtex_has_the_cited_keys():
     refs = parseBibTex(bibtex.__doc__)
     for key in ProtTiltxcorrPrealignment()._citations():
         assert key in refs and refs[key]["doi"]
+
+
+def test_fine_form_parameters():
+    from tiltxcorr_scipion.options import FineOptions
+    from tiltxcorr_scipion.protocols import ProtTiltxcorrFineAlignment
+    from tiltxcorr_scipion.protocols.protocol_fine import FORM_PARAMS, fine_options_from_form
+
+    prot = ProtTiltxcorrFineAlignment()
+    names = {name for name, _ in prot._definition.iterAllParams()}
+    assert set(FORM_PARAMS) | {"inputSetOfTiltSeries", "tiltAxisAngle"} <= names
+    defaults = fine_options_from_form({name: prot.getAttributeValue(name) for name in FORM_PARAMS})
+    assert defaults == FineOptions()  # a new form offers the engine's defaults
+    chosen = fine_options_from_form({"patchSize": "200 100", "axisOption": 2, "axisGroupSize": 4,
+                                     "solveMagnification": True, "levelSpecimen": False})
+    assert chosen.size_of_patches == (100, 200)  # form X Y -> engine (rows, cols)
+    assert chosen.rotation_group_size == 4 and chosen.magnification_group_size == 1
+    assert chosen.level_specimen is False

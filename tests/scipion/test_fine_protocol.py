@@ -1,0 +1,156 @@
+"""ProtTiltxcorrFineAlignment in a real project: streaming input, a failing tilt series,
+refined geometry registered, landmark models read back by tomo and by imodmodel."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import imodmodel
+import numpy as np
+import pytest
+from scipion_helpers import (
+    append_tilt_series,
+    close_streaming_set,
+    corrupt_file,
+    create_project,
+    import_tilt_series,
+    output_stream_state,
+    read_log,
+    read_tilt_series_set,
+    reload_protocol,
+    reopen_for_streaming,
+    wait_for_protocol,
+    write_simulated_tilt_series,
+)
+
+from tiltxcorr_scipion import constants as cts
+from tiltxcorr_scipion.convert.imod import read_tlt, read_xf
+from tiltxcorr_scipion.convert.transforms import rotation_angles_deg
+
+TRUE_AXIS = 85.0
+NOMINAL_AXIS = 87.0  # what the microscope said: 2 degrees off
+SIM = dict(shape=(320, 320), n_views=41, tilt_range=(-60.0, 60.0), tilt_axis_angle=TRUE_AXIS,
+           max_shift=8.0, thickness=10.0, noise=1.0)
+
+
+def new_fine_alignment(project, input_source, **params):
+    from tiltxcorr_scipion.protocols import ProtTiltxcorrFineAlignment
+
+    prot = project.newProtocol(ProtTiltxcorrFineAlignment, objLabel="tiltxcorr fine", **params)
+    prot.inputSetOfTiltSeries.set(input_source)
+    prot.inputSetOfTiltSeries.setExtended("outputTiltSeries")
+    return prot
+
+
+@pytest.fixture(scope="module")
+def fine_run(tmp_path_factory):
+    """TS_1 imported; TS_2 (pre-tilted by 3 degrees) and TS_bad arrive while the protocol runs."""
+    first = tmp_path_factory.mktemp("first")
+    later = tmp_path_factory.mktemp("later")
+    sims = {"TS_1": write_simulated_tilt_series(first, "TS_1", seed=61, **SIM),
+            "TS_2": write_simulated_tilt_series(later, "TS_2", seed=62, tilt_angle_offset=3.0,
+                                                **SIM),
+            "TS_bad": write_simulated_tilt_series(later, "TS_bad", seed=63, **SIM)}
+    corrupt_file(later / "TS_bad.mrc", "truncate")
+    project = create_project("fine")
+    imp = import_tilt_series(project, first, "*.mrc", tilt_axis_angle=NOMINAL_AXIS,
+                             sampling_rate=2.0)
+    stream = reopen_for_streaming(project, imp)
+    template = stream.getFirstItem().clone()
+    stream.close()
+    prot = new_fine_alignment(project, imp, numberOfThreads=3)
+    project.launchProtocol(prot, wait=False)
+    errors: list[BaseException] = []
+
+    def producer():
+        try:
+            time.sleep(2.0)
+            for ts_id in ("TS_2", "TS_bad"):
+                append_tilt_series(stream, ts_id, later / f"{ts_id}.mrc",
+                                   sims[ts_id].tilt_angles.numpy(), tilt_axis_angle=NOMINAL_AXIS,
+                                   sampling_rate=2.0, template=template)
+                time.sleep(1.0)
+            time.sleep(4.0)
+            close_streaming_set(project, stream)
+        except BaseException as exc:  # surfaced in the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    prot = wait_for_protocol(project, prot, timeout=600)
+    thread.join(timeout=30)
+    assert not errors, errors
+    assert prot.isFinished(), f"{prot.getStatus()}: {prot.getErrorMessage()}\n{read_log(prot)}"
+    return project, prot, sims
+
+
+def test_geometry_is_refined_and_registered(fine_run):
+    project, prot, sims = fine_run
+    records = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    assert sorted(records) == ["TS_1", "TS_2"]
+    results = json.loads(reload_protocol(project, prot).fineResults.get())
+    for ts_id, record in records.items():
+        sim = sims[ts_id]
+        axis = record.tilt_axis_angle
+        assert abs(axis - TRUE_AXIS) < 0.2, (ts_id, axis)  # from 2 degrees off
+        assert results[ts_id]["axis"] == pytest.approx(axis)
+        assert abs(results[ts_id]["offset"] - sim.tilt_angle_offset) < 0.5, results[ts_id]
+        assert results[ts_id]["residual"] < 1.0
+        # tiltalign-style transforms: every view's rotation turns the axis onto Y
+        np.testing.assert_allclose(rotation_angles_deg(record.transforms), -axis, atol=1e-6)
+        # refined tilt angles: nominal + the offset (no per-view changes solved)
+        order = np.argsort(record.stack_indices)
+        nominal = sim.tilt_angles.numpy().astype(float)[record.stack_indices[order] - 1]
+        np.testing.assert_allclose(record.tilt_angles[order] - nominal,
+                                   results[ts_id]["offset"], atol=0.02)
+        assert record.has_alignment and record.size == 41
+        # the registered transforms are the .xf's; the .tlt holds the refined angles
+        extra = Path(project.getPath(), prot._getExtraPath())
+        np.testing.assert_allclose(read_xf(str(extra / f"{ts_id}.xf")),
+                                   record.transforms[order], atol=2e-3)
+        np.testing.assert_allclose(read_tlt(str(extra / f"{ts_id}.tlt")),
+                                   record.tilt_angles[order], atol=0.006)
+        for name in (f"{ts_id}_residuals.txt", f"{ts_id}_alignment.png", f"{ts_id}.fid"):
+            assert (extra / name).stat().st_size > 0, name
+
+
+def test_a_broken_tilt_series_fails_alone(fine_run):
+    project, prot, _ = fine_run
+    failed = read_tilt_series_set(project, prot, cts.OUTPUT_FAILED_TILT_SERIES)
+    assert sorted(failed) == ["TS_bad"]
+    reasons = json.loads(reload_protocol(project, prot).failureReasons.get())
+    assert reasons["TS_bad"].startswith("tilt series TS_bad:") and "truncated" in reasons["TS_bad"]
+    for name in (cts.OUTPUT_TILT_SERIES, cts.OUTPUT_FAILED_TILT_SERIES,
+                 cts.OUTPUT_LANDMARK_MODELS):
+        assert output_stream_state(project, prot, name) == "closed", name
+    summary = " ".join(prot.summary())
+    assert "TS_1: tilt axis" in summary and "mean residual" in summary
+
+
+def test_landmark_models_read_back_by_tomo_and_imodmodel(fine_run):
+    project, prot, _ = fine_run
+    models = getattr(reload_protocol(project, prot), cts.OUTPUT_LANDMARK_MODELS)
+    assert models.getSize() == 2 and bool(models.hasResidualInfo())
+    assert models.getSetOfTiltSeries() is not None
+    for ts_id in ("TS_1", "TS_2"):
+        model = models.getLandmarkModelFromTsId(ts_id).clone()
+        table = np.array(model.retrieveInfoTable(), dtype=float)  # tomo's own reader
+        assert table.shape[1] == 6 and len(table) > 1000
+        assert model.getCount() == len(np.unique(table[:, 3]))  # chains
+        assert set(table[:, 2].astype(int)) <= set(range(1, 42))  # views by stack position
+        assert np.isfinite(table[:, 4:6]).all() and np.abs(table[:, 4:6]).mean() < 1.0
+        fid = model.getModelName()
+        assert os.path.isabs(fid) or Path(project.getPath(), fid).exists()
+        frame = imodmodel.read(str(Path(project.getPath(), fid)))  # a third-party reader
+        assert len(frame) == len(table)
+        # the same points, contour by contour, in IMOD model coordinates
+        by_model = sorted(zip(frame["contour_id"] + 1, frame["z"] + 1, frame["x"].round(3),
+                              frame["y"].round(3), strict=True))
+        by_table = sorted(zip(table[:, 3], table[:, 2], table[:, 0].round(3),
+                              table[:, 1].round(3), strict=True))
+        np.testing.assert_allclose(np.array(by_model), np.array(by_table), atol=2e-3)
+    models.close()
