@@ -29,6 +29,7 @@ setup(
         "mrcfile",
         "matplotlib",  # the alignment plots
         "tqdm",  # the command line's progress bars
+        "imodmodel>=0.1",  # the fine alignment's .fid landmark models
         "scipion-pyworkflow>=3.11",
         "scipion-em>=3.11",
         "scipion-em-tomo>=3.12",

@@ -393,6 +393,8 @@ class CoarseOptions:
         the area does not fit in the views (IMOD: "Impossible amount to trim
         by or incorrect coordinates").
         """
+        if self.x_min_max is None and self.y_min_max is None and self.borders == (0, 0):
+            return None  # the whole view: its size is check_binned_size's to judge
         h, w = shape
         bx, by = self.borders
         cols = self.x_min_max if self.x_min_max is not None else (bx, w - 1 - bx)

@@ -561,7 +561,8 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
     fine = np.tile(np.eye(3), (m, 1, 1))
     fine[:, :2, :2] = onto_y @ r_xy
     fine[:, :2, 2] = shifts[:, ::-1] @ onto_y.T
-    transforms = identity_transforms(n)
+    # disabled views keep their earlier transform, as scipion-em-imod's fine alignment does
+    transforms = identity_transforms(n) if views.previous is None else views.previous.copy()
     transforms[items] = compose_transforms(fine, previous)
 
     offset = float(result.tilt_angle_offset)
