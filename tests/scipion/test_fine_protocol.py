@@ -154,3 +154,38 @@ def test_landmark_models_read_back_by_tomo_and_imodmodel(fine_run):
                               table[:, 1].round(3), strict=True))
         np.testing.assert_allclose(np.array(by_model), np.array(by_table), atol=2e-3)
     models.close()
+
+
+def test_viewer_shows_plot_table_and_geometry(fine_run):
+    import pyworkflow as pw
+    from pyworkflow.viewer import DESKTOP_TKINTER
+
+    from tiltxcorr_scipion.viewers import TiltxcorrFineAlignmentViewer
+    from tiltxcorr_scipion.viewers.viewer_fine import FinePlotter, read_residual_table
+
+    project, prot, _ = fine_run
+    prot = reload_protocol(project, prot)
+    assert TiltxcorrFineAlignmentViewer in pw.Config.getDomain().findViewers(prot,
+                                                                             DESKTOP_TKINTER)
+    viewer = TiltxcorrFineAlignmentViewer(project=project, protocol=prot)
+    viewer.setProtocol(prot)
+    assert viewer._choices == ["TS_1", "TS_2"]  # the failed one is not offered
+    viewer.tiltSeriesChoice.set(1)
+    (plot,) = viewer._showFinePlot()
+    assert isinstance(plot, FinePlotter)
+    image = plot.getFigure().axes[0].get_images()[0].get_array()
+    assert image.shape[:2] == (500, 1000) and np.asarray(image)[..., :3].std() > 0.05
+    plot.close()
+    (table,) = viewer._showResidualTable()
+    rows = table.getMessage().splitlines()
+    assert rows[0].startswith("# view") and len(rows) == 1 + 41
+    (geometry,) = viewer._showGeometry()
+    text = geometry.getMessage()
+    results = json.loads(prot.fineResults.get())
+    for ts_id in ("TS_1", "TS_2"):
+        assert f"{ts_id}: tilt axis {results[ts_id]['axis']:.2f} deg" in text
+        residuals = read_residual_table(str(Path(project.getPath(), prot._getExtraPath(),
+                                                 f"{ts_id}_residuals.txt")))
+        worst = residuals[np.nanargmax(residuals[:, 3])]
+        assert f"view {int(worst[0])} ({worst[1]:+.1f} deg) {worst[3]:.2f} px" in text
+    assert "TS_bad" not in text
