@@ -188,3 +188,50 @@ def test_simulated_conditions():
         blocked.images[8].std())  # opaque: far from the specimen level, flat but for noise
     with pytest.raises(ValueError, match="blocked view 12"):
         simulate_tilt_series(shape=(64, 64), n_views=9, blocked_views=(12,))
+
+
+def test_links_on_both_sides_remove_a_chain_drift():
+    """refine_by_links: a random-walk drift along each branch (what a chain of noisy
+    neighbour links leaves) is solved away; a view whose content is garbage loses its
+    links' weight and does not pull its neighbours."""
+    from tiltxcorr_scipion.alignment.correlate import CorrelationFilter, PairCorrelator
+    from tiltxcorr_scipion.alignment.final_pass import refine_by_links
+    from tiltxcorr_scipion.alignment.geometry import axis_directions
+
+    sim = simulate_tilt_series(noise=1.0, **SMALL)
+    images = sim.images.clone()
+    garbage = 30
+    images[garbage] = torch.roll(images[garbage], shifts=(40, -25), dims=(0, 1))  # content moved
+    angles = sim.tilt_angles.double()
+    reference = int(angles.abs().argmin())
+    order = torch.argsort(angles).tolist()
+    p = order.index(reference)
+    walk = torch.zeros(len(order), 2, dtype=torch.float64)
+    steps = 0.35 * torch.randn(len(order), 2, generator=torch.Generator().manual_seed(5),
+                               dtype=torch.float64)
+    for branch in (order[p + 1:], order[p - 1::-1]):  # errors add up from the reference outwards
+        walk[branch] = torch.cumsum(steps[branch], dim=0)
+    truth = sim.shifts.double()
+    start = truth + walk
+    _, across = axis_directions(sim.tilt_axis_angle)
+    correlator = PairCorrelator((256, 256), CorrelationFilter(low_pass_cutoff=0.15,
+                                                              low_pass_sigma=0.05),
+                                taper_fraction=0.1, pad_fraction=0.0, device=torch.device("cpu"))
+    centre = torch.tensor([127.5, 127.5], dtype=torch.float64)
+    unusable = torch.zeros(41, dtype=torch.bool)
+    solved, links = refine_by_links(images, angles, reference, start, correlator, across, centre,
+                                    unusable=unusable, refine=True, interpolation="bilinear")
+    before = fair_rms(start.float(), sim, exclude=(garbage,))
+    after = fair_rms(solved.float(), sim, exclude=(garbage,))
+    assert before > 0.9 and after < 0.15 * before, (before, after)  # not pulled by the garbage
+    all_links = sum(41 - lag for lag in range(1, 7))
+    assert links <= all_links - 6  # most of the garbage view's 12 links lost their weight
+    # an unusable view is not linked: it moves with the usable views on either side of it
+    unusable[garbage] = True
+    moved, _ = refine_by_links(images, angles, reference, start, correlator, across, centre,
+                               unusable=unusable, refine=True, interpolation="bilinear")
+    rho = moved - start
+    order = torch.argsort(angles).tolist()
+    below, above = order[order.index(garbage) - 1], order[order.index(garbage) + 1]
+    torch.testing.assert_close(rho[garbage], 0.5 * (rho[below] + rho[above]))
+    assert float(rho[garbage].norm()) > 0.1  # it did move (the drift at its tilt)

@@ -46,7 +46,13 @@ from ..options import MAX_TILT_DEG, CoarseOptions, check_binned_size
 from .area import area_boxes
 from .binning import BinnedViews, bin_stack
 from .correlate import CorrelationFilter, PairCorrelator
-from .final_pass import RESIDUAL_SEARCH, neighbour_frc, refine_in_reference_frame
+from .final_pass import (
+    LINK_LAGS,
+    RESIDUAL_SEARCH,
+    neighbour_frc,
+    refine_by_links,
+    refine_in_reference_frame,
+)
 from .first_stage import (
     STAGE1_MIN_SIZE,
     Z_GOOD,
@@ -380,6 +386,16 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
     for view in torch.nonzero(kept).flatten().tolist():
         notes.add(view, f"first-stage shift kept: final peak not significant "
                         f"({float(z[view]):.1f})")
+    # Noise-limited (neighbours' peaks weak at the working binning, and the low-pass
+    # lowered): links on both sides stop the drift a chain of weak links accumulates.
+    if cutoff != opts.low_pass_cutoff and tried[0][1] < Z_GOOD:
+        shifts, links = refine_by_links(final_views.views, angles, reference, shifts, correlator,
+                                        across, final_views.centre, unusable=unusable,
+                                        refine=opts.refine, interpolation=opts.interpolation,
+                                        box=box)
+        notes.series.append(f"shifts solved from {links} links between each view and its "
+                            f"{LINK_LAGS} next views in tilt, both sides of the reference "
+                            "(noise-limited data: a chain would drift)")
     shifts = shifts * final_extra  # working pixels
 
     # 5. Unusable views: their own measurement if significant, else interpolated.

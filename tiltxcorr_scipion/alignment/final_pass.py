@@ -19,6 +19,13 @@ RESIDUAL_SEARCH = 6.0   # pixels: the final pass looks for residual shifts this 
 COARSE_BAND = 0.12      # cycles/pixel: its short search needs only low frequencies
 FRC_THRESHOLD = 0.1     # neighbouring views agree up to where their ring correlation falls below this
 FRC_BIN = 0.02          # width of the frequency rings (cycles per working pixel)
+LINK_LAGS = 6           # noisy data: each view linked to this many next usable views in tilt
+LINK_LAG_POWER = 1.0    # ...a link across k views weighs k**-power (longer: less alike)
+LINK_ROUNDS = 2         # ...solved this many times, each from the views moved by the last
+LINK_REWEIGHTS = 4      # robust reweighting of the link solve: this many Huber, then Tukey
+LINK_HUBER = 1.345      # Huber's constant, in robust SDs of a link's misfit
+LINK_TUKEY = 4.685      # Tukey's biweight constant, in robust SDs of a link's misfit
+LINK_MIN_SD = 0.4       # pixels: the SD the weights assume at least (high tilts misfit more)
 
 
 def stretch_matrices(factors: torch.Tensor, across: torch.Tensor) -> list[torch.Tensor]:
@@ -92,6 +99,129 @@ def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, bra
     return math.inf, frc[:nyquist_ring]
 
 
+def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window, across, centre,
+                   interpolation) -> torch.Tensor:
+    """Band spectra `(b, rows, cols)` of the views moved by `estimates` and stretched by `factors`."""
+    n_views = views.shape[0]
+    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
+    out = []
+    for first in range(0, n_views, chunk):
+        idx = torch.arange(first, min(first + chunk, n_views))
+        warped = stretch_images(views[idx.to(views.device)], factors[idx], across, centre,
+                                pre_shifts=estimates[idx].to(views.device), mode=interpolation)
+        out.append(correlator.spectra(warped, window=window))
+    return torch.cat(out)
+
+
+def refine_by_links(views, angles, reference, estimates, correlator: PairCorrelator, across,
+                    centre, *, unusable, refine, interpolation, box: torch.Tensor | None = None,
+                    lags: int = LINK_LAGS, rounds: int = LINK_ROUNDS,
+                    lag_power: float = LINK_LAG_POWER
+                    ) -> tuple[torch.Tensor, int]:
+    """Noise-limited data: solve the shifts from links to several neighbours on both sides.
+
+    A chain (each view against views of lower tilt) adds the errors of its
+    links up view after view: on noisy data the shifts drift along each
+    branch. Here every usable view is correlated, in the reference view's
+    frame (views moved by their estimates and stretched by `cos(t_ref) /
+    cos(t)`), with each of its next `lags` usable views in tilt order, across
+    the reference view too, and the residual shifts `rho` are the robust
+    least-squares solution of all links `s_ij = K_j rho_j - K_i rho_i` with
+    `rho = 0` for the reference view: reweighted first with Huber's weights
+    (convex: the start cannot trap it), then with Tukey's biweight, so links
+    far off the solution (a wrong peak) lose all weight. `rounds` times,
+    each from the views moved by the previous round's shifts. Unusable views
+    are not linked: they move with the usable views around them.
+
+    Returns the shifts `(b, 2)` float64 (the views' pixels) and the number of
+    links used in the last round.
+    """
+    n_views = angles.numel()
+    cos_ref = math.cos(math.radians(float(angles[reference])))
+    factors = cos_ref / torch.cos(torch.deg2rad(angles))
+    stretch = torch.stack(stretch_matrices(factors, across))  # (b, 2, 2)
+    order = [v for v in torch.argsort(angles, stable=True).tolist() if not unusable[v]]
+    links = [(order[p], order[p + lag]) for lag in range(1, lags + 1)
+             for p in range(len(order) - lag)]
+    prior = torch.tensor([float(lag) ** -lag_power for lag in range(1, lags + 1)
+                          for _ in range(len(order) - lag)], dtype=torch.float64)
+    if not links:
+        return estimates, 0
+    first = torch.tensor([i for i, _ in links])
+    second = torch.tensor([j for _, j in links])
+    unknown = [v for v in order if v != reference]
+    column = {v: k for k, v in enumerate(unknown)}
+    design = torch.zeros(len(links), 2, 2 * len(unknown), dtype=torch.float64)
+    for row, (i, j) in enumerate(links):
+        if j in column:
+            design[row, :, 2 * column[j]:2 * column[j] + 2] = stretch[j]
+        if i in column:
+            design[row, :, 2 * column[i]:2 * column[i] + 2] -= stretch[i]
+    design = design.reshape(2 * len(links), -1)
+    margin = float(estimates.abs().max()) + RESIDUAL_SEARCH
+    window = correlator.inset_mask(margin)
+    if box is not None:
+        window = window * correlator.box_mask(box)
+    shifts = estimates.clone()
+    used = 0
+    for _ in range(rounds):
+        spectra = _frame_spectra(views, factors, shifts, correlator, window, across, centre,
+                                 interpolation)
+        energies = correlator.energy(spectra)
+        measured = torch.zeros(len(links), 2, dtype=torch.float64)
+        chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
+        for start in range(0, len(links), chunk):
+            i, j = first[start:start + chunk], second[start:start + chunk]
+            s, _, _ = correlator.correlate(spectra[i.to(spectra.device)],
+                                           spectra[j.to(spectra.device)], refine=refine,
+                                           max_shift=RESIDUAL_SEARCH, coarse_band=COARSE_BAND,
+                                           moving_energy=energies[j.to(energies.device)])
+            measured[start:start + chunk] = s.cpu().to(torch.float64)
+        target = measured.reshape(-1)
+        weights = prior.clone()
+        for iteration in range(2 * LINK_REWEIGHTS + 1):
+            used = int((weights > 0).sum())
+            root = weights.repeat_interleave(2).sqrt()[:, None]
+            solution = torch.linalg.lstsq(design * root, target[:, None] * root).solution[:, 0]
+            misfit = (design @ solution - target).reshape(-1, 2).norm(dim=1) * prior.sqrt()
+            # robust SD of a link: the median length of a 2-D Gaussian misfit is 1.177 SD
+            scale = max(float(misfit.median()) / 1.177, LINK_MIN_SD)
+            if iteration < LINK_REWEIGHTS:  # Huber first: convex, so a bad start cannot stick
+                weights = prior * (LINK_HUBER * scale / misfit.clamp_min(1e-12)).clamp(max=1.0)
+            else:  # then Tukey's biweight: links far off lose all weight
+                u = misfit / (LINK_TUKEY * scale)
+                weights = prior * torch.where(u < 1, (1 - u.square()).square(),
+                                              torch.zeros_like(u))
+        rho = torch.zeros(n_views, 2, dtype=torch.float64)
+        rho[unknown] = solution.reshape(-1, 2)
+        shifts = shifts + _spread_to_unusable(rho, angles, order)
+    return shifts, used
+
+
+def _spread_to_unusable(rho: torch.Tensor, angles: torch.Tensor, usable: list[int]) -> torch.Tensor:
+    """`rho` `(b, 2)` with each unusable view given the usable views' value, linear in tilt.
+
+    Unusable views were placed against the chain's references: they move with
+    the usable views around them, so they stay where their own peak put them.
+    """
+    tilts = angles.detach().cpu().to(torch.float64)
+    known = torch.tensor(usable)
+    x = tilts[known]
+    out = rho.clone()
+    for view in range(rho.shape[0]):
+        if view in usable:
+            continue
+        above = int(torch.searchsorted(x.contiguous(), tilts[view]))
+        if above == 0 or above == len(usable):  # beyond the usable views: the nearest one
+            out[view] = rho[usable[min(above, len(usable) - 1)]]
+            continue
+        lower, upper = usable[above - 1], usable[above]
+        span = float(tilts[upper] - tilts[lower])
+        fraction = 0.0 if span == 0 else float(tilts[view] - tilts[lower]) / span
+        out[view] = (1 - fraction) * rho[lower] + fraction * rho[upper]
+    return out
+
+
 def refine_in_reference_frame(views, angles, reference, branches, estimates, correlator: PairCorrelator,
                               across, centre, *, memory, refine, interpolation, unusable,
                               search=None, absolute: bool = True, box: torch.Tensor | None = None,
@@ -162,13 +292,8 @@ def refine_in_reference_frame(views, angles, reference, branches, estimates, cor
     chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
 
     def all_spectra(view_factors):
-        out = []
-        for first in range(0, n_views, chunk):
-            idx = torch.arange(first, min(first + chunk, n_views))
-            warped = stretch_images(views[idx.to(device)], view_factors[idx], across, centre,
-                                    pre_shifts=estimates[idx].to(device), mode=interpolation)
-            out.append(correlator.spectra(warped, window=window))
-        return torch.cat(out)  # (b, rows, cols)
+        return _frame_spectra(views, view_factors, estimates, correlator, window, across, centre,
+                              interpolation)
 
     spectra = all_spectra(moving_factors)
     reference_spectra = spectra if absolute else all_spectra(reference_factors)
