@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from tiltxcorr_scipion.alignment import align_tilt_series, fiducialless_alignment
-from tiltxcorr_scipion.alignment.geometry import axis_directions
+from tiltxcorr_scipion.simulate import alignment_error as fair_rms
 from tiltxcorr_scipion.simulate import simulate_tilt_series
 
 CASES = {
@@ -66,27 +66,6 @@ from torch_refine_tilt_axis_angle import refine_tilt_axis_angle
 stack = torch.load(sys.argv[1])
 print(json.dumps({"angle": float(refine_tilt_axis_angle(stack, tilt_axis_angle=float(sys.argv[2])))}))
 """
-
-
-def fair_rms(shifts: torch.Tensor, true_shifts: torch.Tensor, axis_angle: float,
-             tilt_angles: torch.Tensor) -> float:
-    """RMS error (px) of `(b, 2)` shifts after removing what no tilt series determines.
-
-    Removed by least squares: a constant `(dy, dx)` and `(X cos t + Z sin t) n`
-    with `n` across the axis `axis_angle` and `t` the `tilt_angles` the
-    estimate assumes (X, Z free); the constant along the axis is part of the
-    constant.
-    """
-    _, across = axis_directions(float(axis_angle))
-    tilts = torch.deg2rad(tilt_angles.double())
-    error = (shifts.double().cpu() - true_shifts.double()).reshape(-1)
-    b = tilts.numel()
-    basis = torch.stack([torch.tensor([1.0, 0.0], dtype=torch.float64).expand(b, 2),
-                         torch.tensor([0.0, 1.0], dtype=torch.float64).expand(b, 2),
-                         torch.cos(tilts)[:, None] * across, torch.sin(tilts)[:, None] * across],
-                        dim=-1).reshape(2 * b, 4)
-    fit = torch.linalg.lstsq(basis, error[:, None]).solution
-    return float((error - (basis @ fit)[:, 0]).reshape(b, 2).norm(dim=1).pow(2).mean().sqrt())
 
 
 def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

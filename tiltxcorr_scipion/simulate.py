@@ -67,6 +67,45 @@ class SimulatedTiltSeries:
     tilt_angle_offset: float = 0.0
     view_rotations: torch.Tensor | None = None
 
+    def alignment_error(self, shifts: torch.Tensor, *, exclude=(),
+                        tilt_axis_angle: float | None = None,
+                        tilt_angles: torch.Tensor | None = None) -> float:
+        """`alignment_error` of estimated `shifts` against this series' true shifts.
+
+        In the geometry the estimate assumes: by default the nominal tilt axis
+        and tilt angles; a fine alignment passes its refined ones.
+        """
+        return alignment_error(
+            shifts, self.shifts,
+            self.tilt_axis_angle if tilt_axis_angle is None else tilt_axis_angle,
+            self.tilt_angles if tilt_angles is None else tilt_angles, exclude=exclude)
+
+
+def alignment_error(shifts: torch.Tensor, true_shifts: torch.Tensor, tilt_axis_angle: float,
+                    tilt_angles: torch.Tensor, *, exclude=()) -> float:
+    """RMS error (pixels) of `(b, 2)` `(dy, dx)` shifts after removing what no tilt series fixes.
+
+    A 3-D translation `(X, Y, Z)` of the specimen moves its projection at tilt
+    `t` by `Y` along the tilt axis and by `X cos t + Z sin t` across it, and one
+    offset of the whole series is free too: a constant `(dy, dx)` and
+    `(a cos t + b sin t)` across the axis are removed by least squares before
+    the RMS over views. `exclude`: views (indices) left out, e.g. blocked ones.
+    """
+    tilts = torch.deg2rad(torch.as_tensor(tilt_angles).detach().cpu().to(torch.float64))
+    a = math.radians(float(tilt_axis_angle))
+    across = torch.tensor([math.sin(a), math.cos(a)], dtype=torch.float64)
+    error = shifts.detach().cpu().double() - torch.as_tensor(true_shifts).cpu().double()
+    keep = torch.ones(len(error), dtype=torch.bool)
+    keep[list(exclude)] = False
+    error, tilts = error[keep].reshape(-1), tilts[keep]
+    b = tilts.numel()
+    basis = torch.stack([torch.tensor([1.0, 0.0], dtype=torch.float64).expand(b, 2),
+                         torch.tensor([0.0, 1.0], dtype=torch.float64).expand(b, 2),
+                         torch.cos(tilts)[:, None] * across, torch.sin(tilts)[:, None] * across],
+                        dim=-1).reshape(2 * b, 4)
+    fit = torch.linalg.lstsq(basis, error[:, None]).solution
+    return float((error - (basis @ fit)[:, 0]).reshape(b, 2).norm(dim=1).pow(2).mean().sqrt())
+
 
 #: Inelastic mean free path of 300 kV electrons in vitreous ice (Angstrom): the
 #: fraction that passes unscattered (what an energy filter keeps) is exp(-path / this).

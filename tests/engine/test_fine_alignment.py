@@ -15,28 +15,8 @@ from tiltxcorr_scipion.alignment import (
 from tiltxcorr_scipion.alignment.geometry import axis_directions
 from tiltxcorr_scipion.alignment.patches import chop_contours
 from tiltxcorr_scipion.alignment.projection import rotation_matrices
+from tiltxcorr_scipion.simulate import alignment_error as fair_rms
 from tiltxcorr_scipion.simulate import simulate_tilt_series
-
-
-def fair_rms(shifts, true_shifts, axis_angle, tilt_angles) -> float:
-    """RMS shift error (px) after removing what no tilt series determines.
-
-    A 3-D translation of the specimen changes the shifts by a constant along
-    the axis and `X cos t + Z sin t` across it; with one constant offset of
-    the whole series these are removed by least squares, in the geometry
-    (`axis_angle`, `tilt_angles`) the estimate assumes.
-    """
-    _, across = axis_directions(float(axis_angle))
-    tilts = torch.deg2rad(torch.as_tensor(tilt_angles, dtype=torch.float64))
-    error = (shifts.double() - true_shifts.double()).reshape(-1)
-    b = tilts.numel()
-    basis = torch.stack([torch.tensor([1.0, 0.0], dtype=torch.float64).expand(b, 2),
-                         torch.tensor([0.0, 1.0], dtype=torch.float64).expand(b, 2),
-                         torch.cos(tilts)[:, None] * across, torch.sin(tilts)[:, None] * across],
-                        dim=-1).reshape(2 * b, 4)
-    fit = torch.linalg.lstsq(basis, error[:, None]).solution
-    residual = (error - (basis @ fit)[:, 0]).reshape(b, 2)
-    return float(residual.norm(dim=1).pow(2).mean().sqrt())
 
 
 @pytest.mark.parametrize(

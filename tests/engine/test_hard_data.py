@@ -6,7 +6,6 @@ least squares what no tilt series determines (one constant, and across the
 axis `X cos t + Z sin t`), on the views that were not blocked.
 """
 
-import math
 from dataclasses import replace
 
 import pytest
@@ -20,19 +19,8 @@ SMALL = dict(shape=(256, 256), n_views=41, seed=3)
 
 
 def fair_rms(shifts: torch.Tensor, sim, exclude=()) -> float:
-    """RMS error (px) after removing a constant and `X cos t + Z sin t` across the axis."""
-    a = math.radians(sim.tilt_axis_angle)
-    along = torch.tensor([math.cos(a), -math.sin(a)], dtype=torch.float64)
-    across = torch.tensor([math.sin(a), math.cos(a)], dtype=torch.float64)
-    keep = torch.ones(len(shifts), dtype=torch.bool)
-    keep[list(exclude)] = False
-    error = (shifts.double() - sim.shifts.double())[keep]
-    tilts = torch.deg2rad(sim.tilt_angles.double())[keep]
-    e_along = error @ along - (error @ along).mean()
-    design = torch.stack([torch.ones_like(tilts), tilts.cos(), tilts.sin()], dim=1)
-    e_across = error @ across
-    e_across = e_across - design @ torch.linalg.lstsq(design, e_across[:, None]).solution[:, 0]
-    return float((e_along.square() + e_across.square()).mean().sqrt())
+    """RMS error (px) after removing what no tilt series determines (`alignment_error`)."""
+    return sim.alignment_error(shifts, exclude=exclude)
 
 
 def align(sim, **options):

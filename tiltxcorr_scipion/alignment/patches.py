@@ -44,7 +44,7 @@ from .binning import bin_stack
 from .core import chain_pairs
 from .correlate import CorrelationFilter, PairCorrelator
 from .geometry import axis_directions
-from .validation import check_angles, check_stack
+from .validation import check_angles, check_shifts, check_stack
 
 MIN_PATCH_SIZE = 24  # binned pixels: smaller patches hold too little for a correlation
 AUTO_TRACKING_SIZE = 640  # "auto" binning brings the larger side to at most this many pixels
@@ -403,7 +403,7 @@ def track_patches(
         raise ValueError(f"views of {h} x {w} pixels are too small for patch tracking: at least "
                          f"{MIN_PATCH_SIZE} pixels on each side are needed")
     angles = check_angles(tilt_angles, n_views, tilt_axis_angle)
-    shifts = _check_shifts(shifts, n_views)
+    shifts = check_shifts(shifts, n_views)
     _check_tracking_options(overlap_of_patches, iterations, length_and_overlap,
                             min_contour_length, min_relative_score, max_jump, min_contrast,
                             borders, interpolation)
@@ -516,20 +516,6 @@ def track_patches(
         binning=factor,
         cut_counts=cut_counts,
     )
-
-
-def _check_shifts(shifts, n_views: int) -> torch.Tensor:
-    """Coarse shifts as a float64 `(b, 2)` CPU tensor (zeros for None), or a ValueError."""
-    if shifts is None:
-        return torch.zeros(n_views, 2, dtype=torch.float64)
-    shifts = torch.as_tensor(shifts).detach().to(device="cpu", dtype=torch.float64)
-    if shifts.shape != (n_views, 2):
-        raise ValueError(f"shifts must have shape ({n_views}, 2), one (dy, dx) per view, "
-                         f"got {tuple(shifts.shape)}")
-    bad = torch.nonzero(~torch.isfinite(shifts).all(dim=1)).flatten().tolist()
-    if bad:
-        raise ValueError(f"shift of view {bad[0]} (0-based) is not a finite number")
-    return shifts
 
 
 def _check_tracking_options(overlap, iterations, length_and_overlap, min_contour_length,

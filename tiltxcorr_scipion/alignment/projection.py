@@ -67,6 +67,7 @@ import torch
 from ..options import FINE_DEFAULTS
 from .core import chain_pairs
 from .patches import PatchTracks
+from .validation import check_shifts
 
 ROBUST_ROUNDS = 5           # reweighting rounds at most
 ROBUST_TOLERANCE = 0.05     # stop when no weight changes by more than this
@@ -514,13 +515,7 @@ def _check_solve_inputs(positions, tilt_angles, tilt_axis_angle, image_shape, in
         raise ValueError(f"contour {short[0]} has fewer than 2 points: a 3-D point needs at "
                          "least 2 views")
     if initial_shifts is not None:
-        initial_shifts = torch.as_tensor(initial_shifts, dtype=torch.float64).detach().cpu()
-        if initial_shifts.shape != (n_views, 2):
-            raise ValueError(f"initial_shifts must have shape ({n_views}, 2), got "
-                             f"{tuple(initial_shifts.shape)}")
-        bad = torch.nonzero(~torch.isfinite(initial_shifts).all(dim=1)).flatten().tolist()
-        if bad:
-            raise ValueError(f"initial shift of view {bad[0]} (0-based) is not a finite number")
+        initial_shifts = check_shifts(initial_shifts, n_views, "initial_shifts")
     return angles, initial_shifts
 
 

@@ -76,3 +76,20 @@ def check_angles(tilt_angles, n_views: int, tilt_axis_angle: float) -> torch.Ten
     if not math.isfinite(float(tilt_axis_angle)):
         raise ValueError(f"tilt axis angle must be a finite number of degrees, got {tilt_axis_angle}")
     return angles
+
+
+def check_shifts(shifts, n_views: int, name: str = "shifts") -> torch.Tensor:
+    """Shifts `(b, 2)` `(dy, dx)` as a float64 CPU tensor, or a ValueError naming `name`.
+
+    None gives zeros.
+    """
+    if shifts is None:
+        return torch.zeros(n_views, 2, dtype=torch.float64)
+    shifts = torch.as_tensor(shifts).detach().to(device="cpu", dtype=torch.float64)
+    if shifts.shape != (n_views, 2):
+        raise ValueError(f"{name} must have shape ({n_views}, 2), one (dy, dx) per view, "
+                         f"got {tuple(shifts.shape)}")
+    bad = torch.nonzero(~torch.isfinite(shifts).all(dim=1)).flatten().tolist()
+    if bad:
+        raise ValueError(f"{name} of view {bad[0]} (0-based) is not a finite number")
+    return shifts

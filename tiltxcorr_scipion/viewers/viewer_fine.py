@@ -17,17 +17,13 @@ import os
 import matplotlib.image
 import numpy as np
 import pyworkflow.protocol.params as params
-import pyworkflow.viewer as pwviewer
 from pyworkflow.gui.plotter import Plotter
 
-from .. import constants as cts
 from ..pipeline import output_paths
 from ..protocols import ProtTiltxcorrFineAlignment
+from .viewer_base import TiltSeriesResultsViewer
 
 __all__ = ["FinePlotter", "TiltxcorrFineAlignmentViewer", "fine_report", "read_residual_table"]
-
-NO_OUTPUT = "(no aligned tilt series yet)"
-
 
 def read_residual_table(path: str) -> np.ndarray:
     """The residual table the protocol writes: `(n, 4)` view, tilt, points, RMS residual (px)."""
@@ -72,28 +68,14 @@ def fine_report(results: dict, tables: dict[str, np.ndarray], worst: int = 3) ->
     return "\n".join(lines) if lines else "No tilt series aligned yet."
 
 
-class TiltxcorrFineAlignmentViewer(pwviewer.ProtocolViewer):
+class TiltxcorrFineAlignmentViewer(TiltSeriesResultsViewer):
     """Residuals per view, tracks and solved axis per tilt series; the geometry of all."""
 
     _label = "tiltxcorr fine alignment results"
-    _environments = [pwviewer.DESKTOP_TKINTER]
     _targets = [ProtTiltxcorrFineAlignment]
 
-    def _outputSet(self):
-        return getattr(self.protocol, cts.OUTPUT_TILT_SERIES, None)
-
-    def _tsIds(self) -> list[str]:
-        output = self._outputSet()
-        if output is None:
-            return []
-        return sorted(str(ts.getTsId()) for ts in output.iterItems())
-
     def _defineParams(self, form) -> None:
-        self._choices = self._tsIds() or [NO_OUTPUT]
-        form.addSection(label="Visualization")
-        form.addParam("tiltSeriesChoice", params.EnumParam, choices=self._choices, default=0,
-                      display=params.EnumParam.DISPLAY_COMBO, label="Tilt series",
-                      help="The tilt series whose results to show.")
+        self._defineTiltSeriesChoice(form, help="The tilt series whose results to show.")
         form.addParam("showFinePlot", params.LabelParam,
                       label="Show residuals, tracks and tilt axis",
                       help="Left: the RMS residual of each view (pixels) against its refined "
@@ -115,26 +97,16 @@ class TiltxcorrFineAlignmentViewer(pwviewer.ProtocolViewer):
                 "showResidualTable": self._showResidualTable,
                 "showGeometry": self._showGeometry}
 
-    def _selectedTsId(self) -> str | None:
-        choices = getattr(self, "_choices", None) or self._tsIds()
-        index = self.tiltSeriesChoice.get() or 0
-        if not choices or choices[0] == NO_OUTPUT or index >= len(choices):
-            return None
-        return choices[index]
-
     def _files(self, tsId: str) -> dict[str, str]:
         extra = self.protocol._getExtraPath()
         if not os.path.isabs(extra):  # project-relative; the GUI runs in the project folder
             extra = os.path.join(self.protocol.getProject().getPath(), extra)
         return output_paths(extra, tsId, fine=True)
 
-    def _missing(self, what: str) -> list:
-        return [self.infoMessage(f"The protocol has no {what} to show yet.", "No output")]
-
     def _showFinePlot(self, paramName=None) -> list:
         tsId = self._selectedTsId()
         if tsId is None:
-            return self._missing("aligned tilt series")
+            return self._missing()
         png = self._files(tsId)["png"]
         if not os.path.exists(png):
             return self._missing(f"plot for {tsId} ({png})")
@@ -143,7 +115,7 @@ class TiltxcorrFineAlignmentViewer(pwviewer.ProtocolViewer):
     def _showResidualTable(self, paramName=None) -> list:
         tsId = self._selectedTsId()
         if tsId is None:
-            return self._missing("aligned tilt series")
+            return self._missing()
         path = self._files(tsId)["residuals"]
         if not os.path.exists(path):
             return self._missing(f"residual table for {tsId} ({path})")

@@ -15,17 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyworkflow.protocol.params as params
-import pyworkflow.viewer as pwviewer
 from pyworkflow.gui.plotter import Plotter
 
 from .. import constants as cts
 from ..plots import low_correlation_views, plot_alignment
 from ..protocols import ProtTiltxcorrPrealignment
+from .viewer_base import TiltSeriesResultsViewer
 
 __all__ = ["AlignmentData", "TiltxcorrPrealignmentViewer", "alignment_data", "alignment_figure"]
-
-NO_OUTPUT = "(no aligned tilt series yet)"
-
 
 @dataclass(frozen=True)
 class AlignmentData:
@@ -109,28 +106,14 @@ class AlignmentPlotter(Plotter):
         alignment_figure(data, self.getFigure())
 
 
-class TiltxcorrPrealignmentViewer(pwviewer.ProtocolViewer):
+class TiltxcorrPrealignmentViewer(TiltSeriesResultsViewer):
     """Alignment plots (shifts, excluded views, correlation per view) per tilt series."""
 
     _label = "tiltxcorr alignment plots"
-    _environments = [pwviewer.DESKTOP_TKINTER]
     _targets = [ProtTiltxcorrPrealignment]
 
-    def _outputSet(self):
-        return getattr(self.protocol, cts.OUTPUT_TILT_SERIES, None)
-
-    def _tsIds(self) -> list[str]:
-        output = self._outputSet()
-        if output is None:
-            return []
-        return sorted(str(ts.getTsId()) for ts in output.iterItems())
-
     def _defineParams(self, form) -> None:
-        self._choices = self._tsIds() or [NO_OUTPUT]
-        form.addSection(label="Visualization")
-        form.addParam("tiltSeriesChoice", params.EnumParam, choices=self._choices, default=0,
-                      display=params.EnumParam.DISPLAY_COMBO, label="Tilt series",
-                      help="The tilt series whose alignment plot to show.")
+        self._defineTiltSeriesChoice(form, help="The tilt series whose alignment plot to show.")
         form.addParam("showAlignmentPlot", params.LabelParam,
                       label="Show shifts and correlation per view",
                       help="dx and dy (pixels) against tilt angle, excluded views as grey "
@@ -146,13 +129,6 @@ class TiltxcorrPrealignmentViewer(pwviewer.ProtocolViewer):
         return {"showAlignmentPlot": self._showAlignmentPlot,
                 "showLowViews": self._showLowViews}
 
-    def _selectedTsId(self) -> str | None:
-        choices = getattr(self, "_choices", None) or self._tsIds()
-        index = self.tiltSeriesChoice.get() or 0
-        if not choices or choices[0] == NO_OUTPUT or index >= len(choices):
-            return None
-        return choices[index]
-
     def _alignmentData(self, tsId: str) -> AlignmentData | None:
         output = self._outputSet()
         if output is None:
@@ -166,15 +142,13 @@ class TiltxcorrPrealignmentViewer(pwviewer.ProtocolViewer):
         tsId = self._selectedTsId()
         data = None if tsId is None else self._alignmentData(tsId)
         if data is None:
-            return [self.infoMessage("The protocol has no aligned tilt series to show yet.",
-                                     "No output")]
+            return self._missing()
         return [AlignmentPlotter(data)]
 
     def _showLowViews(self, paramName=None) -> list:
         output = self._outputSet()
         if output is None:
-            return [self.infoMessage("The protocol has no aligned tilt series to show yet.",
-                                     "No output")]
+            return self._missing()
         return [self.infoMessage(low_correlation_report(
             [alignment_data(ts) for ts in output.iterItems()]), "Views with low correlation")]
 
