@@ -257,8 +257,9 @@ class AlignmentOutcome:
         The tilt series that was aligned.
     transforms
         `(n, 3, 3)` IMOD forward transforms to register: ``shift @ previous``
-        for enabled views, the identity for disabled ones (see
-        ``docs/conventions.md``).
+        for enabled views (fine: ``Q R @ previous``); for disabled ones the
+        identity (coarse) or their previous transform (fine, which keeps an
+        earlier alignment where it solves nothing); see ``docs/conventions.md``.
     shifts
         `(n, 2)` `(dy, dx)` the engine found, pixels (zero for disabled views).
     correlation
@@ -561,7 +562,7 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
     fine = np.tile(np.eye(3), (m, 1, 1))
     fine[:, :2, :2] = onto_y @ r_xy
     fine[:, :2, 2] = shifts[:, ::-1] @ onto_y.T
-    # disabled views keep their earlier transform, as scipion-em-imod's fine alignment does
+    # disabled views are not in the solve: their earlier transform is the best there is
     transforms = identity_transforms(n) if views.previous is None else views.previous.copy()
     transforms[items] = compose_transforms(fine, previous)
 

@@ -284,3 +284,24 @@ def test_align_views_reports_engine_refusals_with_ts_id(tmp_path, simulated):
     path = _write(tmp_path / "nan.mrc", data)
     with pytest.raises(TiltSeriesFailure, match="TS_T.*NaN"):
         align_views(_table(path, sim, order), CoarseOptions(), 85.0)
+
+
+def test_fine_mode_keeps_disabled_views_previous_transforms(simulated):
+    """Fine alignment: enabled views get ``Q R @ previous`` (their rotation turns the axis
+    onto Y); disabled views, not in the solve, keep their previous transform."""
+    from tiltxcorr_scipion.options import FineOptions
+
+    sim, path, order = simulated
+    n = len(order)
+    rng = np.random.default_rng(6)
+    prev_shifts = rng.uniform(-4, 4, size=(n, 2))
+    ref = int(np.argmin(np.abs(sim.tilt_angles.numpy()[order])))
+    prev_shifts[ref] = 0
+    previous = shifts_to_transforms(prev_shifts)
+    enabled = np.ones(n, bool)
+    enabled[[2, 20]] = False
+    out = align_views(_table(path, sim, order, enabled, previous=previous),
+                      FineOptions(), 85.0)
+    np.testing.assert_allclose(out.transforms[~enabled], previous[~enabled])
+    turned = rotation_angles_deg(out.transforms[enabled])
+    np.testing.assert_allclose(turned, -out.tilt_axis_angle, atol=1e-6)
