@@ -21,7 +21,9 @@ otherwise (pytest imports conftest first).
 from __future__ import annotations
 
 import os
+import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,6 +195,37 @@ def wait_for_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
                     f"protocol {prot.getRunName()!r} still {prot.getStatus()} after "
                     f"{timeout:.0f} s; stopped. Log tail:\n{read_log(prot)}")
         time.sleep(poll)
+
+
+def thread_stack(thread) -> str:
+    """Where `thread` is now (its stack, innermost last), for a failure message."""
+    frame = sys._current_frames().get(thread.ident)
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(thread ended)"
+
+
+def wait_with_producer(project, prot, thread, errors: list, *, timeout: float = 600,
+                       producer_timeout: float = 150):
+    """`wait_for_protocol` for a streaming test whose `thread` feeds the input.
+
+    Fails at once when the producer failed (`errors`), and after
+    `producer_timeout` s when it is still running (a stuck write would leave
+    the input open and the protocol waiting for ever), showing where it is.
+    """
+    started = time.monotonic()
+
+    def stuck() -> bool:
+        return thread.is_alive() and time.monotonic() - started > producer_timeout
+
+    prot = wait_for_protocol(project, prot, timeout=timeout,
+                             until=lambda p: bool(errors) or stuck() or not p.isActive())
+    if errors or stuck():
+        if prot.isActive():
+            project.stopProtocol(prot)
+        raise AssertionError(f"the producer failed: {errors!r}" if errors else
+                             f"the producer is stuck after {producer_timeout:.0f} s at:\n"
+                             + thread_stack(thread) + f"\nprotocol log:\n{read_log(prot)}")
+    thread.join(timeout=30)
+    return prot
 
 
 def _trust_run_db(project, prot):

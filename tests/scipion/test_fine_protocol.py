@@ -23,7 +23,7 @@ from scipion_helpers import (
     read_tilt_series_set,
     reload_protocol,
     reopen_for_streaming,
-    wait_for_protocol,
+    wait_with_producer,
     write_simulated_tilt_series,
 )
 
@@ -81,9 +81,7 @@ def fine_run(tmp_path_factory):
 
     thread = threading.Thread(target=producer, daemon=True)
     thread.start()
-    prot = wait_for_protocol(project, prot, timeout=600)
-    thread.join(timeout=30)
-    assert not errors, errors
+    prot = wait_with_producer(project, prot, thread, errors)
     assert prot.isFinished(), f"{prot.getStatus()}: {prot.getErrorMessage()}\n{read_log(prot)}"
     return project, prot, sims
 

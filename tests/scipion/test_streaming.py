@@ -21,6 +21,7 @@ from scipion_helpers import (
     reload_protocol,
     reopen_for_streaming,
     shift_errors_px,
+    thread_stack,
     wait_for_protocol,
     write_simulated_tilt_series,
 )
@@ -102,6 +103,7 @@ def test_streaming_input_is_followed_until_closed(tmp_path):
             break
         time.sleep(0.3)
     thread.join(timeout=30)
+    assert not thread.is_alive(), f"the producer is stuck at:\n{thread_stack(thread)}"
     prot = wait_for_protocol(project, prot, timeout=5)
     assert not errors, errors
     assert prot.isFinished(), f"status {prot.getStatus()}: {prot.getErrorMessage()}\n{read_log(prot)}"

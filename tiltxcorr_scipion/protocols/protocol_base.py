@@ -117,6 +117,11 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         # TiltSeries nor FailedTiltSeries), so a Continue aligns exactly the rest.
         inSet = self.inputSetOfTiltSeries.get()
         inSet.loadAllProperties()  # the stream state as the producer wrote it last
+        streaming = inSet.isStreamOpen()
+        # Closed at once: a statement left open holds a read lock on the input's
+        # sqlite, which would stall the producer's next write.
+        tsIds = [] if streaming else self._inputTsIds(inSet)
+        inSet.close()
         nThreads = max(1, self.numberOfThreads.get() or 1)
         done = self._tsIdsInOutputs()
         if done:
@@ -126,7 +131,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         if removed:
             self.info(f"Removed {len(removed)} partial file(s) left by an interrupted run: "
                       + ", ".join(removed))
-        if inSet.isStreamOpen():
+        if streaming:
             # One executor thread runs the stream follower; the others align.
             self._setTorchThreads(max(1, nThreads - 2))
             if nThreads < 3:
@@ -134,7 +139,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                              "tilt series are aligned only after the input is closed.")
             ProtStreamingBase._insertAllSteps(self)
             return
-        tsIds = [tsId for tsId in self._inputTsIds(inSet) if tsId not in done]
+        tsIds = [tsId for tsId in tsIds if tsId not in done]
         self._setTorchThreads(min(max(1, nThreads - 1), max(1, len(tsIds))))
         self._inputClosed = True
         for tsId in tsIds:
