@@ -162,6 +162,7 @@ def refine_by_links(views, angles, reference, estimates, correlator: PairCorrela
     window = correlator.inset_mask(margin)
     if box is not None:
         window = window * correlator.box_mask(box)
+    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
     shifts = estimates.clone()
     used = 0
     for _ in range(rounds):
@@ -169,7 +170,6 @@ def refine_by_links(views, angles, reference, estimates, correlator: PairCorrela
                                  interpolation)
         energies = correlator.energy(spectra)
         measured = torch.zeros(len(links), 2, dtype=torch.float64)
-        chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
         for start in range(0, len(links), chunk):
             i, j = first[start:start + chunk], second[start:start + chunk]
             s, _, _ = correlator.correlate(spectra[i.to(spectra.device)],
