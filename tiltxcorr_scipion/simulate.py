@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .alignment.geometry import axis_directions
+
 
 @dataclass(frozen=True)
 class SimulatedTiltSeries:
@@ -92,8 +94,7 @@ def alignment_error(shifts: torch.Tensor, true_shifts: torch.Tensor, tilt_axis_a
     the RMS over views. `exclude`: views (indices) left out, e.g. blocked ones.
     """
     tilts = torch.deg2rad(torch.as_tensor(tilt_angles).detach().cpu().to(torch.float64))
-    a = math.radians(float(tilt_axis_angle))
-    across = torch.tensor([math.sin(a), math.cos(a)], dtype=torch.float64)
+    _, across = axis_directions(float(tilt_axis_angle))
     error = shifts.detach().cpu().double() - torch.as_tensor(true_shifts).cpu().double()
     keep = torch.ones(len(error), dtype=torch.bool)
     keep[list(exclude)] = False
