@@ -203,6 +203,37 @@ def thread_stack(thread) -> str:
     return "".join(traceback.format_stack(frame)) if frame is not None else "(thread ended)"
 
 
+def sqlite_lock_holders(folder: str | os.PathLike) -> str:
+    """Which processes hold POSIX locks on the ``.sqlite`` files under `folder` (Linux).
+
+    SQLite locks byte ranges of the file with fcntl; /proc/locks lists them by
+    inode and process. For a failure message: who stops a writer.
+    """
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError as exc:
+        return f"(no /proc/locks: {exc})"
+    files = {p.stat().st_ino: p for p in Path(folder).rglob("*.sqlite") if p.exists()}
+    found = []
+    for line in lines:
+        parts = line.split()
+        if "->" in parts:  # a waiting request: "1: -> POSIX ..."
+            parts.remove("->")
+        try:
+            kind, pid, inode = parts[3], parts[4], int(parts[5].split(":")[-1])
+        except (IndexError, ValueError):
+            continue
+        if inode in files:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+            except OSError:
+                cmd = "?"
+            me = " (this test process)" if int(pid) == os.getpid() else ""
+            found.append(f"{files[inode].name}: {kind} {' '.join(parts[6:8])} by pid {pid}{me}: {cmd}"
+                         + ("  [waiting]" if "->" in line else ""))
+    return "\n".join(found) or "(no locks)"
+
+
 def wait_with_producer(project, prot, thread, errors: list, *, timeout: float = 600,
                        producer_timeout: float = 150):
     """`wait_for_protocol` for a streaming test whose `thread` feeds the input.
@@ -223,7 +254,9 @@ def wait_with_producer(project, prot, thread, errors: list, *, timeout: float = 
             project.stopProtocol(prot)
         raise AssertionError(f"the producer failed: {errors!r}" if errors else
                              f"the producer is stuck after {producer_timeout:.0f} s at:\n"
-                             + thread_stack(thread) + f"\nprotocol log:\n{read_log(prot)}")
+                             + thread_stack(thread)
+                             + f"\nsqlite locks:\n{sqlite_lock_holders(project.path)}"
+                             + f"\nprotocol log:\n{read_log(prot)}")
     thread.join(timeout=30)
     return prot
 

@@ -58,7 +58,9 @@ def test_scipion_discovery_finds_the_plugin_and_applies_the_sqlite_fix():
         "    'name': plugin._pluginInstance.getName() if plugin else None,\n"
         "    'templates': len(plugin._pluginInstance.getTemplates()) if plugin else 0,\n"
         "    'fixed': sqlite_db.sqlite.Connection.__name__,\n"
+        "    'close': sqlite_db.SqliteDb.close.__name__,\n"
         "}))")
     assert result["found"] and result["name"] == "tiltxcorr_scipion"
     assert result["templates"] == 1
     assert result["fixed"] == "CursorClosingConnection"
+    assert result["close"] == "_close_keeping_others_cached"
