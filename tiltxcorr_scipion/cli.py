@@ -21,6 +21,7 @@ from typing import TextIO
 import numpy as np
 
 from .options import (
+    LEVEL_BY,
     CoarseOptions,
     FineOptions,
     OptionError,
@@ -139,6 +140,7 @@ def _fine_options(args: argparse.Namespace) -> FineOptions:
             rotation_group_size=1 if args.rotation_per_view else args.axis_groups,
             magnification_group_size=args.magnification_groups,
             tilt_group_size=args.tilt_groups, level_specimen=args.level_specimen,
+            level_by=args.level_by,
             robust=args.robust, robust_k=args.residual_cutoff)
     except (OptionError, ValueError, TypeError) as error:
         raise UserError(str(error)) from None
@@ -405,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--no-level", dest="level_specimen", action="store_false",
                        help="report the tilt angle offset that levels the specimen but leave it "
                             "out of the written tilt angles")
+    solve.add_argument("--level-by", choices=LEVEL_BY, default=FINE.level_by,
+                       help="level the specimen by the slab's surfaces found in a "
+                            "back-projection (IMOD's tomopitch, automated; the points' plane "
+                            "when no slab stands out) or by the plane of the solved points "
+                            f"(tiltalign's); default {FINE.level_by}")
     solve.add_argument("--no-robust", dest="robust", action="store_false",
                        help="plain least squares (default: robust fitting, as tiltalign's "
                             "RobustFitting and WeightWholeTracks)")
@@ -665,8 +672,8 @@ def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) ->
                     else f"{'-':>10}")
         out.write(f"{views.stack_positions[i]:5d} {views.tilt_angles[i]:7.2f} "
                   f"{fine.tilt_angles[i]:8.2f} {residual} {counts[i]:7d}{note}\n")
-    out.write(f"tilt axis {outcome.tilt_axis_angle:.2f} deg, tilt angle offset "
-              f"{fine.tilt_angle_offset:+.2f} deg, mean residual {fine.mean_residual:.3f} px, "
+    out.write(f"tilt axis {outcome.tilt_axis_angle:.2f} deg, {fine.offset_text()}, "
+              f"mean residual {fine.mean_residual:.3f} px, "
               f"{fine.n_contours} tracks ({fine.n_rejected_contours} rejected); "
               f"{elapsed:.1f} s on {outcome.device.split(':')[0]}\n")
     for kind in ("xf", "tlt", "fid", "residuals", "landmarks", "png", "ali"):

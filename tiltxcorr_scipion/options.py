@@ -499,6 +499,11 @@ class FineOptions:
     level_specimen
         Add the tilt angle offset that levels the specimen to the refined
         tilt angles (tiltalign/etomo's AngleOffset); False: report it only.
+    level_by
+        What "level" means: ``"surfaces"``, the slab's top and bottom found
+        in a back-projection (IMOD's tomopitch, automated; `find_slab`), with
+        the plane of the points as the fallback when no slab stands out; or
+        ``"points"``, the plane of the solved points (tiltalign's).
     """
 
     size_of_patches: int | tuple[int, int] | None = None
@@ -529,6 +534,7 @@ class FineOptions:
 
     passes: int = 2
     level_specimen: bool = True
+    level_by: str = "surfaces"
 
     def __post_init__(self) -> None:
         # Checked here, so that a form or command line learns of a bad value before
@@ -565,7 +571,13 @@ class FineOptions:
                                   f"overlap below it, got {self.length_and_overlap!r}")
         for name in ("solve_axis", "robust", "level_specimen"):
             _flag(name, getattr(self, name))
+        if self.level_by not in LEVEL_BY:
+            raise OptionError("level_by", f"must be one of {', '.join(map(repr, LEVEL_BY))}, "
+                              f"got {self.level_by!r}")
 
+
+#: What `FineOptions.level_by` takes: the slab's surfaces, or the plane of the points.
+LEVEL_BY = ("surfaces", "points")
 
 #: The fine alignment's defaults, read by `track_patches`, `solve_geometry` and
 #: `fiducialless_alignment`.

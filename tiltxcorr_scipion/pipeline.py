@@ -229,6 +229,15 @@ class FineDetails:
         images' angle turned by an earlier alignment's rotation.
     patch_size
         `(rows, cols)` of the tracked patches, pixels.
+    levelled_by
+        What the offset levels: ``"surfaces"`` (the slab's) or ``"points"``
+        (the plane of the solved points).
+    points_offset
+        The offset that levels the plane of the points (tiltalign's).
+    slab_thickness
+        The slab's thickness in the views' pixels, when levelled by its surfaces.
+    levelling_note
+        Why the points levelled it although the surfaces were asked for.
     """
 
     tilt_angles: np.ndarray
@@ -245,6 +254,20 @@ class FineDetails:
     image_shape: tuple[int, int]
     frame_tilt_axis_angle: float
     patch_size: tuple[int, int]
+    levelled_by: str = "points"
+    points_offset: float = float("nan")
+    slab_thickness: float | None = None
+    levelling_note: str | None = None
+
+    def offset_text(self) -> str:
+        """The offset and what it levels, for a log line or a summary."""
+        if self.levelled_by == "surfaces":
+            how = (f"levels the slab's surfaces, {self.slab_thickness:.0f} px thick; the points' "
+                   f"plane: {self.points_offset:+.2f}")
+        else:
+            how = "levels the plane of the points" + (f"; {self.levelling_note.split(': ', 1)[-1]}"
+                                                      if self.levelling_note else "")
+        return f"tilt angle offset {self.tilt_angle_offset:+.2f} deg ({how})"
 
 
 @dataclass
@@ -589,7 +612,10 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
         tracks=tracks, point_residuals=point_residuals, weights=weights,
         n_contours=int(result.n_contours), n_rejected_contours=int(result.n_rejected_contours),
         image_shape=(int(h), int(w)), frame_tilt_axis_angle=float(result.tilt_axis_angle),
-        patch_size=tuple(int(factor * p) for p in result.tracks.patch_size))
+        patch_size=tuple(int(factor * p) for p in result.tracks.patch_size),
+        levelled_by=result.levelled_by, points_offset=float(result.points_offset),
+        slab_thickness=None if result.slab is None else factor * result.slab.thickness,
+        levelling_note=result.levelling_note)
     return AlignmentOutcome(
         views=views, transforms=transforms, shifts=full_shifts, correlation=correlation,
         reference_position=int(items[int(result.geometry.reference_view)]),

@@ -98,6 +98,11 @@ def test_geometry_is_refined_and_registered(fine_run):
         assert results[ts_id]["axis"] == pytest.approx(axis)
         assert abs(results[ts_id]["offset"] - sim.tilt_angle_offset) < 0.5, results[ts_id]
         assert results[ts_id]["residual"] < 1.0
+        # a 10 px slab in 320 px views shows no distinct surfaces: what levelled it is told
+        assert results[ts_id]["offsetText"].startswith(
+            f"tilt angle offset {results[ts_id]['offset']:+.2f} deg (levels the plane of the "
+            "points; "), results[ts_id]
+        assert "no distinct surfaces" in results[ts_id]["offsetText"]
         # tiltalign-style transforms: every view's rotation turns the axis onto Y
         np.testing.assert_allclose(rotation_angles_deg(record.transforms), -axis, atol=1e-6)
         # refined tilt angles: nominal + the offset (no per-view changes solved)
@@ -127,6 +132,8 @@ def test_a_broken_tilt_series_fails_alone(fine_run):
         assert output_stream_state(project, prot, name) == "closed", name
     summary = " ".join(prot.summary())
     assert "TS_1: tilt axis" in summary and "mean residual" in summary
+    assert "(levels the plane of the points; " in summary  # and why not the surfaces
+    assert "the specimen slab's surfaces" in " ".join(prot.methods())
 
 
 def test_landmark_models_read_back_by_tomo_and_imodmodel(fine_run):
@@ -181,7 +188,8 @@ def test_viewer_shows_plot_table_and_geometry(fine_run):
     text = geometry.getMessage()
     results = json.loads(prot.fineResults.get())
     for ts_id in ("TS_1", "TS_2"):
-        assert f"{ts_id}: tilt axis {results[ts_id]['axis']:.2f} deg" in text
+        assert (f"{ts_id}: tilt axis {results[ts_id]['axis']:.2f} deg, "
+                f"{results[ts_id]['offsetText']}, ") in text
         residuals = read_residual_table(str(Path(project.getPath(), prot._getExtraPath(),
                                                  f"{ts_id}_residuals.txt")))
         worst = residuals[np.nanargmax(residuals[:, 3])]

@@ -19,7 +19,8 @@ Fiducial-less fine alignment (IMOD's patch tracking + tiltalign):
 >>> result.tilt_axis_angle, result.tilt_angle_offset, result.shifts  # doctest: +SKIP
 
 or step by step: `track_patches` (tracks in raw pixels), `solve_geometry`
-(axis, shifts, tilt offset, optional rotations and magnifications).
+(axis, shifts, tilt offset, optional rotations and magnifications), `find_slab`
+(the specimen slab's surfaces in a back-projection, to level it by them).
 """
 
 from ..options import FINE_DEFAULTS, CoarseOptions, FineOptions, OptionError
@@ -27,8 +28,9 @@ from .binning import BinnedViews, bin_chunks
 from .core import align_binned_views, align_tilt_series, chain_pairs, tiltxcorr
 from .fine import FiducialLessResult, fiducialless_alignment
 from .patches import PatchTracks, track_patches
-from .projection import GeometrySolution, solve_geometry
+from .projection import GeometrySolution, relevel, solve_geometry
 from .result import TiltxcorrResult
+from .slab import SlabFit, SlabNotFound, find_slab
 from .validation import ViewError
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "GeometrySolution",
     "OptionError",
     "PatchTracks",
+    "SlabFit",
+    "SlabNotFound",
     "TiltxcorrResult",
     "ViewError",
     "align_binned_views",
@@ -47,6 +51,8 @@ __all__ = [
     "bin_chunks",
     "chain_pairs",
     "fiducialless_alignment",
+    "find_slab",
+    "relevel",
     "solve_geometry",
     "tiltxcorr",
     "track_patches",

@@ -8,7 +8,10 @@ The steps are IMOD's fiducial-less route (etomo's "patch tracking"):
    imodchopconts);
 3. `solve_geometry`: the projection model fitted to the tracks (tiltalign):
    shifts, tilt axis angle, optionally rotations, magnifications and tilt
-   changes, robust weights, and the tilt angle offset that levels the points.
+   changes, robust weights, and the tilt angle offset that levels the points;
+4. with `level_by="surfaces"` (default), `find_slab`: the specimen slab's
+   surfaces in a back-projection, and the offset that levels them instead
+   (IMOD's tomopitch step, automated).
 With `passes` > 1 the patches are tracked again with the refined axis, tilt
 angles and shifts, and solved again.
 
@@ -26,11 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..options import FINE_DEFAULTS, MAX_TILT_DEG
+from ..options import FINE_DEFAULTS, MAX_TILT_DEG, FineOptions
 from .core import align_tilt_series
 from .patches import PatchTracks, track_patches
-from .projection import GeometrySolution, solve_geometry
+from .projection import GeometrySolution, relevel, solve_geometry
 from .result import TiltxcorrResult
+from .slab import SlabFit, SlabNotFound, find_slab
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ class FiducialLessResult:
         Refined tilt axis angle in degrees, same convention as the input
         (IMOD RotationAngle: from the image Y axis, counter-clockwise).
     tilt_angle_offset
-        Degrees to ADD to the nominal tilt angles so that the specimen (the
-        plane of the solved points) is level at tilt 0 (IMOD's AngleOffset).
+        Degrees to ADD to the nominal tilt angles so that the specimen is
+        level at tilt 0 (IMOD's AngleOffset): its slab's surfaces, or the
+        plane of the solved points (see `levelled_by`).
     tilt_angles
         `(b,)` float32 refined tilt angles in degrees: nominal + per-view
         changes (if solved) + `tilt_angle_offset`.
@@ -89,7 +94,18 @@ class FiducialLessResult:
     coarse
         The coarse alignment (`TiltxcorrResult`) the tracking started from.
     geometry
-        The full `GeometrySolution` of the last pass.
+        The full `GeometrySolution` of the last pass, levelled as the result.
+    levelled_by
+        ``"surfaces"`` (the slab, `slab`) or ``"points"`` (their plane).
+    points_offset
+        The offset that levels the plane of the solved points (tiltalign's),
+        whichever levelled the result.
+    slab
+        The slab found (`SlabFit`, in the frame levelled by the points), or
+        None when levelled by the points.
+    levelling_note
+        Why the points levelled the result although the surfaces were asked
+        for (no slab stood out), else None.
     """
 
     tilt_axis_angle: float
@@ -110,6 +126,10 @@ class FiducialLessResult:
     tracks: PatchTracks
     coarse: TiltxcorrResult
     geometry: GeometrySolution
+    levelled_by: str = "points"
+    points_offset: float = 0.0
+    slab: SlabFit | None = None
+    levelling_note: str | None = None
 
 
 def fiducialless_alignment(
@@ -143,6 +163,7 @@ def fiducialless_alignment(
     max_iterations: int = FINE_DEFAULTS.max_iterations,
     passes: int = FINE_DEFAULTS.passes,
     level_specimen: bool = FINE_DEFAULTS.level_specimen,
+    level_by: str = FINE_DEFAULTS.level_by,
     coarse_options: dict | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FiducialLessResult:
@@ -170,6 +191,11 @@ def fiducialless_alignment(
         Include `tilt_angle_offset` in the returned `tilt_angles` (default);
         False: the tilt angles keep their nominal zero, the offset is only
         reported.
+    level_by
+        ``"surfaces"``: the offset levels the slab's top and bottom found in a
+        back-projection (`find_slab`), or the plane of the points when no
+        slab stands out (`levelling_note` says why); ``"points"``: the plane
+        of the solved points, as tiltalign.
     coarse_options
         Keyword arguments for `align_tilt_series` (filters, binning...).
     progress
@@ -189,6 +215,7 @@ def fiducialless_alignment(
     """
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes must be a positive integer, got {passes!r}")
+    FineOptions(level_by=level_by)  # checks it before any work
     tracking = dict(size_of_patches=size_of_patches, overlap_of_patches=overlap_of_patches,
                     number_of_patches=number_of_patches, borders=borders, iterations=iterations,
                     length_and_overlap=length_and_overlap, min_contour_length=min_contour_length,
@@ -219,13 +246,23 @@ def fiducialless_alignment(
         steering_shifts = geometry.shifts
         if float(geometry.tilt_angles.abs().max()) <= MAX_TILT_DEG:  # else keep nominal
             steering_angles = geometry.tilt_angles
+    points_offset, slab, note = geometry.tilt_angle_offset, None, None
+    if level_by == "surfaces":
+        report("slab surfaces")
+        try:
+            slab = find_slab(tilt_series, geometry)
+            geometry = relevel(geometry, -slab.tilt)
+        except SlabNotFound as exc:
+            note = f"levelled by the plane of the points: {exc}"
     return _result(geometry, tracks, coarse, rotation_group_size is not None,
-                   magnification_group_size is not None, level_specimen)
+                   magnification_group_size is not None, level_specimen,
+                   points_offset=points_offset, slab=slab, note=note)
 
 
 def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrResult,
             rotations_solved: bool, magnifications_solved: bool,
-            level_specimen: bool) -> FiducialLessResult:
+            level_specimen: bool, *, points_offset: float, slab: SlabFit | None,
+            note: str | None) -> FiducialLessResult:
     weights = geometry.weights
     present = torch.isfinite(weights)
     return FiducialLessResult(
@@ -249,4 +286,8 @@ def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrRe
         tracks=tracks,
         coarse=coarse,
         geometry=geometry,
+        levelled_by="points" if slab is None else "surfaces",
+        points_offset=points_offset,
+        slab=slab,
+        levelling_note=note,
     )

@@ -60,7 +60,7 @@ WeightWholeTracks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -178,6 +178,21 @@ class GeometrySolution:
     def rejected_contours(self) -> torch.Tensor:
         """`(n_contours,)` bool: whole tracks given zero weight."""
         return self.contour_weights == 0
+
+
+def relevel(solution: GeometrySolution, degrees: float) -> GeometrySolution:
+    """`solution` with `degrees` added to its tilt angle offset and tilt angles.
+
+    The points turn about the tilt axis by the same angle, so every
+    projection, shift and residual stays as it was: only what is called
+    level changes (e.g. to the slab's surfaces, `slab.find_slab`).
+    """
+    turn = math.radians(degrees)
+    p = solution.points
+    points = torch.stack([p[:, 0] * math.cos(turn) - p[:, 2] * math.sin(turn), p[:, 1],
+                          p[:, 0] * math.sin(turn) + p[:, 2] * math.cos(turn)], dim=1)
+    return replace(solution, tilt_angle_offset=solution.tilt_angle_offset + degrees,
+                   tilt_angles=solution.tilt_angles + degrees, points=points)
 
 
 def _axis_vectors(axis: float) -> tuple[torch.Tensor, torch.Tensor]:

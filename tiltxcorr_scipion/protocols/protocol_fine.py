@@ -22,7 +22,7 @@ from tomo.objects import LandmarkModel, SetOfLandmarkModels, SetOfTiltSeries
 
 from .. import constants as cts
 from ..faults import pause_point
-from ..options import FineOptions, OptionError
+from ..options import LEVEL_BY, FineOptions, OptionError
 from ..pipeline import (
     AlignmentOutcome,
     TiltSeriesViews,
@@ -87,6 +87,8 @@ def fine_options_from_form(values: Mapping) -> FineOptions:
         kwargs["magnification_group_size"] = int(get("magnificationGroupSize") or 1)
     if get("solveTiltChanges"):
         kwargs["tilt_group_size"] = int(get("tiltGroupSize") or 1)
+    if get("levelBy") is not None:
+        kwargs["level_by"] = LEVEL_BY[int(get("levelBy"))]
     for param, option in (("levelSpecimen", "level_specimen"), ("robustFitting", "robust")):
         if get(param) is not None:
             kwargs[option] = bool(get(param))
@@ -95,11 +97,19 @@ def fine_options_from_form(values: Mapping) -> FineOptions:
     return FineOptions(**kwargs)
 
 
+def fine_result_line(tsId: str, result: dict) -> str:
+    """One tilt series' geometry from the protocol's ``fineResults`` entry, for people."""
+    offset = result.get("offsetText", f"tilt angle offset {result['offset']:+.2f} deg")
+    return (f"{tsId}: tilt axis {result['axis']:.2f} deg, {offset}, mean residual "
+            f"{result['residual']:.2f} px, {result['contours']} tracks "
+            f"({result['rejected']} rejected)")
+
+
 #: Form parameters `fine_options_from_form` reads.
 FORM_PARAMS = ("patchSize", "numberOfPatches", "patchOverlap", "trackingIterations",
                "lengthAndOverlap", "axisOption", "axisGroupSize", "solveMagnification",
                "magnificationGroupSize", "solveTiltChanges", "tiltGroupSize", "levelSpecimen",
-               "robustFitting", "residualCutoff")
+               "levelBy", "robustFitting", "residualCutoff")
 
 
 class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
@@ -192,10 +202,21 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                        label="Views per tilt group")
         group.addParam("levelSpecimen", params.BooleanParam, default=DEFAULTS.level_specimen,
                        label="Apply the tilt angle offset?",
-                       help="The offset that levels the specimen (the plane of the solved "
-                            "points; tiltalign/etomo's AngleOffset) is always reported. Yes: it "
+                       help="The offset that levels the specimen (see 'Level the specimen by'; "
+                            "tiltalign/etomo's AngleOffset) is always reported. Yes: it "
                             "is added to the registered tilt angles, so tomograms come out "
                             "level.")
+        group.addParam("levelBy", params.EnumParam,
+                       choices=["the slab's surfaces", "the plane of the points"],
+                       default=LEVEL_BY.index(DEFAULTS.level_by),
+                       display=params.EnumParam.DISPLAY_HLIST,
+                       label="Level the specimen by",
+                       help="The slab's surfaces: its top and bottom found in a back-projection of "
+                            "the aligned series (IMOD's tomopitch step, automated); when no slab "
+                            "stands out, the plane of the points, and the log says why. The plane "
+                            "of the points: the plane through the solved 3-D points (tiltalign's "
+                            "AngleOffset); in a thick specimen it tilts at random by a few tenths "
+                            "of a degree.")
         group.addParam("robustFitting", params.BooleanParam, default=DEFAULTS.robust,
                        label="Robust fitting?",
                        help="Down-weight points and whole tracks with outlying residuals "
@@ -234,6 +255,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             self._registerAligned(outcome, inTs, items)
             results = self._fineResults()
             results[tsId] = {"axis": outcome.tilt_axis_angle, "offset": fine.tilt_angle_offset,
+                             "offsetText": fine.offset_text(),
                              "residual": fine.mean_residual, "contours": fine.n_contours,
                              "rejected": fine.n_rejected_contours}
             self.fineResults.set(json.dumps(results))
@@ -241,9 +263,8 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         registered = time.perf_counter()
         self.info(
             f"Tilt series {tsId}: aligned {int(views.enabled.sum())}/{views.n_views} views: "
-            f"tilt axis {outcome.tilt_axis_angle:.2f} deg, tilt angle offset "
-            f"{fine.tilt_angle_offset:+.2f} deg, mean residual {fine.mean_residual:.2f} px, "
-            f"{fine.n_contours} tracks ({fine.n_rejected_contours} rejected). Time: read "
+            f"tilt axis {outcome.tilt_axis_angle:.2f} deg, {fine.offset_text()}, mean residual "
+            f"{fine.mean_residual:.2f} px, {fine.n_contours} tracks ({fine.n_rejected_contours} rejected). Time: read "
             f"{outcome.timings['read']:.2f} s, alignment engine {outcome.timings['engine']:.2f} s, "
             f"extra files {sum(fileSeconds.values()):.2f} s, registration "
             f"{registered - registering:.2f} s, total {registered - started:.2f} s")
@@ -312,9 +333,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
     def _summary(self):
         summary = super()._summary()
         for tsId, result in sorted(self._fineResults().items()):
-            summary.append(f"{tsId}: tilt axis {result['axis']:.2f} deg, tilt angle offset "
-                           f"{result['offset']:+.2f} deg, mean residual {result['residual']:.2f} "
-                           f"px ({result['contours']} tracks, {result['rejected']} rejected)")
+            summary.append(fine_result_line(tsId, result))
         return summary
 
     def _methods(self):
@@ -324,8 +343,14 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             "coarse cross-correlation alignment, a grid of patches was tracked through each "
             "tilt series by stretched cross-correlation, and the tracks were fitted with "
             "tiltalign's projection model, solving for the 3-D patch positions, per-view "
-            "shifts, the tilt axis angle and the tilt angle offset that levels the specimen"
+            "shifts, the tilt axis angle and the tilt angle offset"
             + (" with robust fitting" if self.getAttributeValue("robustFitting", True) else "")
+            + "; the offset levels "
+            + ("the plane of the solved points"
+               if LEVEL_BY[int(self.getAttributeValue("levelBy") or 0)] == "points" else
+               "the specimen slab's surfaces, found by maximum likelihood among the features "
+               "of a filtered back-projection (the plane of the solved points where no slab "
+               "stood out)")
             + "."]
 
     def _citations(self):

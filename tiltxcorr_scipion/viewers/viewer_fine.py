@@ -21,6 +21,7 @@ from pyworkflow.gui.plotter import Plotter
 
 from ..pipeline import output_paths
 from ..protocols import ProtTiltxcorrFineAlignment
+from ..protocols.protocol_fine import fine_result_line
 from .viewer_base import TiltSeriesResultsViewer
 
 __all__ = ["FinePlotter", "TiltxcorrFineAlignmentViewer", "fine_report", "read_residual_table"]
@@ -49,15 +50,13 @@ class FinePlotter(Plotter):
 def fine_report(results: dict, tables: dict[str, np.ndarray], worst: int = 3) -> str:
     """One block per tilt series: axis, offset, mean residual, tracks, and its worst views.
 
-    `results` is the protocol's ``fineResults`` ({tsId: {axis, offset, residual,
-    contours, rejected}}), `tables` the residual tables by tsId (missing: no
+    `results` is the protocol's ``fineResults`` ({tsId: {axis, offset, offsetText,
+    residual, contours, rejected}}), `tables` the residual tables by tsId (missing: no
     worst views listed).
     """
     lines = []
     for ts_id, result in sorted(results.items()):
-        lines.append(f"{ts_id}: tilt axis {result['axis']:.2f} deg, tilt angle offset "
-                     f"{result['offset']:+.2f} deg, mean residual {result['residual']:.2f} px, "
-                     f"{result['contours']} tracks ({result['rejected']} rejected)")
+        lines.append(fine_result_line(ts_id, result))
         table = tables.get(ts_id)
         if table is not None:
             solved = table[np.isfinite(table[:, 3])]
