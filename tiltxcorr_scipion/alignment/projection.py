@@ -165,7 +165,11 @@ class GeometrySolution:
         along, across = _axis_vectors(math.radians(self.tilt_axis_angle))
         tilt = torch.deg2rad(self.tilt_angles)
         height = points[:, 0, None] * torch.cos(tilt) + points[:, 2, None] * torch.sin(tilt)
-        aligned = points[:, 1, None, None] * along + height[..., None] * across  # (n, b, 2)
+        return self.to_raw(points[:, 1, None, None] * along + height[..., None] * across)
+
+    def to_raw(self, aligned: torch.Tensor) -> torch.Tensor:
+        """Raw positions `(..., b, 2)` of aligned positions `(..., b, 2)` `(row, col)`, view by
+        view: `c + m_i R_i^-1 (aligned - shifts[i])`, the forward transform undone."""
         backward = torch.linalg.inv(self.forward_matrices())  # (b, 2, 2)
         return _centre(self.image_shape) + (backward @ (aligned - self.shifts)[..., None])[..., 0]
 
@@ -187,12 +191,17 @@ def relevel(solution: GeometrySolution, degrees: float) -> GeometrySolution:
     projection, shift and residual stays as it was: only what is called
     level changes (e.g. to the slab's surfaces, `slab.find_slab`).
     """
-    turn = math.radians(degrees)
-    p = solution.points
-    points = torch.stack([p[:, 0] * math.cos(turn) - p[:, 2] * math.sin(turn), p[:, 1],
-                          p[:, 0] * math.sin(turn) + p[:, 2] * math.cos(turn)], dim=1)
     return replace(solution, tilt_angle_offset=solution.tilt_angle_offset + degrees,
-                   tilt_angles=solution.tilt_angles + degrees, points=points)
+                   tilt_angles=solution.tilt_angles + degrees,
+                   points=_turned(solution.points, math.radians(degrees)))
+
+
+def _turned(points: torch.Tensor, angle: float) -> torch.Tensor:
+    """Points `(n, 3)` turned about the tilt axis (y) by `angle` radians: with `angle` added to
+    every tilt they project where they did (`x cos t + z sin t` is unchanged)."""
+    return torch.stack([points[:, 0] * math.cos(angle) - points[:, 2] * math.sin(angle),
+                        points[:, 1],
+                        points[:, 0] * math.sin(angle) + points[:, 2] * math.cos(angle)], dim=1)
 
 
 def _axis_vectors(axis: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -672,10 +681,7 @@ def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
     root = track_weights[kept].sqrt()[:, None]
     slope = float(torch.linalg.lstsq(design * root, points[kept, 2:3] * root).solution[0, 0])
     offset = math.atan(-slope)
-    # rotate the points by the offset about the tilt axis: projections do not change
-    level = torch.stack([points[:, 0] * math.cos(offset) - points[:, 2] * math.sin(offset),
-                         points[:, 1],
-                         points[:, 0] * math.sin(offset) + points[:, 2] * math.cos(offset)], dim=1)
+    level = _turned(points, offset)  # projections do not change
 
     present = problem.present
     raw = (back @ problem.residuals(model)[..., None])[..., 0] / shrink[:, None]  # (n, b, 2)

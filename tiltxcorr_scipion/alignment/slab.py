@@ -153,13 +153,10 @@ def _inscribed(direction: torch.Tensor, h: int, w: int) -> float:
 
 def _line_profiles(views, geometry, slices, profile_h, along, across, binning):
     """Each view sampled along the line where each slice projects: `(b, slices, n_h)`."""
-    centre = torch.tensor([(geometry.image_shape[0] - 1) / 2, (geometry.image_shape[1] - 1) / 2],
-                          dtype=torch.float64)
-    backward = torch.linalg.inv(geometry.forward_matrices().to(torch.float64))  # (b, 2, 2)
     # raw position of (u along the axis, height h across it in the aligned view)
     aligned = slices[:, None, None] * along + profile_h[None, :, None] * across  # (s, n_h, 2)
-    raw = centre + torch.einsum("bij,bshj->bshi", backward,
-                                aligned[None] - geometry.shifts.to(torch.float64)[:, None, None])
+    b = geometry.shifts.shape[0]
+    raw = geometry.to_raw(aligned[:, :, None].expand(-1, -1, b, -1)).permute(2, 0, 1, 3)
     binned = (raw + 0.5) / binning - 0.5
     hb, wb = views.shape[1:]
     norm = torch.stack([binned[..., 1] / (wb - 1) * 2 - 1, binned[..., 0] / (hb - 1) * 2 - 1], -1)
