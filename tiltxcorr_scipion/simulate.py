@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .alignment.geometry import axis_directions
+from .alignment.geometry import unfixed_motions
 
 
 @dataclass(frozen=True)
@@ -93,17 +93,12 @@ def alignment_error(shifts: torch.Tensor, true_shifts: torch.Tensor, tilt_axis_a
     `(a cos t + b sin t)` across the axis are removed by least squares before
     the RMS over views. `exclude`: views (indices) left out, e.g. blocked ones.
     """
-    tilts = torch.deg2rad(torch.as_tensor(tilt_angles).detach().cpu().to(torch.float64))
-    _, across = axis_directions(float(tilt_axis_angle))
     error = shifts.detach().cpu().double() - torch.as_tensor(true_shifts).cpu().double()
     keep = torch.ones(len(error), dtype=torch.bool)
     keep[list(exclude)] = False
-    error, tilts = error[keep].reshape(-1), tilts[keep]
-    b = tilts.numel()
-    basis = torch.stack([torch.tensor([1.0, 0.0], dtype=torch.float64).expand(b, 2),
-                         torch.tensor([0.0, 1.0], dtype=torch.float64).expand(b, 2),
-                         torch.cos(tilts)[:, None] * across, torch.sin(tilts)[:, None] * across],
-                        dim=-1).reshape(2 * b, 4)
+    error = error[keep].reshape(-1)
+    b = int(keep.sum())
+    basis = unfixed_motions(tilt_angles, tilt_axis_angle)[keep].reshape(2 * b, 4)
     fit = torch.linalg.lstsq(basis, error[:, None]).solution
     return float((error - (basis @ fit)[:, 0]).reshape(b, 2).norm(dim=1).pow(2).mean().sqrt())
 

@@ -67,3 +67,22 @@ def stretch_images(images: torch.Tensor, factors: torch.Tensor, across: torch.Te
     if pre_shifts is not None:
         offset = offset - pre_shifts.to(device=device, dtype=torch.float64)
     return warp_images(images, torch.cat([inverse, offset[:, :, None]], dim=2), mode=mode)
+
+
+def unfixed_motions(tilt_angles: torch.Tensor, tilt_axis_angle: float) -> torch.Tensor:
+    """`(b, 2, 4)` shift patterns that no tilt series fixes, one column each.
+
+    A 3-D translation `(X, Y, Z)` of the specimen moves its projection at
+    tilt `t` by `Y` along the axis and by `X cos t + Z sin t` across it, and
+    where the series' centre lies is a convention: a constant `(dy, dx)`, and
+    `cos t` and `sin t` across the axis (degrees in, `(row, col)` out). Two
+    estimates of a series' shifts may differ by any combination of these
+    columns and still agree.
+    """
+    tilts = torch.deg2rad(torch.as_tensor(tilt_angles).detach().cpu().to(torch.float64))
+    _, across = axis_directions(float(tilt_axis_angle))
+    b = tilts.numel()
+    return torch.stack([torch.tensor([1.0, 0.0], dtype=torch.float64).expand(b, 2),
+                        torch.tensor([0.0, 1.0], dtype=torch.float64).expand(b, 2),
+                        torch.cos(tilts)[:, None] * across, torch.sin(tilts)[:, None] * across],
+                       dim=-1)
