@@ -173,6 +173,40 @@ class GeometrySolution:
         backward = torch.linalg.inv(self.forward_matrices())  # (b, 2, 2)
         return _centre(self.image_shape) + (backward @ (aligned - self.shifts)[..., None])[..., 0]
 
+    def with_shifts(self, shifts: torch.Tensor) -> GeometrySolution:
+        """This solution with other `shifts` `(b, 2)`, its points re-fitted to the tracks.
+
+        Everything else of the views stays as solved. Each point is the
+        weighted least-squares fit of its track under the new shifts (a
+        track that robust fitting rejected keeps equal weights, so that it
+        still has a point), and the residuals are measured again.
+        """
+        measured = self.residuals + self.project()  # (n, b, 2), NaN where no point
+        moved = replace(self, shifts=shifts.to(torch.float64))
+        backward = torch.linalg.inv(moved.forward_matrices())  # (b, 2, 2)
+        along, across = _axis_vectors(math.radians(self.tilt_axis_angle))
+        tilt = torch.deg2rad(self.tilt_angles)
+        # raw = c + B_v (x cos t_v across + y along + z sin t_v across - s_v), linear in (x, y, z)
+        columns = torch.stack([torch.cos(tilt)[:, None] * across, along.expand(len(tilt), 2),
+                               torch.sin(tilt)[:, None] * across], dim=-1)  # (b, 2, 3)
+        design = backward @ columns
+        present = torch.isfinite(measured[..., 0])
+        target = measured - _centre(self.image_shape) + (backward @ moved.shifts[..., None])[..., 0]
+        target = torch.where(present[..., None], target, torch.zeros_like(target))
+        weights = torch.where(present, self.weights, torch.zeros_like(self.weights))
+        weights = torch.where((weights.sum(dim=1) > 0)[:, None], weights, present.double())
+        normal = torch.einsum("nb,bki,bkj->nij", weights, design, design) \
+            + 1e-9 * torch.eye(3, dtype=torch.float64)
+        points = torch.linalg.solve(normal, torch.einsum("nb,bki,nbk->ni", weights, design,
+                                                         target))
+        residuals = measured - moved.project(points)
+        used = present & (self.weights > 0)
+        lengths = torch.where(present, residuals.norm(dim=-1), torch.zeros_like(weights))
+        view_rms = ((lengths.square() * used).sum(dim=0) / used.sum(dim=0)).sqrt()
+        return replace(moved, points=points, residuals=residuals, view_residuals=view_rms,
+                       mean_residual=float(lengths[used].mean()) if used.any()
+                       else float("nan"))
+
     @property
     def rejected_points(self) -> torch.Tensor:
         """`(n_contours, b)` bool: points given zero weight (a whole rejected track included)."""
