@@ -140,7 +140,7 @@ def _fine_options(args: argparse.Namespace) -> FineOptions:
             rotation_group_size=1 if args.rotation_per_view else args.axis_groups,
             magnification_group_size=args.magnification_groups,
             tilt_group_size=args.tilt_groups, level_specimen=args.level_specimen,
-            level_by=args.level_by,
+            level_by=args.level_by, whole_view_weight=args.whole_view_weight,
             robust=args.robust, robust_k=args.residual_cutoff)
     except (OptionError, ValueError, TypeError) as error:
         raise UserError(str(error)) from None
@@ -412,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "back-projection (IMOD's tomopitch, automated; the points' plane "
                             "when no slab stands out) or by the plane of the solved points "
                             f"(tiltalign's); default {FINE.level_by}")
+    solve.add_argument("--whole-view-weight", metavar="W", type=float,
+                       default=FINE.whole_view_weight,
+                       help="where patches are tracked at coarser pixels than whole views "
+                            "(views over 640 px): weight (0..1) of the shifts of the whole "
+                            "views, correlated again with the solved axis and tilt angles, "
+                            "averaged with the solve's (0: the solve's alone); default "
+                            f"{FINE.whole_view_weight:g}")
     solve.add_argument("--no-robust", dest="robust", action="store_false",
                        help="plain least squares (default: robust fitting, as tiltalign's "
                             "RobustFitting and WeightWholeTracks)")

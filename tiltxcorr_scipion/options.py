@@ -504,6 +504,18 @@ class FineOptions:
         in a back-projection (IMOD's tomopitch, automated; `find_slab`), with
         the plane of the points as the fallback when no slab stands out; or
         ``"points"``, the plane of the solved points (tiltalign's).
+    whole_view_weight
+        Weight (0..1) of the whole-view shifts in the reported ones, where
+        the patches were tracked at coarser pixels than the coarse engine
+        correlates whole views at (the tracking bins views larger than 640
+        pixels, the coarse engine those larger than 1180): after the solve,
+        the coarse method is run again with the solved tilt axis and tilt
+        angles, and its shifts (matched to the solve's on what no tilt series
+        fixes, see `geometry.unfixed_motions`) are averaged with the solve's
+        with this weight; the points are then re-fitted. Both estimates are
+        chains of view pairs that drift at random; at coarser pixels the
+        patches' drifts more, and the average drifts less than either. 0:
+        the solve's shifts alone.
     """
 
     size_of_patches: int | tuple[int, int] | None = None
@@ -535,6 +547,7 @@ class FineOptions:
     passes: int = 2
     level_specimen: bool = True
     level_by: str = "surfaces"
+    whole_view_weight: float = 0.5
 
     def __post_init__(self) -> None:
         # Checked here, so that a form or command line learns of a bad value before
@@ -545,6 +558,7 @@ class FineOptions:
         object.__setattr__(self, "binning", check_option("binning", self.binning))
         _number("overlap_of_patches", self.overlap_of_patches, 0.0, 1.0, high_open=True)
         _number("min_relative_score", self.min_relative_score, 0.0, 1.0)
+        _number("whole_view_weight", self.whole_view_weight, 0.0, 1.0)
         for name in ("max_jump", "min_contrast", "robust_k"):
             _number(name, getattr(self, name), 0.0, math.inf, low_open=True)
         for name in ("iterations", "min_contour_length", "max_iterations", "passes", "borders"):

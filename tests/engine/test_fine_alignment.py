@@ -261,3 +261,81 @@ def test_input_errors(clean_series):
     with pytest.raises(ValueError, match="rotation_group_size"):
         solve_geometry(positions, sim.tilt_angles, 90.0, image_shape=(256, 256),
                        rotation_group_size=0)
+
+
+def test_with_shifts_refits_the_points_to_the_tracks(clean_series):
+    sim = clean_series
+    tracks = track_patches(sim.images, sim.tilt_angles, 90.0, shifts=sim.shifts)
+    solution = solve_geometry(tracks, sim.tilt_angles, 90.0)
+    kept = solution.contour_weights > 0
+    same = solution.with_shifts(solution.shifts)
+    torch.testing.assert_close(same.points[kept], solution.points[kept], atol=1e-3, rtol=0)
+    assert same.mean_residual == pytest.approx(solution.mean_residual, abs=1e-4)
+    # one view's shift moved by a pixel: its residuals grow, the tracks stay as measured
+    view = int(torch.argmax(sim.tilt_angles))
+    shifts = solution.shifts.clone()
+    shifts[view] += torch.tensor([1.0, 0.0], dtype=torch.float64)
+    moved = solution.with_shifts(shifts)
+    assert moved.view_residuals[view] > solution.view_residuals[view] + 0.5
+    present = torch.isfinite(solution.residuals)
+    torch.testing.assert_close((moved.residuals + moved.project())[present],
+                               (solution.residuals + solution.project())[present])
+    torch.testing.assert_close(moved.shifts, shifts)
+
+
+def test_whole_view_shifts_are_matched_then_averaged(clean_series):
+    from dataclasses import replace
+
+    from tiltxcorr_scipion.alignment.fine import _blended_shifts
+    from tiltxcorr_scipion.alignment.geometry import unfixed_motions
+
+    sim = clean_series
+    result = fiducialless_alignment(sim.images, sim.tilt_angles, 90.0, passes=1,
+                                    whole_view_weight=0.0)
+    assert result.whole_view is None
+    with pytest.raises(ValueError, match="whole_view_weight: must be in \\[0, 1\\], got 1.5"):
+        fiducialless_alignment(sim.images, sim.tilt_angles, 90.0, whole_view_weight=1.5)
+    solution = result.geometry
+    torch.testing.assert_close(result.shifts.double(), solution.shifts.float().double())
+    motions = unfixed_motions(solution.tilt_angles, solution.tilt_axis_angle)  # (b, 2, 4)
+    translation = motions @ torch.tensor([0.7, -0.4, 1.5, -2.0], dtype=torch.float64)
+    # whole views that differ only by what no series fixes change nothing
+    agreeing = replace(result.coarse, shifts=solution.shifts + translation)
+    torch.testing.assert_close(_blended_shifts(solution, agreeing, 0.5), solution.shifts)
+    # a real difference: weight 1 takes it whole (up to unfixed motions), 0.5 half of it;
+    # an unusable view keeps the solve's shift
+    gen = torch.Generator().manual_seed(1)
+    difference = 0.3 * torch.randn(len(solution.shifts), 2, generator=gen, dtype=torch.float64)
+    difference[solution.reference_view] = 0.0
+    unusable = torch.zeros(len(solution.shifts), dtype=torch.bool)
+    unusable[0] = True
+    other = solution.shifts + translation + difference
+    other[0] += 40.0
+    whole = replace(result.coarse, shifts=other, unusable=unusable)
+    full = _blended_shifts(solution, whole, 1.0)
+    half = _blended_shifts(solution, whole, 0.5)
+    assert full[solution.reference_view].abs().max() == 0.0
+    assert fair_rms(full, solution.shifts + difference, solution.tilt_axis_angle,
+                    solution.tilt_angles, exclude=[0]) < 1e-9
+    torch.testing.assert_close(half - solution.shifts, 0.5 * (full - solution.shifts))
+    # the unusable view's 40 px: neither taken nor in the matching (the fit above is exact)
+    assert float((full[0] - solution.shifts[0]).norm()) < 1.0
+
+
+def test_whole_views_share_the_shifts_where_the_patches_saw_coarser_pixels():
+    # A thick slab, patches tracked at binning 2 while the coarse engine correlates whole
+    # views at binning 1: the patches' chain drifts more than the average of the two.
+    sim = simulate_tilt_series(shape=(384, 384), n_views=41, thickness=60.0, noise=1.0,
+                               tilt_angle_offset=3.0, tilt_axis_angle=85.0, seed=3)
+    nominal = sim.tilt_axis_angle - 2.0
+    binned = fiducialless_alignment(sim.images, sim.tilt_angles, nominal, binning=2)
+    assert binned.tracks.binning == 2 and binned.whole_view is not None
+    assert binned.whole_view.final_binning == 1
+    solve = fair_rms(binned.solve_shifts, sim.shifts, binned.tilt_axis_angle,
+                     binned.tilt_angles)
+    fine = fair_rms(binned.shifts, sim.shifts, binned.tilt_axis_angle, binned.tilt_angles)
+    assert fine < 0.85 * solve, (fine, solve)
+    # tracked at the coarse engine's own pixels, the solve's shifts stand alone
+    own = fiducialless_alignment(sim.images, sim.tilt_angles, nominal, passes=1)
+    assert own.tracks.binning == 1 and own.whole_view is None
+    torch.testing.assert_close(own.shifts, own.solve_shifts)

@@ -133,7 +133,9 @@ def test_a_broken_tilt_series_fails_alone(fine_run):
     summary = " ".join(prot.summary())
     assert "TS_1: tilt axis" in summary and "mean residual" in summary
     assert "(levels the plane of the points; " in summary  # and why not the surfaces
-    assert "the specimen slab's surfaces" in " ".join(prot.methods())
+    methods = " ".join(prot.methods())
+    assert "the specimen slab's surfaces" in methods
+    assert "whole-view cross-correlation run with the solved geometry (weight 0.5)" in methods
 
 
 def test_landmark_models_read_back_by_tomo_and_imodmodel(fine_run):

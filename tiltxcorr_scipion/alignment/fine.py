@@ -11,7 +11,13 @@ The steps are IMOD's fiducial-less route (etomo's "patch tracking"):
    changes, robust weights, and the tilt angle offset that levels the points;
 4. with `level_by="surfaces"` (default), `find_slab`: the specimen slab's
    surfaces in a back-projection, and the offset that levels them instead
-   (IMOD's tomopitch step, automated).
+   (IMOD's tomopitch step, automated);
+5. with `whole_view_weight` > 0 (default 0.5), where the patches were
+   tracked at coarser pixels than the coarse engine correlates whole views
+   at, `align_tilt_series` again with the solved axis and tilt angles: its
+   shifts, matched to the solve's on what no series fixes, are averaged
+   with the solve's, and the points are re-fitted
+   (`GeometrySolution.with_shifts`).
 With `passes` > 1 the patches are tracked again with the refined axis, tilt
 angles and shifts, and solved again.
 
@@ -31,6 +37,7 @@ import torch
 
 from ..options import FINE_DEFAULTS, MAX_TILT_DEG, FineOptions
 from .core import align_tilt_series
+from .geometry import unfixed_motions
 from .patches import PatchTracks, track_patches
 from .projection import GeometrySolution, relevel, solve_geometry
 from .result import TiltxcorrResult
@@ -60,7 +67,9 @@ class FiducialLessResult:
         `(b, 2)` float32 `(dy, dx)` in input pixels, `tiltxcorr`'s contract:
         the forward map is `aligned = R_i (raw - c) / m_i + shifts[i] + c`, so
         without rotation and magnification moving view i's content by
-        `+shifts[i]` aligns it. Zero for the reference view.
+        `+shifts[i]` aligns it. Zero for the reference view. Where
+        `whole_view` is not None, the solve's shifts averaged with the whole
+        views' (`whole_view_weight`), else the solve's.
     rotations
         `(b,)` float32 in-plane rotations `R_i` in degrees (counter-clockwise
         as IMOD displays images, `[[cos, sin], [-sin, cos]]` in `(row, col)`),
@@ -93,6 +102,14 @@ class FiducialLessResult:
         The `PatchTracks` of the last pass (positions in raw pixels).
     coarse
         The coarse alignment (`TiltxcorrResult`) the tracking started from.
+    solve_shifts
+        `(b, 2)` float32 the geometry solve's own shifts, before the average
+        with the whole views' (equal to `shifts` when `whole_view` is None).
+    whole_view
+        The coarse method run again with the solved axis and tilt angles
+        (`TiltxcorrResult`, its shifts as it found them), or None when not
+        run: `whole_view_weight` 0, patches tracked at the pixels the coarse
+        engine works at, or a solved tilt beyond what it takes.
     geometry
         The full `GeometrySolution` of the last pass, levelled as the result.
     levelled_by
@@ -130,6 +147,8 @@ class FiducialLessResult:
     points_offset: float = 0.0
     slab: SlabFit | None = None
     levelling_note: str | None = None
+    solve_shifts: torch.Tensor | None = None
+    whole_view: TiltxcorrResult | None = None
 
 
 def fiducialless_alignment(
@@ -164,6 +183,7 @@ def fiducialless_alignment(
     passes: int = FINE_DEFAULTS.passes,
     level_specimen: bool = FINE_DEFAULTS.level_specimen,
     level_by: str = FINE_DEFAULTS.level_by,
+    whole_view_weight: float = FINE_DEFAULTS.whole_view_weight,
     coarse_options: dict | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FiducialLessResult:
@@ -196,6 +216,11 @@ def fiducialless_alignment(
         back-projection (`find_slab`), or the plane of the points when no
         slab stands out (`levelling_note` says why); ``"points"``: the plane
         of the solved points, as tiltalign.
+    whole_view_weight
+        Weight (0..1) of the shifts of a second coarse alignment, run with the
+        solved axis and tilt angles, in the returned shifts, where the patches
+        were tracked at coarser pixels; see `FineOptions.whole_view_weight`.
+        0: the solve's shifts alone.
     coarse_options
         Keyword arguments for `align_tilt_series` (filters, binning...).
     progress
@@ -215,7 +240,7 @@ def fiducialless_alignment(
     """
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes must be a positive integer, got {passes!r}")
-    FineOptions(level_by=level_by)  # checks it before any work
+    FineOptions(level_by=level_by, whole_view_weight=whole_view_weight)  # checked before any work
     tracking = dict(size_of_patches=size_of_patches, overlap_of_patches=overlap_of_patches,
                     number_of_patches=number_of_patches, borders=borders, iterations=iterations,
                     length_and_overlap=length_and_overlap, min_contour_length=min_contour_length,
@@ -254,15 +279,48 @@ def fiducialless_alignment(
             geometry = relevel(geometry, -slab.tilt)
         except SlabNotFound as exc:
             note = f"levelled by the plane of the points: {exc}"
+    whole_view, solve_shifts = None, geometry.shifts
+    # Only where the whole views are correlated at finer pixels than the patches were tracked
+    # at: at the same pixels the patches' chain drifts less than the whole views' one.
+    if whole_view_weight > 0 and tracks.binning > coarse.final_binning \
+            and float(geometry.tilt_angles.abs().max()) <= MAX_TILT_DEG:
+        report("whole-view shifts")
+        whole_view = align_tilt_series(tilt_series, geometry.tilt_angles,
+                                       geometry.tilt_axis_angle, **(coarse_options or {}))
+        geometry = geometry.with_shifts(_blended_shifts(geometry, whole_view, whole_view_weight))
     return _result(geometry, tracks, coarse, rotation_group_size is not None,
                    magnification_group_size is not None, level_specimen,
-                   points_offset=points_offset, slab=slab, note=note)
+                   points_offset=points_offset, slab=slab, note=note,
+                   solve_shifts=solve_shifts, whole_view=whole_view)
+
+
+def _blended_shifts(geometry: GeometrySolution, whole_view: TiltxcorrResult,
+                    weight: float) -> torch.Tensor:
+    """`(b, 2)` the solve's shifts moved `weight` of the way to the whole views'.
+
+    The whole views' shifts are first matched to the solve's on the motions
+    no tilt series fixes (a 3-D translation of the specimen, where the
+    series' centre lies: `unfixed_motions`), fitted over the views the
+    coarse engine found usable; a view it found unusable keeps the solve's
+    shift. The reference view stays at zero.
+    """
+    solved = geometry.shifts
+    other = whole_view.shifts.detach().cpu().to(torch.float64)
+    usable = torch.ones(len(solved), dtype=torch.bool) if whole_view.unusable is None \
+        else ~whole_view.unusable.cpu()
+    motions = unfixed_motions(geometry.tilt_angles, geometry.tilt_axis_angle)  # (b, 2, 4)
+    difference = (other - solved)[usable].reshape(-1, 1)
+    fit = torch.linalg.lstsq(motions[usable].reshape(-1, 4), difference).solution
+    matched = other - (motions @ fit)[..., 0]
+    blended = torch.where(usable[:, None], solved + weight * (matched - solved), solved)
+    return blended - blended[geometry.reference_view]
 
 
 def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrResult,
             rotations_solved: bool, magnifications_solved: bool,
             level_specimen: bool, *, points_offset: float, slab: SlabFit | None,
-            note: str | None) -> FiducialLessResult:
+            note: str | None, solve_shifts: torch.Tensor,
+            whole_view: TiltxcorrResult | None) -> FiducialLessResult:
     weights = geometry.weights
     present = torch.isfinite(weights)
     return FiducialLessResult(
@@ -290,4 +348,6 @@ def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrRe
         points_offset=points_offset,
         slab=slab,
         levelling_note=note,
+        solve_shifts=solve_shifts.to(torch.float32),
+        whole_view=whole_view,
     )

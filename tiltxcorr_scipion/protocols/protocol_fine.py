@@ -94,6 +94,8 @@ def fine_options_from_form(values: Mapping) -> FineOptions:
             kwargs[option] = bool(get(param))
     if get("residualCutoff") is not None:
         kwargs["robust_k"] = float(get("residualCutoff"))
+    if get("wholeViewWeight") is not None:
+        kwargs["whole_view_weight"] = float(get("wholeViewWeight"))
     return FineOptions(**kwargs)
 
 
@@ -109,7 +111,7 @@ def fine_result_line(tsId: str, result: dict) -> str:
 FORM_PARAMS = ("patchSize", "numberOfPatches", "patchOverlap", "trackingIterations",
                "lengthAndOverlap", "axisOption", "axisGroupSize", "solveMagnification",
                "magnificationGroupSize", "solveTiltChanges", "tiltGroupSize", "levelSpecimen",
-               "levelBy", "robustFitting", "residualCutoff")
+               "levelBy", "robustFitting", "residualCutoff", "wholeViewWeight")
 
 
 class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
@@ -229,6 +231,16 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                        help="Residuals beyond this many robust standard deviations get zero "
                             "weight (Tukey's constant; tiltalign's default 4.685). Smaller "
                             "values reject more.")
+        group.addParam("wholeViewWeight", params.FloatParam, default=DEFAULTS.whole_view_weight,
+                       validators=[params.Range(0.0, 1.0)], expertLevel=params.LEVEL_ADVANCED,
+                       label="Whole-view weight of the shifts",
+                       help="Where the patches are tracked at coarser pixels than the whole "
+                            "views are correlated at (views over 640 pixels), the views are "
+                            "correlated whole again after the solve, with the solved tilt axis "
+                            "and tilt angles, and those shifts are averaged with the solve's "
+                            "with this weight (the points are then re-fitted): each chain of "
+                            "view pairs drifts at random, their average less. 0: the solve's "
+                            "shifts alone.")
         self._defineComputeParams(form)
 
     def _options(self) -> FineOptions:
@@ -351,7 +363,16 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                "the specimen slab's surfaces, found by maximum likelihood among the features "
                "of a filtered back-projection (the plane of the solved points where no slab "
                "stood out)")
-            + "."]
+            + "." + self._whole_view_method()]
+
+    def _whole_view_method(self) -> str:
+        weight = float(self.getAttributeValue("wholeViewWeight", 0.0) or 0.0)
+        if weight <= 0:
+            return ""
+        return (" Where the patches were tracked at coarser pixels than whole views are "
+                "correlated at, the reported shifts average the solve's (weight "
+                f"{1 - weight:g}) with those of a second whole-view cross-correlation run with "
+                f"the solved geometry (weight {weight:g}).")
 
     def _citations(self):
         return [cts.CITE_KREMER_1996, cts.CITE_MASTRONARDE_2017]
