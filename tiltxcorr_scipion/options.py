@@ -514,8 +514,9 @@ class FineOptions:
         fixes, see `geometry.unfixed_motions`) are averaged with the solve's
         with this weight; the points are then re-fitted. Both estimates are
         chains of view pairs that drift at random; at coarser pixels the
-        patches' drifts more, and the average drifts less than either. 0:
-        the solve's shifts alone.
+        patches' drifts more, and on most simulated series the average
+        drifted less than either (docs/fine-alignment.md). 0: the solve's
+        shifts alone.
     """
 
     size_of_patches: int | tuple[int, int] | None = None

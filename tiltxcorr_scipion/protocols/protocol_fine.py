@@ -239,8 +239,8 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                             "correlated whole again after the solve, with the solved tilt axis "
                             "and tilt angles, and those shifts are averaged with the solve's "
                             "with this weight (the points are then re-fitted): each chain of "
-                            "view pairs drifts at random, their average less. 0: the solve's "
-                            "shifts alone.")
+                            "view pairs drifts at random, and on most simulated series their "
+                            "average drifted less than either. 0: the solve's shifts alone.")
         self._defineComputeParams(form)
 
     def _options(self) -> FineOptions:
