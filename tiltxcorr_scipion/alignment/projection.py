@@ -162,10 +162,15 @@ class GeometrySolution:
         track, `c + m_i R_i^-1 (projection - shifts[i])`.
         """
         points = self.points if points is None else points
+        return self.to_raw(torch.einsum("bki,ni->nbk", self._specimen_to_aligned(), points))
+
+    def _specimen_to_aligned(self) -> torch.Tensor:
+        """`(b, 2, 3)`: a specimen point `(x, y, z)` lands at `c + this @ (x, y, z)` in
+        aligned view i, i.e. `y along + (x cos t_i + z sin t_i) across`."""
         along, across = _axis_vectors(math.radians(self.tilt_axis_angle))
         tilt = torch.deg2rad(self.tilt_angles)
-        height = points[:, 0, None] * torch.cos(tilt) + points[:, 2, None] * torch.sin(tilt)
-        return self.to_raw(points[:, 1, None, None] * along + height[..., None] * across)
+        return torch.stack([torch.cos(tilt)[:, None] * across, along.expand(len(tilt), 2),
+                            torch.sin(tilt)[:, None] * across], dim=-1)
 
     def to_raw(self, aligned: torch.Tensor) -> torch.Tensor:
         """Raw positions `(..., b, 2)` of aligned positions `(..., b, 2)` `(row, col)`, view by
@@ -184,12 +189,8 @@ class GeometrySolution:
         measured = self.residuals + self.project()  # (n, b, 2), NaN where no point
         moved = replace(self, shifts=shifts.to(torch.float64))
         backward = torch.linalg.inv(moved.forward_matrices())  # (b, 2, 2)
-        along, across = _axis_vectors(math.radians(self.tilt_axis_angle))
-        tilt = torch.deg2rad(self.tilt_angles)
-        # raw = c + B_v (x cos t_v across + y along + z sin t_v across - s_v), linear in (x, y, z)
-        columns = torch.stack([torch.cos(tilt)[:, None] * across, along.expand(len(tilt), 2),
-                               torch.sin(tilt)[:, None] * across], dim=-1)  # (b, 2, 3)
-        design = backward @ columns
+        # raw = c + B_v (P_v (x, y, z) - s_v): linear in the point
+        design = backward @ self._specimen_to_aligned()  # (b, 2, 3)
         present = torch.isfinite(measured[..., 0])
         target = measured - _centre(self.image_shape) + (backward @ moved.shifts[..., None])[..., 0]
         target = torch.where(present[..., None], target, torch.zeros_like(target))
@@ -200,12 +201,9 @@ class GeometrySolution:
         points = torch.linalg.solve(normal, torch.einsum("nb,bki,nbk->ni", weights, design,
                                                          target))
         residuals = measured - moved.project(points)
-        used = present & (self.weights > 0)
-        lengths = torch.where(present, residuals.norm(dim=-1), torch.zeros_like(weights))
-        view_rms = ((lengths.square() * used).sum(dim=0) / used.sum(dim=0)).sqrt()
+        view_rms, mean = _residual_summary(residuals, present & (self.weights > 0))
         return replace(moved, points=points, residuals=residuals, view_residuals=view_rms,
-                       mean_residual=float(lengths[used].mean()) if used.any()
-                       else float("nan"))
+                       mean_residual=mean)
 
     @property
     def rejected_points(self) -> torch.Tensor:
@@ -236,6 +234,14 @@ def _turned(points: torch.Tensor, angle: float) -> torch.Tensor:
     return torch.stack([points[:, 0] * math.cos(angle) - points[:, 2] * math.sin(angle),
                         points[:, 1],
                         points[:, 0] * math.sin(angle) + points[:, 2] * math.cos(angle)], dim=1)
+
+
+def _residual_summary(residuals: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """RMS residual length per view `(b,)` (NaN for a view with no used point) and the mean
+    length, over the points `used` `(n, b)` of residuals `(n, b, 2)`."""
+    lengths = torch.where(used, residuals.norm(dim=-1), torch.zeros_like(residuals[..., 0]))
+    view_rms = ((lengths.square() * used).sum(dim=0) / used.sum(dim=0)).sqrt()
+    return view_rms, float(lengths[used].mean()) if used.any() else float("nan")
 
 
 def _axis_vectors(axis: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -722,9 +728,7 @@ def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
     residuals = torch.where(present[..., None], raw, torch.full_like(raw, float("nan")))
     point_weights = torch.where(present, weights * track_weights[:, None],
                                 torch.full_like(weights, float("nan")))
-    used = present & (point_weights > 0)
-    lengths = raw.norm(dim=-1)
-    view_rms = ((lengths.square() * used).sum(dim=0) / used.sum(dim=0)).sqrt()  # NaN if none
+    view_rms, mean_residual = _residual_summary(raw, present & (point_weights > 0))
     tilt_changes = torch.rad2deg(tilt) - angles
     return GeometrySolution(
         tilt_axis_angle=math.degrees(axis),
@@ -739,7 +743,7 @@ def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
         weights=point_weights,
         contour_weights=track_weights,
         view_residuals=view_rms,
-        mean_residual=float(lengths[used].mean()) if used.any() else float("nan"),
+        mean_residual=mean_residual,
         reference_view=reference,
         image_shape=image_shape,
         iterations=iterations,
