@@ -14,6 +14,7 @@ import torch
 from .correlate import PairCorrelator
 from .first_stage import Z_LOW, pairs_per_chunk
 from .geometry import stretch_images
+from .links import LinkSystem, frame_factors, link_pairs, solve_links, stretch_matrices
 
 RESIDUAL_SEARCH = 6.0   # pixels: the final pass looks for residual shifts this far from its estimate
 COARSE_BAND = 0.12      # cycles/pixel: its short search needs only low frequencies
@@ -22,17 +23,7 @@ FRC_BIN = 0.02          # width of the frequency rings (cycles per working pixel
 LINK_LAGS = 6           # noisy data: each view linked to this many next usable views in tilt
 LINK_LAG_POWER = 1.0    # ...a link across k views weighs k**-power (longer: less alike)
 LINK_ROUNDS = 2         # ...solved this many times, each from the views moved by the last
-LINK_REWEIGHTS = 4      # robust reweighting of the link solve: this many Huber, then Tukey
-LINK_HUBER = 1.345      # Huber's constant, in robust SDs of a link's misfit
-LINK_TUKEY = 4.685      # Tukey's biweight constant, in robust SDs of a link's misfit
 LINK_MIN_SD = 0.4       # pixels: the SD the weights assume at least (high tilts misfit more)
-
-
-def stretch_matrices(factors: torch.Tensor, across: torch.Tensor) -> list[torch.Tensor]:
-    """`K = I + (k - 1) p p^T` `(2, 2)` float64 for each factor `k` of `factors` `(b,)`."""
-    p = across.detach().cpu().to(torch.float64)
-    return [torch.eye(2, dtype=torch.float64) + (float(k) - 1.0) * torch.outer(p, p)
-            for k in factors.tolist()]
 
 
 def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, branches,
@@ -126,76 +117,64 @@ def refine_by_links(views, angles, reference, estimates, correlator: PairCorrela
     frame (views moved by their estimates and stretched by `cos(t_ref) /
     cos(t)`), with each of its next `lags` usable views in tilt order, across
     the reference view too, and the residual shifts `rho` are the robust
-    least-squares solution of all links `s_ij = K_j rho_j - K_i rho_i` with
-    `rho = 0` for the reference view: reweighted first with Huber's weights
-    (convex: the start cannot trap it), then with Tukey's biweight, so links
-    far off the solution (a wrong peak) lose all weight. `rounds` times,
-    each from the views moved by the previous round's shifts. Unusable views
-    are not linked: they move with the usable views around them.
+    least-squares solution of all links (`links.solve_links`: Huber, then
+    Tukey), with `rho = 0` for the reference view. `rounds` times, each from
+    the views moved by the previous round's shifts. Unusable views are not
+    linked: they move with the usable views around them.
 
     Returns the shifts `(b, 2)` float64 (the views' pixels) and the number of
     links used in the last round.
     """
-    n_views = angles.numel()
-    cos_ref = math.cos(math.radians(float(angles[reference])))
-    factors = cos_ref / torch.cos(torch.deg2rad(angles))
-    stretch = torch.stack(stretch_matrices(factors, across))  # (b, 2, 2)
+    factors = frame_factors(angles, reference)
     order = [v for v in torch.argsort(angles, stable=True).tolist() if not unusable[v]]
-    links = [(order[p], order[p + lag]) for lag in range(1, lags + 1)
-             for p in range(len(order) - lag)]
-    prior = torch.tensor([float(lag) ** -lag_power for lag in range(1, lags + 1)
-                          for _ in range(len(order) - lag)], dtype=torch.float64)
-    if not links:
+    pairs, lag_of = link_pairs(order, lags)
+    if not pairs:
         return estimates, 0
-    first = torch.tensor([i for i, _ in links])
-    second = torch.tensor([j for _, j in links])
-    unknown = [v for v in order if v != reference]
-    column = {v: k for k, v in enumerate(unknown)}
-    design = torch.zeros(len(links), 2, 2 * len(unknown), dtype=torch.float64)
-    for row, (i, j) in enumerate(links):
-        if j in column:
-            design[row, :, 2 * column[j]:2 * column[j] + 2] = stretch[j]
-        if i in column:
-            design[row, :, 2 * column[i]:2 * column[i] + 2] -= stretch[i]
-    design = design.reshape(2 * len(links), -1)
+    prior = lag_of.to(torch.float64) ** -lag_power
+    system = LinkSystem.build(pairs, reference, stretch_matrices(factors, across))
     margin = float(estimates.abs().max()) + RESIDUAL_SEARCH
     window = correlator.inset_mask(margin)
     if box is not None:
         window = window * correlator.box_mask(box)
-    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
     shifts = estimates.clone()
     used = 0
     for _ in range(rounds):
         spectra = _frame_spectra(views, factors, shifts, correlator, window, across, centre,
                                  interpolation)
-        energies = correlator.energy(spectra)
-        measured = torch.zeros(len(links), 2, dtype=torch.float64)
-        for start in range(0, len(links), chunk):
-            i, j = first[start:start + chunk], second[start:start + chunk]
-            s, _, _ = correlator.correlate(spectra[i.to(spectra.device)],
-                                           spectra[j.to(spectra.device)], refine=refine,
-                                           max_shift=RESIDUAL_SEARCH, coarse_band=COARSE_BAND,
-                                           moving_energy=energies[j.to(energies.device)])
-            measured[start:start + chunk] = s.cpu().to(torch.float64)
-        target = measured.reshape(-1)
-        weights = prior.clone()
-        for iteration in range(2 * LINK_REWEIGHTS + 1):
-            used = int((weights > 0).sum())
-            root = weights.repeat_interleave(2).sqrt()[:, None]
-            solution = torch.linalg.lstsq(design * root, target[:, None] * root).solution[:, 0]
-            misfit = (design @ solution - target).reshape(-1, 2).norm(dim=1) * prior.sqrt()
-            # robust SD of a link: the median length of a 2-D Gaussian misfit is 1.177 SD
-            scale = max(float(misfit.median()) / 1.177, LINK_MIN_SD)
-            if iteration < LINK_REWEIGHTS:  # Huber first: convex, so a bad start cannot stick
-                weights = prior * (LINK_HUBER * scale / misfit.clamp_min(1e-12)).clamp(max=1.0)
-            else:  # then Tukey's biweight: links far off lose all weight
-                u = misfit / (LINK_TUKEY * scale)
-                weights = prior * torch.where(u < 1, (1 - u.square()).square(),
-                                              torch.zeros_like(u))
-        rho = torch.zeros(n_views, 2, dtype=torch.float64)
-        rho[unknown] = solution.reshape(-1, 2)
-        shifts = shifts + _spread_to_unusable(rho, angles, order)
+        measured, _, _ = measure_links(spectra, pairs, correlator, radius=RESIDUAL_SEARCH,
+                                       refine=refine)
+        solution, weights, _ = solve_links(system, measured, prior, min_sd=LINK_MIN_SD)
+        used = int((weights > 0).sum())
+        shifts = shifts + _spread_to_unusable(system.spread(solution, angles.numel()), angles,
+                                              order)
     return shifts, used
+
+
+def measure_links(spectra: torch.Tensor, pairs: list[tuple[int, int]],
+                  correlator: PairCorrelator, *, radius: float, refine: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Residual shifts `(n, 2)` float64, NCC and significance `(n,)` of view pairs `(i, j)`.
+
+    `spectra` `(b, rows, cols)`: band spectra of the views in one frame; the
+    shift moves view `j` onto view `i`, searched within `radius` pixels.
+    """
+    energies = correlator.energy(spectra)
+    first = torch.tensor([i for i, _ in pairs])
+    second = torch.tensor([j for _, j in pairs])
+    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
+    measured = torch.zeros(len(pairs), 2, dtype=torch.float64)
+    ncc = torch.zeros(len(pairs), dtype=torch.float64)
+    z = torch.zeros(len(pairs), dtype=torch.float64)
+    device = spectra.device
+    for start in range(0, len(pairs), chunk):
+        i, j = first[start:start + chunk].to(device), second[start:start + chunk].to(device)
+        s, c, _, q = correlator.correlate(spectra[i], spectra[j], refine=refine,
+                                          max_shift=radius, coarse_band=COARSE_BAND,
+                                          moving_energy=energies[j], significance=True)
+        measured[start:start + chunk] = s.cpu().to(torch.float64)
+        ncc[start:start + chunk] = c.cpu().to(torch.float64)
+        z[start:start + chunk] = q
+    return measured, ncc, z
 
 
 def _spread_to_unusable(rho: torch.Tensor, angles: torch.Tensor, usable: list[int]) -> torch.Tensor:
