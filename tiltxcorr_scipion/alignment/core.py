@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -71,7 +71,7 @@ from .first_stage import (
     tilt_branches,
 )
 from .geometry import axis_directions
-from .pattern import detect_fixed_pattern, remove_fixed_pattern
+from .pattern import PatternTest, detect_fixed_pattern, remove_fixed_pattern
 from .result import TiltxcorrResult
 from .screening import fill_opaque, screen_views
 from .validation import ViewError, check_angles, check_stack
@@ -152,7 +152,7 @@ def align_tilt_series(
     angles = check_angles(tilt_angles, b, tilt_axis_angle)
     opts.area((h, w))  # an area outside the views fails before any work
     binned = bin_stack(tilt_series.detach(), factor)
-    return _align(binned, angles, tilt_axis_angle, opts, progress)
+    return _checked(binned, angles, tilt_axis_angle, opts, progress)
 
 
 def align_binned_views(
@@ -172,7 +172,14 @@ def align_binned_views(
     check_binned_size(binned.full_shape, binned.factor)
     angles = check_angles(tilt_angles, binned.views.shape[0], tilt_axis_angle)
     opts.area(binned.full_shape)
-    return _align(binned, angles, tilt_axis_angle, opts, progress)
+    return _checked(binned, angles, tilt_axis_angle, opts, progress)
+
+
+def _checked(binned, angles, tilt_axis_angle, opts, progress) -> TiltxcorrResult:
+    prepared = prepare_views(binned, angles, opts)
+    remove = opts.fixed_pattern == "on" or (prepared.pattern is not None and prepared.pattern.present)
+    return align_path(prepared, Path(remove_pattern=remove, adaptive=opts.adaptive),
+                      tilt_axis_angle, opts, progress)
 
 
 def _effective_angles(angles: torch.Tensor, offset: float) -> torch.Tensor:
@@ -203,28 +210,80 @@ class _Notes:
         return tuple("; ".join(items) for items in self.views)
 
 
-def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
-           opts: CoarseOptions, progress) -> TiltxcorrResult:
-    """The alignment proper, on checked angles `(b,)` float64 and binned views."""
+@dataclass(frozen=True)
+class Path:
+    """Which stages one candidate alignment runs (the self-check compares candidates).
+
+    binning
+        Extra binning on top of the working views' (1, 2, 4...): coarser
+        views halve the noise per pixel each time and keep large features.
+    remove_pattern
+        Subtract the fixed camera pattern first (`pattern`).
+    adaptive
+        The stages for noise-limited data (outline, 3 and 4): a coarser first
+        stage while its peaks are weak, blank views found by their lack of
+        correlation, averaged references, the low-pass set where neighbours
+        stop agreeing, a wider search, links on both sides. False: IMOD's
+        plain method with the given filter.
+    """
+
+    binning: int = 1
+    remove_pattern: bool = False
+    adaptive: bool = False
+
+    def describe(self) -> str:
+        parts = ["adaptive" if self.adaptive else "plain"]
+        if self.binning > 1:
+            parts.append(f"{self.binning}x binned")
+        if self.remove_pattern:
+            parts.append("fixed pattern removed")
+        return ", ".join(parts)
+
+
+#: IMOD's method as it is: the path every self-check keeps unless the data show better.
+PLAIN = Path()
+
+
+@dataclass
+class PreparedViews:
+    """What every candidate path shares: the screened views, their verdicts, the pattern test.
+
+    `binned` holds the working views with opaque areas filled; `pattern` is
+    the fixed-pattern test (None when `fixed_pattern` is "on" or "off");
+    `notes` the series notes of the screening. `views(remove_pattern)` gives
+    the working views with or without the fixed pattern subtracted (made
+    once, on first use).
+    """
+
+    binned: BinnedViews
+    angles: torch.Tensor
+    unusable: torch.Tensor
+    reasons: list[str]
+    view_notes: list[list[str]]
+    notes: list[str]
+    pattern: PatternTest | None
+    _removed: BinnedViews | None = None
+
+    def views(self, remove_pattern: bool) -> BinnedViews:
+        if not remove_pattern:
+            return self.binned
+        if self._removed is None:
+            views = self.binned.views.clone()
+            constant = torch.tensor([r.startswith("blank: constant") for r in self.reasons])
+            remove_fixed_pattern(views, ~constant)
+            self._removed = replace(self.binned, views=views)
+        return self._removed
+
+
+def prepare_views(binned: BinnedViews, angles_in: torch.Tensor, opts: CoarseOptions
+                  ) -> PreparedViews:
+    """Screen the views (unusable ones, opaque areas filled) and test for a fixed pattern."""
     angles = _effective_angles(angles_in, opts.angle_offset)
     n_views = angles.numel()
     notes = _Notes(n_views)
-    correlation_filter = CorrelationFilter(opts.high_pass_sigma, opts.high_pass_radius,
-                                           opts.low_pass_cutoff, opts.low_pass_sigma)
-    factor = binned.factor
-    work_shape = tuple(binned.views.shape[-2:])
-    device = binned.views.device
-    _, across = axis_directions(tilt_axis_angle, device=device)
-    across_cpu = across.cpu()
-    area = opts.area(binned.full_shape)
-    binned_max_shift = None if opts.max_shift is None else opts.max_shift / factor
-
-    # 1. Screen the views on the first stage's coarse copies (cheap).
-    extra0 = base_extra(work_shape)
-    level_args = dict(taper_fraction=opts.taper_fraction, pad_fraction=opts.pad_fraction,
-                      area=area, across=across)
-    level = Level(binned, extra0, correlation_filter, **level_args)
-    screen = screen_views(level.binned.views, angles)
+    extra0 = base_extra(tuple(binned.views.shape[-2:]))
+    coarse = binned if extra0 == 1 else binned.rebinned(extra0)
+    screen = screen_views(coarse.views, angles)
     unusable = screen.unusable.clone()
     reasons = list(screen.reasons)
     _check_enough_views(unusable, reasons)
@@ -232,29 +291,60 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
     if partial:
         notes.series.append(f"opaque areas (e.g. a grid bar's shadow) left out of the correlation "
                             f"in {len(partial)} views")
+        views = binned.views.clone()
         for view in partial:
             notes.add(view, f"{100 * float(screen.opaque_fraction[view]):.0f}% of the view opaque: "
                             "left out")
-
-    # 2. A fixed camera pattern.
-    remove = opts.fixed_pattern == "on"
-    if opts.fixed_pattern == "auto":
-        test = detect_fixed_pattern(binned.views, angles, ~unusable)
-        remove = test.present
-        if remove:
-            notes.series.append(f"fixed pattern detected ({test.describe()}): removed")
-    elif remove:
-        notes.series.append("fixed pattern removed (fixed_pattern='on')")
-    if partial or remove:
-        views = binned.views.clone()
-        for view in partial:
             views[view] = fill_opaque(views[view], screen.opaque[view], screen.size * extra0,
                                       float(screen.level[view]), float(screen.opaque_level[view]))
-        if remove:
-            constant = torch.tensor([r.startswith("blank: constant") for r in reasons])
-            remove_fixed_pattern(views, ~constant)
         binned = replace(binned, views=views)
-        level = Level(binned, extra0, correlation_filter, **level_args)
+    pattern = None
+    if opts.fixed_pattern == "auto":
+        pattern = detect_fixed_pattern(binned.views, angles, ~unusable)
+    return PreparedViews(binned, angles, unusable, reasons, notes.views, notes.series, pattern)
+
+
+def align_path(prepared: PreparedViews, path: Path, tilt_axis_angle: float, opts: CoarseOptions,
+               progress=None, *, unusable_extra: dict[int, str] | None = None) -> TiltxcorrResult:
+    """One candidate path of the alignment on prepared views (see the module docstring).
+
+    `path` says which stages run: on views binned `path.binning` times more
+    than the working views, with or without the fixed pattern removed, with
+    or without the stages for noise-limited data (`path.adaptive`).
+    `unusable_extra` marks more views unusable, with their reasons (views the
+    self-check found disagreeing with the rest).
+    """
+    angles = prepared.angles
+    n_views = angles.numel()
+    notes = _Notes(n_views)
+    notes.views = [list(items) for items in prepared.view_notes]
+    notes.series = list(prepared.notes)
+    adaptive = path.adaptive
+    correlation_filter = CorrelationFilter(opts.high_pass_sigma, opts.high_pass_radius,
+                                           opts.low_pass_cutoff, opts.low_pass_sigma)
+    device = prepared.binned.views.device
+    _, across = axis_directions(tilt_axis_angle, device=device)
+    across_cpu = across.cpu()
+    area = opts.area(prepared.binned.full_shape)
+
+    binned = prepared.views(path.remove_pattern)
+    if path.binning > 1:
+        binned = binned.rebinned(path.binning)
+    factor = binned.factor
+    work_shape = tuple(binned.views.shape[-2:])
+    unusable = prepared.unusable.clone()
+    reasons = list(prepared.reasons)
+    for view, reason in (unusable_extra or {}).items():
+        unusable[view] = True
+        reasons[view] = reason
+    _check_enough_views(unusable, reasons)
+    if path.remove_pattern:
+        test = prepared.pattern
+        notes.series.append("fixed pattern removed" + (f" ({test.describe()})" if test else ""))
+    extra0 = base_extra(work_shape)
+    level_args = dict(taper_fraction=opts.taper_fraction, pad_fraction=opts.pad_fraction,
+                      area=area, across=across)
+    level = Level(binned, extra0, correlation_filter, **level_args)
 
     # 3. First stage: the reference, the branches, neighbour pairs.
     reference = choose_reference(angles, unusable)
@@ -263,13 +353,14 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
     branches = tilt_branches(angles, reference)
     pairs = branch_pairs(branches, unusable)
     pair_args = dict(interpolation=opts.interpolation)
+    binned_max_shift = None if opts.max_shift is None else opts.max_shift / factor
 
     def level_max_shift(lvl):
         return None if binned_max_shift is None else binned_max_shift / lvl.extra
 
     found = search_pairs(level, angles, pairs, max_shift=level_max_shift(level), **pair_args)
     tried = [(level.extra, median_z(found, unusable))]
-    if opts.adaptive:
+    if adaptive:
         best = (tried[0][1], level, found)
         extra = level.extra
         while tried[-1][1] < Z_GOOD and min(work_shape) // (2 * extra) >= STAGE1_MIN_SIZE:
@@ -304,7 +395,7 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
     level_z = median_z(found, unusable)
     usable_z = pair_z[[v for v in range(n_views) if not unusable[v] and v != reference]]
     weak = bool((usable_z < Z_LOW).any()) if usable_z.numel() else False
-    noisy = opts.adaptive and (level_z < Z_GOOD or weak)
+    noisy = adaptive and (level_z < Z_GOOD or weak)
     unsure = torch.zeros(n_views, dtype=torch.bool)
     if noisy:
         memory_walk = max(opts.reference_memory, NOISY_MEMORY)
@@ -329,7 +420,7 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
     final_extra = 1
     cutoff = opts.low_pass_cutoff  # cycles per working pixel (0: none)
     memory = 1.0 if opts.cumulative else opts.reference_memory
-    if opts.adaptive and (noisy or level_z < SKIP_FRC_Z):
+    if adaptive and (noisy or level_z < SKIP_FRC_Z):
         fine = binned if extra0 == 1 else binned.rebinned(extra0)
         agree, ring_correlation = neighbour_frc(fine.views, angles, reference, branches, unusable,
                               estimates / extra0, across, fine.centre,
@@ -373,7 +464,7 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
     sure = (pair_z >= Z_LOW) & ~unusable  # a first-stage estimate worth keeping
     final_args = dict(memory=memory, refine=opts.refine, interpolation=opts.interpolation,
                       unusable=unusable, absolute=opts.absolute_cosine_stretch, box=box,
-                      keep_if_weak=sure if opts.adaptive else None)
+                      keep_if_weak=sure if adaptive else None)
     start = estimates / final_extra
     shifts, ncc, peak, z, kept = refine_in_reference_frame(
         final_views.views, angles, reference, branches, start, correlator, across,
@@ -427,7 +518,7 @@ def _align(binned: BinnedViews, angles_in: torch.Tensor, tilt_axis_angle: float,
         notes=notes.joined(),
         peak_significance=significance.to(device),
         series_notes=tuple(notes.series),
-        fixed_pattern_removed=remove,
+        fixed_pattern_removed=path.remove_pattern,
         first_stage_binning=level.extra * factor,
         final_binning=final_extra * factor,
         low_pass_used=float(final_filter.low_pass_cutoff),
