@@ -340,7 +340,8 @@ def align_path(prepared: PreparedViews, path: Path, tilt_axis_angle: float, opts
     _check_enough_views(unusable, reasons)
     if path.remove_pattern:
         test = prepared.pattern
-        notes.series.append("fixed pattern removed" + (f" ({test.describe()})" if test else ""))
+        notes.series.append(f"fixed pattern detected ({test.describe()}): removed" if test
+                            else "fixed pattern removed")
     extra0 = base_extra(work_shape)
     level_args = dict(taper_fraction=opts.taper_fraction, pad_fraction=opts.pad_fraction,
                       area=area, across=across)
