@@ -341,7 +341,7 @@ def align_path(prepared: PreparedViews, path: Path, tilt_axis_angle: float, opts
     if path.remove_pattern:
         test = prepared.pattern
         notes.series.append(f"fixed pattern detected ({test.describe()}): removed" if test
-                            else "fixed pattern removed")
+                            else "fixed pattern removed (fixed_pattern='on')")
     extra0 = base_extra(work_shape)
     level_args = dict(taper_fraction=opts.taper_fraction, pad_fraction=opts.pad_fraction,
                       area=area, across=across)
