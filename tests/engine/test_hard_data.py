@@ -40,9 +40,10 @@ def test_fixed_pattern_is_detected_and_removed(pattern_series):
 
 
 def test_fixed_pattern_forced_off_and_on(pattern_series):
-    off = align(pattern_series, fixed_pattern="off")
+    off = align(pattern_series, fixed_pattern="off", adaptive=False)
     assert not off.fixed_pattern_removed
-    assert fair_rms(off.shifts, pattern_series) > 3.0  # the pattern wins the correlation
+    assert fair_rms(off.shifts, pattern_series) > 3.0  # the pattern wins the correlation...
+    assert off.unreliable  # ...and the self-check says so
     # forced on: removed without being looked for, also on a series without one
     clean = simulate_tilt_series(noise=1.0, **SMALL)
     forced = align(clean, fixed_pattern="on")

@@ -73,7 +73,7 @@ from .first_stage import (
 from .geometry import axis_directions
 from .pattern import PatternTest, detect_fixed_pattern, remove_fixed_pattern
 from .result import TiltxcorrResult
-from .screening import fill_opaque, screen_views
+from .screening import fill_opaque, opaque_weight, screen_views
 from .validation import ViewError, check_angles, check_stack
 
 __all__ = ["align_binned_views", "align_tilt_series", "chain_pairs", "chain_shifts",
@@ -176,10 +176,9 @@ def align_binned_views(
 
 
 def _checked(binned, angles, tilt_axis_angle, opts, progress) -> TiltxcorrResult:
-    prepared = prepare_views(binned, angles, opts)
-    remove = opts.fixed_pattern == "on" or (prepared.pattern is not None and prepared.pattern.present)
-    return align_path(prepared, Path(remove_pattern=remove, adaptive=opts.adaptive),
-                      tilt_axis_angle, opts, progress)
+    from .selfcheck import align_checked  # it runs this module's paths
+
+    return align_checked(binned, angles, tilt_axis_angle, opts, progress)
 
 
 def _effective_angles(angles: torch.Tensor, offset: float) -> torch.Tensor:
@@ -250,7 +249,9 @@ class PreparedViews:
 
     `binned` holds the working views with opaque areas filled; `pattern` is
     the fixed-pattern test (None when `fixed_pattern` is "on" or "off");
-    `notes` the series notes of the screening. `views(remove_pattern)` gives
+    `notes` the series notes of the screening; `opaque_weights` how far each
+    pixel of the views with opaque areas is specimen (`(h, w)` per view, 0
+    where opaque). `views(remove_pattern)` gives
     the working views with or without the fixed pattern subtracted (made
     once, on first use).
     """
@@ -262,6 +263,7 @@ class PreparedViews:
     view_notes: list[list[str]]
     notes: list[str]
     pattern: PatternTest | None
+    opaque_weights: dict[int, torch.Tensor]
     _removed: BinnedViews | None = None
 
     def views(self, remove_pattern: bool) -> BinnedViews:
@@ -288,6 +290,7 @@ def prepare_views(binned: BinnedViews, angles_in: torch.Tensor, opts: CoarseOpti
     reasons = list(screen.reasons)
     _check_enough_views(unusable, reasons)
     partial = screen.partial_views()
+    weights: dict[int, torch.Tensor] = {}
     if partial:
         notes.series.append(f"opaque areas (e.g. a grid bar's shadow) left out of the correlation "
                             f"in {len(partial)} views")
@@ -295,17 +298,21 @@ def prepare_views(binned: BinnedViews, angles_in: torch.Tensor, opts: CoarseOpti
         for view in partial:
             notes.add(view, f"{100 * float(screen.opaque_fraction[view]):.0f}% of the view opaque: "
                             "left out")
-            views[view] = fill_opaque(views[view], screen.opaque[view], screen.size * extra0,
-                                      float(screen.level[view]), float(screen.opaque_level[view]))
+            weights[view] = opaque_weight(views[view], screen.opaque[view], screen.size * extra0,
+                                          float(screen.level[view]),
+                                          float(screen.opaque_level[view]))
+            views[view] = fill_opaque(views[view], weights[view])
         binned = replace(binned, views=views)
     pattern = None
     if opts.fixed_pattern == "auto":
         pattern = detect_fixed_pattern(binned.views, angles, ~unusable)
-    return PreparedViews(binned, angles, unusable, reasons, notes.views, notes.series, pattern)
+    return PreparedViews(binned, angles, unusable, reasons, notes.views, notes.series, pattern,
+                         weights)
 
 
 def align_path(prepared: PreparedViews, path: Path, tilt_axis_angle: float, opts: CoarseOptions,
-               progress=None, *, unusable_extra: dict[int, str] | None = None) -> TiltxcorrResult:
+               progress=None, *, unusable_extra: dict[int, str] | None = None
+               ) -> TiltxcorrResult:
     """One candidate path of the alignment on prepared views (see the module docstring).
 
     `path` says which stages run: on views binned `path.binning` times more

@@ -166,8 +166,11 @@ class PairCorrelator:
             window = self.windows(window_shifts, boxes)  # (n, h, w)
             mean = torch.einsum("nhw,nhw->n", images, window) / window.sum(dim=(-2, -1))
         else:
-            window = self.mask if window is None else window  # (h, w)
-            mean = torch.einsum("nhw,hw->n", images, window) / window.sum()
+            window = self.mask if window is None else window  # (h, w), or (n, h, w) per view
+            if window.ndim == 3:
+                mean = torch.einsum("nhw,nhw->n", images, window) / window.sum(dim=(-2, -1))
+            else:
+                mean = torch.einsum("nhw,hw->n", images, window) / window.sum()
         prepared = (images - mean[:, None, None]).mul_(window)
         spectrum = torch.fft.rfft2(prepared, s=self.fft_shape)
         return crop_half_spectrum(spectrum, self.band_rows, self.band_cols)

@@ -91,8 +91,12 @@ def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, bra
 
 
 def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window, across, centre,
-                   interpolation) -> torch.Tensor:
-    """Band spectra `(b, rows, cols)` of the views moved by `estimates` and stretched by `factors`."""
+                   interpolation, weights: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Band spectra `(b, rows, cols)` of the views moved by `estimates` and stretched by `factors`.
+
+    `weights`: for some views, a weight `(h, w)` per pixel (0: leave out),
+    moved and stretched with the view and laid on the window.
+    """
     n_views = views.shape[0]
     chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
     out = []
@@ -100,7 +104,17 @@ def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window
         idx = torch.arange(first, min(first + chunk, n_views))
         warped = stretch_images(views[idx.to(views.device)], factors[idx], across, centre,
                                 pre_shifts=estimates[idx].to(views.device), mode=interpolation)
-        out.append(correlator.spectra(warped, window=window))
+        own = [k for k, v in enumerate(idx.tolist()) if weights and v in weights]
+        if own:
+            windows = window.expand(len(idx), -1, -1).clone()
+            chosen = idx[own]
+            maps = torch.stack([weights[v] for v in chosen.tolist()]).to(views.device)
+            windows[own] = windows[own] * stretch_images(
+                maps, factors[chosen], across, centre,
+                pre_shifts=estimates[chosen].to(views.device), mode="bilinear")
+            out.append(correlator.spectra(warped, window=windows))
+        else:
+            out.append(correlator.spectra(warped, window=window))
     return torch.cat(out)
 
 

@@ -74,6 +74,25 @@ class TiltxcorrResult:
     low_pass_used
         The final pass's low-pass cutoff in cycles per pixel of the final
         binning (0: none).
+    residual
+        `(b,)` float32 the self-check's held-out residual of each view, input
+        pixels: the median, over the view's links to its nearest views in
+        tilt on both sides, of each link's misfit under the solve of all the
+        other links (`selfcheck`); NaN for views with no links (unusable).
+    adjacent_correlation
+        `(b,)` float32 the mean normalised correlation, after alignment and
+        in the correlation band, of each view with its nearest usable views
+        in tilt (NaN where none).
+    unreliable
+        True when the self-check found no self-consistent alignment: the
+        shifts are the best the engine has, not to be trusted (see
+        `unreliable_reason`).
+    unreliable_reason
+        Why, with the figure that says so (``""`` when reliable).
+    path
+        The candidate path kept, e.g. ``"plain"`` or ``"adaptive, 4x binned"``.
+    check_binning
+        Binning (relative to the input) at which the self-check decided.
     """
 
     shifts: torch.Tensor
@@ -91,6 +110,12 @@ class TiltxcorrResult:
     first_stage_binning: int = 0
     final_binning: int = 0
     low_pass_used: float = 0.0
+    residual: torch.Tensor | None = None
+    adjacent_correlation: torch.Tensor | None = None
+    unreliable: bool = False
+    unreliable_reason: str = ""
+    path: str = "plain"
+    check_binning: int = 0
 
     def unusable_views(self) -> list[int]:
         """Input indices (0-based) of the views judged unusable, in input order."""

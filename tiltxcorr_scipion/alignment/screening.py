@@ -157,16 +157,15 @@ def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
                       opaque_level=torch.from_numpy(opaque_level))
 
 
-def fill_opaque(view: torch.Tensor, opaque_blocks: torch.Tensor, block: float, level: float,
-                opaque_level: float) -> torch.Tensor:
-    """`view` `(h, w)` with its opaque area set to the mean of the rest, edges included.
+def opaque_weight(view: torch.Tensor, opaque_blocks: torch.Tensor, block: float, level: float,
+                  opaque_level: float) -> torch.Tensor:
+    """Weight `(h, w)` of each pixel of `view` `(h, w)` as specimen: 0 where opaque, 1 in the clear.
 
     `opaque_blocks` `(H, W)` bool marks blocks of `block` pixels of this view.
     Within those blocks and one block around them, a pixel is opaque where
     its neighbourhood (5 x 5 mean) lies past half way from the specimen
     `level` to the `opaque_level`; the opaque pixels grow by a few pixels
-    (the blurred edge) and the weight falls to zero over as many again, so
-    that neither the edge nor a step is left to correlate.
+    (the blurred edge) and the weight falls to zero over as many again.
     """
     h, w = view.shape
     mask = opaque_blocks.to(torch.float32)[None, None]  # (1, 1, H, W)
@@ -184,7 +183,16 @@ def fill_opaque(view: torch.Tensor, opaque_blocks: torch.Tensor, block: float, l
     grow = max(3, round(block / 4))
     pixels = F.max_pool2d(pixels, 2 * grow + 1, stride=1, padding=grow)
     pixels = F.avg_pool2d(F.pad(pixels, (grow,) * 4, mode="replicate"), 2 * grow + 1, stride=1)
-    weight = (1.0 - pixels[0, 0]).clamp(0.0, 1.0).to(dtype=view.dtype)
+    return (1.0 - pixels[0, 0]).clamp(0.0, 1.0)
+
+
+def fill_opaque(view: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`view` `(h, w)` with its opaque area (`opaque_weight` `(h, w)`) set to the mean of the rest.
+
+    The weight blends the view into that mean over the blurred edge, so that
+    neither the edge nor a step is left to correlate.
+    """
+    weight = weight.to(dtype=view.dtype, device=view.device)
     keep = weight > 0.999
     fill = view[keep].mean() if bool(keep.any()) else view.mean()
     return fill + (view - fill) * weight

@@ -1,0 +1,513 @@
+"""The self-check: align along candidate paths, measure each from the data alone, keep the best.
+
+Every run is measured, and the measure decides between candidates instead of
+thresholds tuned on one simulator. The plain IMOD path is always a candidate
+and is kept unless the data show another one better, so the defaults cannot
+be worse than the plain method by this measure; when no candidate is
+self-consistent the series is marked unreliable, with the figure that says so.
+
+**The measure** (`Judge.measure`, one set of shifts at one judge binning):
+every usable view, moved by its shift and stretched into the reference
+view's frame, is correlated with its next `JUDGE_LAGS` usable views in tilt
+order on both sides (`links`), on views binned `binning` times more than the
+working views, with the options' correlation filter (per judge pixel). Each
+link's residual shift is measured within `JUDGE_RADIUS` judge pixels; a
+robust least-squares solve of all links gives the corrections the links still
+ask for (`correction`, in input pixels, once the motions no tilt series fixes
+are removed: `geometry.unfixed_motions`), and each link's *held-out*
+residual: its misfit under the solve made without it (`links.held_out`). A
+link *agrees* when its held-out residual is within `AGREE` judge pixels (a
+quarter of the radius: 6% of links land there by chance when nothing
+correlates). A level is *consistent* when at least `CONSISTENT` of the links
+agree, no gap between neighbouring views has most of the links across it
+disagreeing (a break), and the views whose links nearly all disagree are set
+aside (`outliers`). Figures per view: the median held-out residual of its
+links (`residual`, input pixels) and the mean correlation of its links to its
+nearest neighbours (`adjacent_correlation`).
+
+**The choice** (`align_checked`): the plain path runs first and is measured
+at the working binning. If it is consistent there, its links ask for
+corrections of at most `SETTLED` working pixels RMS and no fixed pattern was
+found, it is kept (clean data pay for one measure). Otherwise the other
+candidates run (the adaptive path; both on coarser views, 2x and 4x, as far
+as the views allow; each with the fixed pattern removed when one was found,
+or with `fixed_pattern="on"`), and all are measured from the working binning
+outwards to coarser ones; the decision is taken at the finest binning where
+some candidate is consistent (`decision level`). There, in the order plain,
+adaptive, coarser..., a candidate replaces the one kept so far only when its
+corrections are smaller, view by view, by more than twice their standard
+error. A kept series is unreliable when no binning is consistent, when it
+breaks, or when its links still ask for corrections above `MAX_CORRECTION`
+pixels RMS. Views whose links disagree with the rest are made unusable, with
+the figures, and the kept path is run again without them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .area import area_boxes
+from .binning import BinnedViews, bin_views
+from .core import PLAIN, Path, align_path, prepare_views
+from .correlate import CorrelationFilter, PairCorrelator
+from .final_pass import _frame_spectra, measure_links
+from .geometry import axis_directions, unfixed_motions
+from .links import LinkSystem, frame_factors, held_out, link_pairs, solve_links, stretch_matrices
+from .result import TiltxcorrResult
+
+JUDGE_LAGS = 3          # each view is linked to its next 3 usable views in tilt order
+JUDGE_RADIUS = 4.0      # judge pixels searched around the alignment for each link
+AGREE = JUDGE_RADIUS / 4  # a link agrees when its held-out residual is within this (judge px)
+CONSISTENT = 0.8        # a consistent level has at least this fraction of links agreeing
+JUDGE_MIN_SIZE = 48     # coarser judge levels while views keep at least this many pixels
+JUDGE_MIN_SD = 0.2      # judge px: the least robust SD the link solve assumes
+OUTLIER_DISAGREE = 0.75  # a view with at least this fraction of its links disagreeing is set aside
+TIES = 2                # a gap with fewer agreeing links across it is a break
+CHANCE = JUDGE_RADIUS / 2  # ...and their median held-out residual this far off (judge px): by
+#                            chance (nothing correlates) the median is 0.71 of the radius
+MAX_CORRECTION = 2.0    # input px RMS: a kept alignment whose links ask for more is unreliable
+SETTLED = 0.5           # working px RMS: a consistent plain path asked for no more is kept at once
+QUICK_SIZE = 512        # ...as measured on views of at most this many pixels (cheap)
+BETTER = 0.5            # a challenger must at least halve the kept path's mean squared correction
+COARSER = (2, 4)        # extra binnings of the coarser candidates (as far as views allow)
+MIN_CANDIDATE_SIZE = 48  # a coarser candidate keeps views of at least this many pixels
+
+
+@dataclass(frozen=True)
+class LinkCheck:
+    """One set of shifts measured at one judge binning (see the module docstring).
+
+    Attributes
+    ----------
+    binning
+        The judge's binning relative to the input views.
+    pairs
+        The links `(i, j)`, input indices.
+    held_out
+        `(n_links,)` held-out residual of each link, input pixels.
+    agree
+        `(n_links,)` bool: links whose held-out residual is within `AGREE`
+        judge pixels.
+    correction
+        `(b, 2)` corrections the links still ask for, input pixels, the
+        unfixed motions removed; NaN for views without links.
+    ncc
+        `(n_links,)` normalised correlation of each link at its peak.
+    lags
+        `(n_links,)` how many views apart in tilt order each link's views are.
+    outliers
+        Views whose links (nearly) all disagree, set aside before judging.
+    breaks
+        `(inner, outer)` neighbouring views with most links across them
+        disagreeing.
+    """
+
+    binning: int
+    pairs: list[tuple[int, int]]
+    held_out: torch.Tensor
+    agree: torch.Tensor
+    correction: torch.Tensor
+    ncc: torch.Tensor
+    lags: torch.Tensor
+    outliers: tuple[int, ...] = ()
+    breaks: tuple[tuple[int, int], ...] = ()
+
+    def _kept(self) -> torch.Tensor:
+        out = set(self.outliers)
+        return torch.tensor([i not in out and j not in out for i, j in self.pairs],
+                            dtype=torch.bool)
+
+    @property
+    def agreeing(self) -> float:
+        """Fraction of the links (outliers' aside) that agree."""
+        kept = self._kept()
+        return float(self.agree[kept].double().mean()) if bool(kept.any()) else 0.0
+
+    @property
+    def consistent(self) -> bool:
+        return self.agreeing >= CONSISTENT and not self.breaks
+
+    @property
+    def error(self) -> float:
+        """RMS over the linked views (outliers aside) of the corrections asked for, input px."""
+        keep = torch.isfinite(self.correction[:, 0])
+        keep[list(self.outliers)] = False
+        if not bool(keep.any()):
+            return math.inf
+        return float(self.correction[keep].norm(dim=1).pow(2).mean().sqrt())
+
+    def view_figures(self, n_views: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(b,)` median held-out residual of each view's links (input px) and the mean
+        correlation of its links to its nearest neighbours (NaN where it has none)."""
+        residual = torch.full((n_views,), float("nan"), dtype=torch.float64)
+        correlation = torch.full((n_views,), float("nan"), dtype=torch.float64)
+        nearest = self.lags == 1
+        for view in range(n_views):
+            mine = torch.tensor([view in pair for pair in self.pairs], dtype=torch.bool)
+            if bool(mine.any()):
+                residual[view] = float(self.held_out[mine].median())
+            if bool((mine & nearest).any()):
+                correlation[view] = float(self.ncc[mine & nearest].mean())
+        return residual, correlation
+
+    def describe(self) -> str:
+        text = (f"links agree {100 * self.agreeing:.0f}%, corrections asked "
+                f"{self.error:.2f} px RMS")
+        if self.breaks:
+            text += f", {len(self.breaks)} break(s)"
+        return text
+
+
+def _outliers_and_breaks(pairs, agree: torch.Tensor, residual: torch.Tensor, order: list[int]
+                         ) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Views whose links nearly all disagree, as if by chance; gaps whose links do.
+
+    `residual` `(n_links,)` held-out residuals in judge pixels. A view is an
+    outlier when at least `OUTLIER_DISAGREE` of its links disagree and their
+    median residual is beyond `CHANCE` (its image does not match its
+    neighbours at all), and more so than both its neighbours in tilt (next to
+    a break, a view has half its links across it). A gap between neighbouring
+    views (outliers aside) is a break when fewer than `TIES` links across it
+    agree: nothing then holds one side in place against the other (each link
+    agrees by chance with a probability of 1/16).
+    """
+    links_of = {v: [k for k, pair in enumerate(pairs) if v in pair] for v in order}
+
+    def off(links: list[int]) -> bool:
+        return bool(links) and float((~agree[links]).double().mean()) >= OUTLIER_DISAGREE \
+            and float(residual[links].median()) > CHANCE
+
+    rate = {v: float((~agree[links_of[v]]).double().mean()) if links_of[v] else 0.0
+            for v in order}
+    outliers = []
+    for p, view in enumerate(order):
+        neighbours = [order[q] for q in (p - 1, p + 1) if 0 <= q < len(order)]
+        if len(links_of[view]) >= 2 and off(links_of[view]) and all(
+                rate[n] < rate[view] for n in neighbours):
+            outliers.append(view)
+    out = set(outliers)
+    remaining = [v for v in order if v not in out]
+    place = {v: p for p, v in enumerate(remaining)}
+    breaks = []
+    for p in range(len(remaining) - 1):
+        across = [k for k, (i, j) in enumerate(pairs)
+                  if i in place and j in place
+                  and min(place[i], place[j]) <= p < max(place[i], place[j])]
+        if across and int(agree[across].sum()) < TIES:
+            breaks.append((remaining[p], remaining[p + 1]))
+    return tuple(outliers), tuple(breaks)
+
+
+class Judge:
+    """Measures sets of shifts on the working views, at the working binning and coarser."""
+
+    def __init__(self, views: BinnedViews, angles: torch.Tensor, unusable: torch.Tensor,
+                 tilt_axis_angle: float, correlation_filter: CorrelationFilter, *,
+                 taper_fraction: float, interpolation: str, area=None,
+                 opaque_weights: dict[int, torch.Tensor] | None = None):
+        self.angles = angles
+        self.area = area
+        self.opaque_weights = opaque_weights or {}
+        self.tilt_axis_angle = tilt_axis_angle
+        self.filter = correlation_filter
+        self.taper_fraction = taper_fraction
+        self.interpolation = interpolation
+        self.order = [v for v in torch.argsort(angles, stable=True).tolist() if not unusable[v]]
+        self.reference = min(self.order, key=lambda v: (abs(float(angles[v])), v))
+        _, self.across = axis_directions(tilt_axis_angle)
+        self.factors = frame_factors(angles, self.reference)
+        self.pairs, self.lags = link_pairs(self.order, JUDGE_LAGS)
+        self.system = LinkSystem.build(self.pairs, self.reference,
+                                       stretch_matrices(self.factors, self.across))
+        self.prior = self.lags.to(torch.float64) ** -1.0
+        self.levels = [views]
+        while min(views.views.shape[-2:]) // (2 ** len(self.levels)) >= JUDGE_MIN_SIZE:
+            self.levels.append(views.rebinned(2 ** len(self.levels)))
+        self._correlators: dict[int, PairCorrelator] = {}
+        keep = torch.zeros(angles.numel(), dtype=torch.bool)
+        keep[self.order] = True
+        self._keep = keep
+        basis = unfixed_motions(angles, tilt_axis_angle)[keep]  # (n, 2, 4)
+        self._basis = basis.reshape(-1, 4)
+
+    def _weights(self, level: int) -> dict[int, torch.Tensor]:
+        """The views' opaque weights (see `core.PreparedViews`) binned to this level."""
+        factor = self.levels[level].factor // self.levels[0].factor
+        if factor == 1:
+            return self.opaque_weights
+        return {v: bin_views(w[None], factor)[0] for v, w in self.opaque_weights.items()}
+
+    def _box(self, level: int) -> torch.Tensor:
+        """The area to correlate (`CoarseOptions.area`) at the reference tilt, this level's px."""
+        tilt = self.angles[self.reference:self.reference + 1]
+        return area_boxes(self.area, tilt, self.across, self.levels[level])[0]
+
+    def _correlator(self, level: int) -> PairCorrelator:
+        if level not in self._correlators:
+            views = self.levels[level].views
+            self._correlators[level] = PairCorrelator(
+                tuple(views.shape[-2:]), self.filter, taper_fraction=self.taper_fraction,
+                pad_fraction=0.0, device=views.device)
+        return self._correlators[level]
+
+    def quick_level(self) -> int:
+        """The level that checks the plain path alone: views of at most `QUICK_SIZE` px."""
+        for level, binned in enumerate(self.levels):
+            if max(binned.views.shape[-2:]) <= QUICK_SIZE:
+                return level
+        return len(self.levels) - 1
+
+    def spectra(self, shifts: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Band spectra `(b, rows, cols)` of the views moved by `shifts` (input px) and stretched
+        into the reference frame at judge level `level`, and the ring correlation `(rings,)`
+        of neighbouring views (links to the next view in tilt), ring `i` centred on
+        `(i + 0.5) * RING` cycles per judge pixel."""
+        binned = self.levels[level]
+        correlator = self._correlator(level)
+        estimates = shifts.detach().cpu().to(torch.float64) / binned.factor
+        size = min(binned.views.shape[-2:])
+        typical = float(estimates[self.order].norm(dim=1).quantile(0.9))
+        window = correlator.inset_mask(min(typical, 0.25 * size) + JUDGE_RADIUS)
+        if self.area is not None:
+            window = window * correlator.box_mask(self._box(level))
+        spectra = _frame_spectra(binned.views, self.factors, estimates, correlator, window,
+                                 self.across, binned.centre, self.interpolation,
+                                 weights=self._weights(level))
+        nearest = [pair for pair, lag in zip(self.pairs, self.lags.tolist(), strict=True)
+                   if lag == 1]
+        return spectra, ring_correlation(spectra, correlator, nearest)
+
+    def measure(self, shifts: torch.Tensor, level: int = 0, *,
+                prepared: tuple[torch.Tensor, torch.Tensor] | None = None,
+                rings: torch.Tensor | None = None) -> LinkCheck:
+        """`LinkCheck` of shifts `(b, 2)` (input pixels) at judge level `level` (0: working).
+
+        Each frequency counts by its signal-to-noise ratio, `FRC / (1 - FRC)`
+        from the ring correlation of neighbouring views (`rings`, by default
+        these shifts' own; candidates compared at one level share the best
+        ring correlation any of them reached), on top of the options' filter:
+        the links then use the band where the data hold signal, whatever the
+        noise. `prepared`: `spectra(shifts, level)` if already made.
+        """
+        binned = self.levels[level]
+        factor = binned.factor
+        spectra, own = prepared if prepared is not None else self.spectra(shifts, level)
+        correlator = self._correlator(level)
+        weighted = copy.copy(correlator)
+        weighted.reweight(_snr_weight(own if rings is None else rings))
+        n_views = self.angles.numel()
+        measured, ncc, _ = measure_links(spectra, self.pairs, weighted, radius=JUDGE_RADIUS,
+                                         refine=True)
+        solution, weights, _ = solve_links(self.system, measured, self.prior,
+                                           min_sd=JUDGE_MIN_SD)
+        residual = held_out(self.system, measured, solution, weights).norm(dim=1)
+        agree = residual <= AGREE
+        rho = self.system.spread(solution, n_views)[self._keep].reshape(-1)
+        fit = torch.linalg.lstsq(self._basis, rho[:, None]).solution
+        correction = torch.full((n_views, 2), float("nan"), dtype=torch.float64)
+        correction[self._keep] = (rho - (self._basis @ fit)[:, 0]).reshape(-1, 2) * factor
+        outliers, breaks = _outliers_and_breaks(self.pairs, agree, residual, self.order)
+        return LinkCheck(binning=factor, pairs=self.pairs, held_out=residual * factor,
+                         agree=agree, correction=correction, ncc=ncc, lags=self.lags,
+                         outliers=outliers, breaks=breaks)
+
+
+RING = 0.02  # cycles per judge pixel: width of the rings of the ring correlation
+
+
+def ring_correlation(spectra: torch.Tensor, correlator: PairCorrelator,
+                     pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """Ring correlation `(rings,)` float64 of the band spectra of `pairs`, summed over pairs."""
+    frequency = torch.sqrt(correlator.ky[:, None].to(torch.float64) ** 2
+                           + correlator.kx[None, :].to(torch.float64) ** 2).cpu()
+    n_rings = int(0.5 / RING)
+    rings = (frequency / RING).long().clamp(max=n_rings - 1).flatten()
+    weight = correlator.col_weights.to(torch.float64).cpu()[None, :].expand_as(frequency).flatten()
+    first = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+    second = torch.tensor([j for _, j in pairs], dtype=torch.long)
+    cross = torch.zeros(frequency.numel(), dtype=torch.float64)
+    power_a = torch.zeros_like(cross)
+    power_b = torch.zeros_like(cross)
+    for start in range(0, len(pairs), 16):
+        a = torch.view_as_real(spectra[first[start:start + 16].to(spectra.device)]).flatten(1, 2)
+        b = torch.view_as_real(spectra[second[start:start + 16].to(spectra.device)]).flatten(1, 2)
+        cross += (a * b).sum(dim=(0, 2)).cpu().double()
+        power_a += a.square().sum(dim=(0, 2)).cpu().double()
+        power_b += b.square().sum(dim=(0, 2)).cpu().double()
+    cross, power_a, power_b = cross * weight, power_a * weight, power_b * weight
+    sums = [torch.zeros(n_rings, dtype=torch.float64).index_add_(0, rings, x)
+            for x in (cross, power_a, power_b)]
+    return sums[0] / (sums[1] * sums[2]).sqrt().clamp_min(1e-300)
+
+
+def _snr_weight(rings: torch.Tensor):
+    """Radial weight (cycles per pixel in): each ring's `FRC / (1 - FRC)`, at most 1."""
+    frc = rings.clamp(0.0, 0.95)
+    snr = frc / (1 - frc)
+    snr = snr / snr.max().clamp_min(1e-12)
+
+    def weight(frequency: torch.Tensor) -> torch.Tensor:
+        index = (frequency / RING).long().clamp(0, len(snr) - 1)
+        return snr[index].to(frequency.dtype)
+
+    return weight
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    result: TiltxcorrResult
+    checks: dict[int, LinkCheck] = field(default_factory=dict)
+
+
+def _better(challenger: LinkCheck, kept: LinkCheck) -> bool:
+    """Whether `challenger`'s corrections are clearly smaller than `kept`'s.
+
+    Clearly: the mean squared correction at most `BETTER` of the kept one's,
+    and smaller by over 2 standard errors of the view-by-view differences. A
+    judge level's own view of the shifts is not the truth either: a candidate
+    correlated at the same band as the judge looks a little better to it
+    than it is, so small gains do not count.
+    """
+    both = torch.isfinite(challenger.correction[:, 0]) & torch.isfinite(kept.correction[:, 0])
+    both[list(set(challenger.outliers) | set(kept.outliers))] = False
+    if int(both.sum()) < 3:
+        return False
+    diff = (challenger.correction[both].norm(dim=1).square()
+            - kept.correction[both].norm(dim=1).square())
+    mean_kept = float(kept.correction[both].norm(dim=1).square().mean())
+    significant = float(diff.mean()) + 2 * float(diff.std()) / math.sqrt(diff.numel()) < 0
+    return significant and float(diff.mean()) + mean_kept <= BETTER * mean_kept
+
+
+def candidate_paths(work_shape: tuple[int, int], remove_pattern: bool, forced: bool = False
+                    ) -> list[Path]:
+    """The candidates when the plain path is not settled, in order of preference.
+
+    The adaptive path first (made for the data that unsettle the plain one),
+    then the plain path (with the pattern removed, when one was found; as it
+    ran, unless `forced`: `fixed_pattern="on"`), then both on coarser views as
+    far as the views allow.
+    """
+    paths = [Path(adaptive=True, remove_pattern=remove_pattern)]
+    if remove_pattern:
+        paths.append(Path(remove_pattern=True))
+    if not forced:
+        paths.append(PLAIN)
+    for extra in COARSER:
+        if min(work_shape) // extra >= MIN_CANDIDATE_SIZE:
+            paths += [Path(binning=extra, adaptive=True, remove_pattern=remove_pattern),
+                      Path(binning=extra, remove_pattern=remove_pattern)]
+    return paths
+
+
+def align_checked(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: float, opts,
+                  progress=None) -> TiltxcorrResult:
+    """The coarse alignment with its self-check (module docstring); checked inputs."""
+    prepared = prepare_views(binned, angles, opts)
+    found_pattern = prepared.pattern is not None and prepared.pattern.present
+    forced = opts.fixed_pattern == "on"
+    judged_views = prepared.views(found_pattern or forced)
+    correlation_filter = CorrelationFilter(opts.high_pass_sigma, opts.high_pass_radius,
+                                           opts.low_pass_cutoff, opts.low_pass_sigma)
+    judge_args = dict(taper_fraction=opts.taper_fraction, interpolation=opts.interpolation,
+                      area=opts.area(binned.full_shape), opaque_weights=prepared.opaque_weights)
+    judge = Judge(judged_views, prepared.angles, prepared.unusable, tilt_axis_angle,
+                  correlation_filter, **judge_args)
+    first = replace(PLAIN, remove_pattern=forced)
+    plain = _Candidate(first, align_path(prepared, first, tilt_axis_angle, opts, progress))
+    quick = judge.quick_level()
+    plain.checks[quick] = judge.measure(plain.result.shifts, quick)
+    settled = (plain.checks[quick].consistent and not found_pattern
+               and plain.checks[quick].error <= SETTLED * binned.factor)
+    candidates = [plain]
+    if opts.adaptive and not settled:
+        candidates = []
+        for path in candidate_paths(tuple(binned.views.shape[-2:]), found_pattern or forced,
+                                    forced):
+            same = path == first
+            candidates.append(plain if same else _Candidate(
+                path, align_path(prepared, path, tilt_axis_angle, opts)))
+    kept, level = _choose(candidates, judge, plain, quick)
+    check = kept.checks[level]
+    if check.outliers and check.consistent:
+        reasons = {}
+        for view in check.outliers:
+            mine = [k for k, pair in enumerate(check.pairs) if view in pair]
+            reasons[view] = (f"links disagree with the neighbouring views: "
+                             f"{int((~check.agree[mine]).sum())} of {len(mine)} links off by "
+                             f"more than {AGREE * check.binning:.1f} px (median "
+                             f"{float(check.held_out[mine].median()):.1f} px)")
+        result = align_path(prepared, kept.path, tilt_axis_angle, opts, unusable_extra=reasons)
+        kept = _Candidate(kept.path, result)
+        outlier_judge = Judge(judged_views, prepared.angles, result.unusable.cpu(),
+                              tilt_axis_angle, correlation_filter, **judge_args)
+        check = outlier_judge.measure(result.shifts, level)
+        kept.checks[level] = check
+    return _finish(kept, candidates, check, level, judge)
+
+
+def _choose(candidates: list[_Candidate], judge: Judge, plain: _Candidate, quick: int
+            ) -> tuple[_Candidate, int]:
+    """The candidate kept and the judge level that decided (module docstring).
+
+    The plain path (measured at level `quick`) when it is the only candidate
+    or when no candidate is consistent at any level.
+    """
+    if len(candidates) == 1:
+        return plain, quick
+    for level in range(len(judge.levels)):
+        made = {id(c): judge.spectra(c.result.shifts, level) for c in candidates}
+        rings = torch.stack([rings for _, rings in made.values()]).max(dim=0).values
+        for candidate in candidates:
+            candidate.checks[level] = judge.measure(candidate.result.shifts, level,
+                                                    prepared=made[id(candidate)], rings=rings)
+        del made
+        consistent = [c for c in candidates if c.checks[level].consistent]
+        if not consistent:
+            continue
+        kept = consistent[0]
+        for challenger in consistent[1:]:
+            if _better(challenger.checks[level], kept.checks[level]):
+                kept = challenger
+        return kept, level
+    return plain, quick
+
+
+def _finish(kept: _Candidate, candidates: list[_Candidate], check: LinkCheck, level: int,
+            judge: Judge) -> TiltxcorrResult:
+    """The kept result with the self-check's figures, verdict and notes."""
+    n_views = judge.angles.numel()
+    residual, correlation = check.view_figures(n_views)
+    reason = ""
+    if not check.consistent:
+        if check.breaks:
+            inner, outer = check.breaks[0]
+            reason = (f"the alignment breaks between the views at "
+                      f"{float(judge.angles[inner]):.1f} and {float(judge.angles[outer]):.1f} "
+                      f"degrees: fewer than {TIES} of the links across them agree")
+        else:
+            reason = (f"no candidate is self-consistent at any binning: at best "
+                      f"{100 * max(c.checks[lv].agreeing for c in candidates for lv in c.checks):.0f}"
+                      f"% of the links agree (at least {100 * CONSISTENT:.0f}% needed)")
+    elif check.error > MAX_CORRECTION:
+        reason = (f"the links still ask for corrections of {check.error:.1f} px RMS "
+                  f"(more than {MAX_CORRECTION:g} px): the alignment is not settled")
+    figures = "; ".join(
+        f"{c.path.describe()}: {c.checks[level].describe()}" for c in candidates
+        if level in c.checks)
+    note = (f"self-check at binning {check.binning}: kept {kept.path.describe()} ({figures})")
+    return replace(
+        kept.result,
+        residual=residual.to(torch.float32),
+        adjacent_correlation=correlation.to(torch.float32),
+        unreliable=bool(reason),
+        unreliable_reason=reason,
+        path=kept.path.describe(),
+        check_binning=check.binning,
+        series_notes=tuple(kept.result.series_notes) + (note,),
+    )
