@@ -35,6 +35,11 @@ SPIKE_T = 6.0
 SPIKE_SHARE = 0.5
 #: ...and at least this large (normalised correlation): weaker patterns do no harm.
 SPIKE_MIN = 0.003
+#: ...and as strong between views a third of the series apart in tilt (at least this share of
+#: it): a camera pattern is the same in every view, a specimen that is aligned already looks
+#: alike only in views of nearby tilts.
+FAR_RATIO = 0.5
+FAR_FRACTION = 3
 #: Sigma (cycles/pixel) of the inverted Gaussian high-pass of the pattern estimate.
 PATTERN_HIGH_PASS = 0.03
 
@@ -47,10 +52,12 @@ class PatternTest:
     spike: float
     share: float
     t_value: float
+    far_ratio: float = 0.0
 
     def describe(self) -> str:
         return (f"zero-shift spike {self.spike:.3f} ({100 * self.share:.0f}% of the zero-shift "
-                f"correlation, t = {self.t_value:.0f})")
+                f"correlation, t = {self.t_value:.0f}; {100 * self.far_ratio:.0f}% of it between "
+                "views far apart in tilt)")
 
 
 def detect_fixed_pattern(views: torch.Tensor, angles: torch.Tensor,
@@ -71,7 +78,24 @@ def detect_fixed_pattern(views: torch.Tensor, angles: torch.Tensor,
     # pixel-scale detail only: each pixel less the mean of its four neighbours
     high = crops[:, 1:-1, 1:-1] - 0.25 * (crops[:, :-2, 1:-1] + crops[:, 2:, 1:-1]
                                           + crops[:, 1:-1, :-2] + crops[:, 1:-1, 2:])
-    first, second = high[:-1], high[1:]
+    near = _spikes(high[:-1], high[1:])
+    far_lag = max(2, len(order) // FAR_FRACTION)
+    far = _spikes(high[:-far_lag], high[far_lag:]) if len(order) > far_lag else near
+    spike, zero = near
+    n = spike.numel()
+    spread = float(spike.std()) if n > 1 else float("inf")
+    t_value = float(spike.mean()) / max(spread / n ** 0.5, 1e-12)
+    median_spike = float(spike.median())
+    median_zero = float(zero.median())
+    share = median_spike / median_zero if median_zero > 0 else 0.0
+    far_ratio = float(far[0].median()) / median_spike if median_spike > 0 else 0.0
+    present = (t_value >= SPIKE_T and share >= SPIKE_SHARE and median_spike >= SPIKE_MIN
+               and far_ratio >= FAR_RATIO)
+    return PatternTest(present, median_spike, share, t_value, far_ratio)
+
+
+def _spikes(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair of high-passed crops: the zero-shift spike over its 4 neighbours, and the NCC."""
     rows, cols = first.shape[-2:]
     a = first[:, 1:rows - 1, 1:cols - 1]
     norm_a = a.square().sum(dim=(1, 2)).double().cpu().numpy()
@@ -84,16 +108,7 @@ def detect_fixed_pattern(views: torch.Tensor, angles: torch.Tensor,
 
     zero = ncc(0, 0)
     around = (ncc(0, 1) + ncc(0, -1) + ncc(1, 0) + ncc(-1, 0)) / 4
-    spike = zero - around  # (pairs,)
-    n = spike.numel()
-    spread = float(spike.std()) if n > 1 else float("inf")
-    t_value = float(spike.mean()) / max(spread / n ** 0.5, 1e-12)
-    median_spike = float(spike.median())
-    median_zero = float(zero.median())
-    share = median_spike / median_zero if median_zero > 0 else 0.0
-    present = t_value >= SPIKE_T and share >= SPIKE_SHARE and median_spike >= SPIKE_MIN
-    return PatternTest(present, median_spike, share, t_value)
-
+    return zero - around, zero
 
 def remove_fixed_pattern(views: torch.Tensor, usable: torch.Tensor,
                          chunk: int = 8) -> torch.Tensor:

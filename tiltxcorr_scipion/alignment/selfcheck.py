@@ -411,7 +411,10 @@ def align_checked(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: fl
     prepared = prepare_views(binned, angles, opts)
     found_pattern = prepared.pattern is not None and prepared.pattern.present
     forced = opts.fixed_pattern == "on"
-    judged_views = prepared.views(found_pattern or forced)
+    # The judge sees the views as they are: a pattern fixed in the camera is pixel-scale
+    # detail that its coarser levels average away, while an aligned specimen taken for a
+    # pattern (a needle along the tilt axis looks alike at every tilt) keeps its say.
+    judged_views = prepared.views(False)
     correlation_filter = CorrelationFilter(opts.high_pass_sigma, opts.high_pass_radius,
                                            opts.low_pass_cutoff, opts.low_pass_sigma)
     judge_args = dict(taper_fraction=opts.taper_fraction, interpolation=opts.interpolation,
