@@ -311,6 +311,14 @@ class AlignmentOutcome:
         noise reaches 4-5); NaN for the reference and disabled views.
     series_notes
         What the engine found and did for the whole series.
+    residual
+        `(n,)` the self-check's held-out residual of each view, pixels
+        (`TiltxcorrResult.residual`); NaN where not measured.
+    unreliable, unreliable_reason
+        The self-check found no self-consistent alignment, and why
+        (`TiltxcorrResult.unreliable`).
+    path
+        The candidate path the self-check kept (e.g. ``"plain"``).
     fine
         What the fine alignment adds (`FineDetails`); None for a coarse one.
     """
@@ -329,6 +337,10 @@ class AlignmentOutcome:
     notes: tuple[str, ...] = ()
     significance: np.ndarray | None = None
     series_notes: tuple[str, ...] = ()
+    residual: np.ndarray | None = None
+    unreliable: bool = False
+    unreliable_reason: str = ""
+    path: str = ""
     fine: FineDetails | None = None
 
     def __post_init__(self) -> None:
@@ -339,6 +351,8 @@ class AlignmentOutcome:
         self.notes = self.notes or ("",) * n
         if self.significance is None:
             self.significance = np.full(n, np.nan)
+        if self.residual is None:
+            self.residual = np.full(n, np.nan)
 
     def exclude_unusable(self) -> AlignmentOutcome:
         """This outcome with the unusable views disabled: identity transform, no score.
@@ -528,6 +542,9 @@ def _verdicts(result, items: np.ndarray, n: int) -> dict:
     """The engine's per-view verdicts (`TiltxcorrResult`) spread over all `n` views."""
     unusable = np.zeros(n, dtype=bool)
     significance = np.full(n, np.nan)
+    residual = np.full(n, np.nan)
+    if result.residual is not None:
+        residual[items] = result.residual.detach().cpu().double().numpy()
     reasons, notes = [""] * n, [""] * n
     if result.unusable is not None:
         unusable[items] = result.unusable.detach().cpu().numpy()
@@ -539,7 +556,9 @@ def _verdicts(result, items: np.ndarray, n: int) -> dict:
         if result.notes:
             notes[item] = result.notes[k]
     return dict(unusable=unusable, reasons=tuple(reasons), notes=tuple(notes),
-                significance=significance, series_notes=tuple(result.series_notes))
+                significance=significance, series_notes=tuple(result.series_notes),
+                residual=residual, unreliable=result.unreliable,
+                unreliable_reason=result.unreliable_reason, path=result.path)
 
 
 def _fine_outcome(views, items, previous, binned, angles, axis, options, progress
@@ -719,7 +738,9 @@ def _write_coarse_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> Non
         # view numbers are stack positions, as in the viewer and the IMOD files
         save_alignment_plot(paths["png"], views.ts_id, views.tilt_angles, outcome.shifts,
                             views.enabled, outcome.correlation,
-                            view_numbers=views.stack_positions, unusable=outcome.unusable)
+                            view_numbers=views.stack_positions, unusable=outcome.unusable,
+                            residual=outcome.residual,
+                            unreliable_reason=outcome.unreliable_reason)
 
 
 def _write_fine_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ display), so they render headless; `save_alignment_plot` writes a PNG.
 from __future__ import annotations
 
 import os
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -35,6 +36,7 @@ MIN_DROP = 0.1
 _DX_COLOUR, _DY_COLOUR = "#1f77b4", "#ff7f0e"
 _OK_COLOUR, _LOW_COLOUR, _EXCLUDED_COLOUR = "#2a9d4b", "#d62728", "#9a9a9a"
 _UNUSABLE_COLOUR = "#b5179e"
+_RESIDUAL_COLOUR = "#6a994e"
 
 
 def _check_inputs(tilt_angles, shifts, enabled, correlation):
@@ -147,7 +149,8 @@ def low_correlation_views(tilt_angles: np.ndarray, correlation: np.ndarray,
 
 def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enabled: np.ndarray,
                    correlation: np.ndarray, *, view_numbers: np.ndarray | None = None,
-                   unusable: np.ndarray | None = None, figure: Figure | None = None) -> Figure:
+                   unusable: np.ndarray | None = None, residual: np.ndarray | None = None,
+                   unreliable_reason: str = "", figure: Figure | None = None) -> Figure:
     """Plot one tilt series' alignment: shifts and correlation against tilt angle.
 
     Parameters
@@ -171,6 +174,12 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
         `(n,)` bool: views the engine found without usable specimen (blocked,
         dark, blank), drawn as magenta diamonds with their number, whether
         they were then disabled or not; never flagged as low correlation.
+    residual
+        `(n,)` the self-check's held-out residual per view (pixels; NaN where
+        not measured), drawn against the right axis of the correlation panel.
+    unreliable_reason
+        When the self-check found the alignment unreliable, why: shown in red
+        under the title.
     figure
         Figure to draw into (e.g. one made by pyplot for an interactive
         window); a new 8 x 6.5 inch `Figure` if None.
@@ -280,7 +289,20 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
     axes_corr.set_ylabel("correlation")
     axes_corr.set_xlabel("tilt angle (degrees)")
     axes_corr.grid(True, alpha=0.3)
-    axes_corr.legend(loc="lower center", fontsize=8, framealpha=0.85)
+    corr_handles = axes_corr.get_legend_handles_labels()[0]
+    if residual is not None:
+        residual = np.asarray(residual, dtype=np.float64).reshape(-1)
+        measured = order[np.isfinite(residual[order]) & enabled[order]]
+        if measured.size:
+            axes_residual = axes_corr.twinx()
+            axes_residual.plot(angles[measured], residual[measured], "-", color=_RESIDUAL_COLOUR,
+                               marker=".", linewidth=1.0, markersize=4)
+            axes_residual.set_ylim(0.0, max(1.0, 1.1 * float(residual[measured].max())))
+            axes_residual.set_ylabel("self-check residual (px)", color=_RESIDUAL_COLOUR)
+            axes_residual.tick_params(axis="y", colors=_RESIDUAL_COLOUR)
+            corr_handles.append(Line2D([], [], color=_RESIDUAL_COLOUR, marker=".",
+                                       label="held-out residual of its links (px)"))
+    axes_corr.legend(handles=corr_handles, loc="lower center", fontsize=8, framealpha=0.85)
 
     n_off = int(off.sum())
     n_low = int(low.sum())
@@ -291,7 +313,11 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
     status += (f"{n_low} with low correlation: view{'s' if n_low > 1 else ''} "
                + ", ".join(str(v) for v in sorted(views[low])[:8]) + ("..." if n_low > 8 else "")
                if n_low else "no low correlation")
-    figure.suptitle(f"{ts_id}: coarse alignment", fontsize=12, fontweight="bold")
+    title = f"{ts_id}: coarse alignment"
+    if unreliable_reason:
+        title += "\nUNRELIABLE: " + textwrap.shorten(unreliable_reason, 110)
+    figure.suptitle(title, fontsize=11 if unreliable_reason else 12, fontweight="bold",
+                    color=_LOW_COLOUR if unreliable_reason else "black")
     axes_shift.set_title(status, fontsize=9,
                          color=_LOW_COLOUR if n_low or np.any(unusable) else "black")
     figure.tight_layout()
@@ -301,7 +327,8 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
 def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray,
                         enabled: np.ndarray, correlation: np.ndarray, *,
                         view_numbers: np.ndarray | None = None,
-                        unusable: np.ndarray | None = None) -> str:
+                        unusable: np.ndarray | None = None, residual: np.ndarray | None = None,
+                        unreliable_reason: str = "") -> str:
     """Write `plot_alignment`'s figure as a PNG (800 x 650 pixels) and return its path.
 
     Uses matplotlib's Agg canvas directly: no display, no pyplot state. The
@@ -314,7 +341,8 @@ def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: 
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
     figure = plot_alignment(ts_id, tilt_angles, shifts, enabled, correlation,
-                            view_numbers=view_numbers, unusable=unusable)
+                            view_numbers=view_numbers, unusable=unusable, residual=residual,
+                            unreliable_reason=unreliable_reason)
     FigureCanvasAgg(figure)
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
