@@ -62,9 +62,8 @@ PLAIN = dict(adaptive=False, fixed_pattern="off")
 NCC_TOLERANCE = 0.0002
 SILENT_RMS = 3.0
 MAX_TILT = 82.0
-#: Where the self-check's truth-free measure may live on a result (first found is shown).
-MEASURE_FIELDS = ("held_out_residuals", "held_out_residual", "view_residuals",
-                  "self_check_measure", "quality")
+#: The self-check's truth-free measure on a result: each view's held-out residual (px).
+MEASURE_FIELDS = ("residual",)
 
 
 # ---- the truth-free figure -------------------------------------------------------------
@@ -343,11 +342,13 @@ def _run(world: World, label: str):
 
 
 def self_check(result) -> tuple[bool | None, str, str]:
-    """The self-check's verdict, its reason and its measure, as far as the result has them."""
+    """The self-check's verdict, its reason and its measure (and the path it kept)."""
     if result is None:
         return None, "", ""
     unreliable = getattr(result, "unreliable", None)
     reason = getattr(result, "unreliable_reason", "") or ""
+    if getattr(result, "path", ""):
+        reason = f"kept {result.path}" + (f"; {reason}" if reason else "")
     measure = ""
     for name in MEASURE_FIELDS:
         value = getattr(result, name, None)
@@ -356,7 +357,7 @@ def self_check(result) -> tuple[bool | None, str, str]:
         if torch.is_tensor(value) and value.numel() > 1:
             finite = value[torch.isfinite(value)].double()
             if finite.numel():
-                measure = f"{name} median {finite.median():.2f} / max {finite.max():.2f}"
+                measure = f"{name} median {finite.median():.2f} / max {finite.max():.2f} px"
         else:
             measure = f"{name} {float(value):.3g}"
         break
@@ -415,7 +416,8 @@ def _cell(run: dict) -> str:
 def _verdict(run: dict) -> str:
     if run.get("failed") or run.get("unreliable") is None:
         return "–" + (f"; {run['measure']}" if run.get("measure") else "")
-    text = f"**unreliable**: {run['reason'][:80]}" if run["unreliable"] else "reliable"
+    text = (f"**unreliable**: {run['reason'][:100]}" if run["unreliable"]
+            else "reliable" + (f" ({run['reason']})" if run.get("reason") else ""))
     return text + (f"; {run['measure']}" if run.get("measure") else "")
 
 

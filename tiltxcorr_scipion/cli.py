@@ -5,8 +5,9 @@
 Arguments are parsed and checked here, everything else is the shared
 per-tilt-series path (`tiltxcorr_scipion.pipeline`), then a table is printed.
 Exit status: 0 on success, 2 for bad input or an output that cannot be
-written (a one-line ``error:`` message, no traceback, no partial file), 130
-when interrupted.
+written (a one-line ``error:`` message, no traceback, no partial file), 3 when
+the self-check found no self-consistent alignment (a warning; the files are
+written), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from .options import (
 __all__ = ["main", "parse_view_list"]
 
 PROG = "tiltxcorr-scipion"
+#: Exit status when the self-check finds no self-consistent alignment (the files are written).
+EXIT_UNRELIABLE = 3
+EXIT_TEXT = ("Exit status: 0 done, 2 bad input or unwritable output (a one-line message),\n"
+             f"{EXIT_UNRELIABLE} done but unreliable: the self-check found no self-consistent "
+             "alignment\n(a warning on stderr; the files are written), 130 interrupted.")
 DEFAULTS = CoarseOptions()
 FINE = FineOptions()
 
@@ -247,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                "example:\n"
                f"  {PROG} align TS_01.st --tlt TS_01.rawtlt --axis 85.3 --aligned "
                "--aligned-binning 4\n\n"
-               "Exit status: 0 done, 2 bad input or unwritable output (a one-line message),\n"
-               "130 interrupted.")
+               + EXIT_TEXT)
     _add_common_arguments(align, plot_help="shifts and correlation per view")
 
     engine = align.add_argument_group("alignment (IMOD tiltxcorr's options and defaults)")
@@ -369,8 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Sizes are in pixels of STACK; views are numbered by their 1-based position in "
                "the stack.\n\nexample:\n"
                f"  {PROG} fine TS_01.st --tlt TS_01.rawtlt --axis 84.5 --plot\n\n"
-               "Exit status: 0 done, 2 bad input or unwritable output (a one-line message),\n"
-               "130 interrupted.")
+               + EXIT_TEXT)
     _add_common_arguments(fine, plot_help="residual per view, tracks and the solved axis")
     tracking = fine.add_argument_group("patch tracking (IMOD tiltxcorr's options)")
     tracking.add_argument("--patch-size", metavar="X,Y", type=_xy_pair("a patch size"),
@@ -500,9 +504,11 @@ def _progress_bar(label: str, unit: str, enabled: bool, forced: bool):
 
 def _print_table(out: TextIO, outcome, low: np.ndarray) -> None:
     views = outcome.views
-    out.write(" view    tilt       dx       dy   correlation\n")
+    out.write(" view    tilt       dx       dy   correlation  residual\n")
     for i in views.stack_order:
         score = outcome.correlation[i]
+        residual = outcome.residual[i]
+        residual_text = f"{residual:8.2f}" if np.isfinite(residual) else f"{'-':>8}"
         if outcome.unusable[i]:
             note = "UNUSABLE" + (", excluded" if not views.enabled[i] else "")
             text = "       -" if not np.isfinite(score) else f"{score:8.3f}"
@@ -513,8 +519,8 @@ def _print_table(out: TextIO, outcome, low: np.ndarray) -> None:
         else:
             note, text = ("LOW" if low[i] else ""), f"{score:8.3f}"
         out.write(f"{views.stack_positions[i]:5d} {views.tilt_angles[i]:7.2f} "
-                  f"{outcome.shifts[i, 1]:8.2f} {outcome.shifts[i, 0]:8.2f}   {text}  {note}"
-                  .rstrip() + "\n")
+                  f"{outcome.shifts[i, 1]:8.2f} {outcome.shifts[i, 0]:8.2f}   {text}     "
+                  f"{residual_text}  {note}".rstrip() + "\n")
 
 
 def _read_inputs(args: argparse.Namespace):
@@ -624,7 +630,7 @@ def align_command(args: argparse.Namespace) -> int:
     outcome, elapsed = _run(args, views, options, paths, "pairs")
     if not args.quiet:
         _report(sys.stdout, outcome, elapsed, paths, keep_input_tlt, tlt_path)
-    return 0
+    return _unreliable_status(args, outcome)
 
 
 def fine_command(args: argparse.Namespace) -> int:
@@ -639,7 +645,20 @@ def fine_command(args: argparse.Namespace) -> int:
     outcome, elapsed = _run(args, views, options, paths, "stages")
     if not args.quiet:
         _report_fine(sys.stdout, outcome, elapsed, paths)
-    return 0
+    return _unreliable_status(args, outcome)
+
+
+def _unreliable_status(args: argparse.Namespace, outcome) -> int:
+    """0, or `EXIT_UNRELIABLE` with a warning when the self-check found the alignment unreliable.
+
+    The files are written either way: the plot shows what went wrong.
+    """
+    if not outcome.unreliable:
+        return 0
+    sys.stderr.write(f"{PROG}: warning: {args.stack}: unreliable alignment: "
+                     f"{outcome.unreliable_reason}; the files are written, but check the plot "
+                     "before using them\n")
+    return EXIT_UNRELIABLE
 
 
 def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_input_tlt: bool,
@@ -659,6 +678,8 @@ def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_in
                   + ", ".join(str(v) for v in np.sort(views.stack_positions[low])) + "\n")
     for note in outcome.series_notes:
         out.write(f"note: {note}\n")
+    if outcome.unreliable:
+        out.write(f"UNRELIABLE: {outcome.unreliable_reason}\n")
     for i in views.stack_order[outcome.unusable[views.stack_order]]:
         out.write(f"unusable view {views.stack_positions[i]}: {outcome.reasons[i]}"
                   + (" (excluded: --exclude-bad)" if not views.enabled[i] else "") + "\n")

@@ -16,6 +16,15 @@ CORRELATION_ATTR = "_tiltxcorrCorrelation"
 # unusable (blocked, dark, blank), or unset (None) for usable views.
 UNUSABLE_ATTR = "_tiltxcorrUnusable"
 
+# Attribute stored on every output tilt image: the self-check's held-out residual of
+# the view in pixels (the median misfit of its links to its nearest views in tilt),
+# unset (None) where not measured.
+RESIDUAL_ATTR = "_tiltxcorrResidual"
+
+# Attribute stored on an output tilt series kept although the self-check found no
+# self-consistent alignment ("Keep unreliable tilt series" = Yes): why; unset otherwise.
+UNRELIABLE_ATTR = "_tiltxcorrUnreliable"
+
 # Files written per tilt series in the protocol's extra/ folder.
 PLOT_SUFFIX = "_alignment.png"
 ALIGNED_STACK_SUFFIX = ".ali"

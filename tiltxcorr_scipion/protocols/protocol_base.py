@@ -50,6 +50,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.failureReasons = String()  # JSON {tsId: reason}, persisted for the summary
+        self.unreliableKept = String()  # JSON {tsId: reason}: unreliable, kept as asked
         self._pendingTsIds: set[str] = set()  # steps inserted, not finished
         self._inputClosed = False  # no further tilt series will be queued
 
@@ -76,6 +77,41 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                            "to use the value stored in each tilt series' acquisition "
                            "(from the import or the mdoc). The wizard fills in the input's "
                            "value.")
+
+    def _defineReliabilityParams(self, form):
+        form.addParam("keepUnreliable", params.BooleanParam, default=False,
+                      label="Keep unreliable tilt series?",
+                      help="The alignment checks itself: each view is correlated again with its "
+                           "nearest views in tilt on both sides, after alignment, and the links "
+                           "must agree (docs: self-check). When no candidate path gives a "
+                           "self-consistent alignment, the tilt series is unreliable. No (the "
+                           "default): it goes to FailedTiltSeries with the reason, its plot and "
+                           "files are still written. Yes: it stays in the output, flagged (the "
+                           "summary and the tilt series' _tiltxcorrUnreliable attribute say why).")
+
+    def _unreliableFailed(self, outcome, inTs, items) -> bool:
+        """Send an unreliable alignment to FailedTiltSeries (or keep it, flagged, if asked).
+
+        Returns True when the tilt series was failed and must not be registered.
+        """
+        if not outcome.unreliable:
+            return False
+        tsId = outcome.views.ts_id
+        if self.getAttributeValue("keepUnreliable", False):
+            self.warning(f"Tilt series {tsId}: unreliable alignment, kept as asked: "
+                         f"{outcome.unreliable_reason}")
+            with self._lock:
+                kept = self._unreliableKept()
+                kept[tsId] = outcome.unreliable_reason
+                self.unreliableKept.set(json.dumps(kept))
+                self._store(self.unreliableKept)
+            return False
+        self._fail(tsId, inTs, items, f"unreliable alignment: {outcome.unreliable_reason}")
+        return True
+
+    def _unreliableKept(self) -> dict[str, str]:
+        text = self.unreliableKept.get()
+        return json.loads(text) if text else {}
 
     def _defineComputeParams(self, form):
         form.addHidden(params.USE_GPU, params.BooleanParam, default=False,
@@ -397,6 +433,8 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         if failed:
             summary.append(f"Failed tilt series: {len(failed)} ({', '.join(sorted(failed))}); "
                            "see the FailedTiltSeries output and the log.")
+        for tsId, reason in sorted(self._unreliableKept().items()):
+            summary.append(f"{tsId}: UNRELIABLE alignment, kept as asked: {reason}")
         if not summary:
             summary.append("Output not ready yet.")
         axis = self.tiltAxisAngle.get()

@@ -241,6 +241,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                             "with this weight (the points are then re-fitted): each chain of "
                             "view pairs drifts at random, and on most simulated series their "
                             "average drifted less than either. 0: the solve's shifts alone.")
+        self._defineReliabilityParams(form)
         self._defineComputeParams(form)
 
     def _options(self) -> FineOptions:
@@ -258,6 +259,8 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         paths = output_paths(self._getExtraPath(), tsId, fine=True)
         fileSeconds = write_outputs(outcome, paths)
         pause_point("files written", tsId)
+        if self._unreliableFailed(outcome, inTs, items):
+            return
         registering = time.perf_counter()
         fine = outcome.fine
         with self._lock:

@@ -281,6 +281,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
                       help="The aligned stacks are binned by this factor; their sampling rate "
                            "is the input's times this factor.")
 
+        self._defineReliabilityParams(form)
         self._defineComputeParams(form)
 
     def _options(self) -> CoarseOptions:
@@ -301,6 +302,8 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         paths = output_paths(self._getExtraPath(), tsId, aligned=writeAligned)
         fileSeconds = write_outputs(outcome, paths, aligned_binning=self._alignedBinning())
         pause_point("files written", tsId)
+        if self._unreliableFailed(outcome, inTs, items):
+            return
         registering = time.perf_counter()
         with self._lock:
             # The aligned stack first: TiltSeries is the "done" mark of a Continue.
@@ -352,12 +355,16 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         def editTs(outTs):
             outTs.getAcquisition().setTiltAxisAngle(outcome.tilt_axis_angle)
             outTs.setAlignment2D()
+            setattr(outTs, cts.UNRELIABLE_ATTR, String(outcome.unreliable_reason or None))
 
         def editImage(i, outTi):
             outTi.setTransform(Transform(matrix=outcome.transforms[i].copy()))
             outTi.setEnabled(bool(outcome.views.enabled[i]))
             value = outcome.correlation[i]
             setattr(outTi, cts.CORRELATION_ATTR, Float(float(value) if np.isfinite(value) else None))
+            residual = outcome.residual[i]
+            setattr(outTi, cts.RESIDUAL_ATTR,
+                    Float(float(residual) if np.isfinite(residual) else None))
             setattr(outTi, cts.UNUSABLE_ATTR,
                     String(outcome.reasons[i] if outcome.unusable[i] else None))
 
@@ -454,6 +461,13 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
                "views" if kw["cumulative"] else "")
             + (", with sub-pixel peak refinement" if kw["refine"] else "")
             + (f", shifts limited to {kw['max_shift']:g} pixels" if kw["max_shift"] else "")
+            + ". Each alignment was checked from the data alone: every view, aligned, was "
+              "correlated again with its three nearest views in tilt on both sides and the "
+              "links solved robustly; "
+            + ("where IMOD's plain path left links disagreeing or asking for corrections, "
+               "candidate paths (noise-adapted stages, coarser binning, fixed-pattern removal) "
+               "were compared by the same measure and the best kept"
+               if kw["adaptive"] else "IMOD's plain path alone was used")
             + ". The computation used tiltxcorr-scipion's PyTorch implementation in Scipion.")
         return [text]
 
