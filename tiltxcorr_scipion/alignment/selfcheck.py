@@ -67,6 +67,8 @@ JUDGE_MIN_SIZE = 48     # coarser judge levels while views keep at least this ma
 JUDGE_MIN_SD = 0.2      # judge px: the least robust SD the link solve assumes
 OUTLIER_DISAGREE = 0.75  # a view with at least this fraction of its links disagreeing is set aside
 TIES = 2                # a gap with fewer agreeing links across it is a break
+STRANGER = 0.75         # a view whose links correlate below this share of the link across it...
+STRANGER_SPREADS = 4.0  # ...by this many robust spreads of the series' link-to-link variation
 CHANCE = JUDGE_RADIUS / 2  # ...and their median held-out residual this far off (judge px): by
 #                            chance (nothing correlates) the median is 0.71 of the radius
 MAX_CORRECTION = 2.0    # input px RMS: a kept alignment whose links ask for more is unreliable
@@ -100,7 +102,9 @@ class LinkCheck:
     lags
         `(n_links,)` how many views apart in tilt order each link's views are.
     outliers
-        Views whose links (nearly) all disagree, set aside before judging.
+        Views whose links (nearly) all disagree, or that match their
+        neighbours far less than the neighbours match each other across them,
+        set aside before judging (`outlier_reasons` says which, with figures).
     breaks
         `(inner, outer)` neighbouring views with most links across them
         disagreeing.
@@ -115,6 +119,7 @@ class LinkCheck:
     lags: torch.Tensor
     outliers: tuple[int, ...] = ()
     breaks: tuple[tuple[int, int], ...] = ()
+    outlier_reasons: dict[int, str] = field(default_factory=dict)
 
     def _kept(self) -> torch.Tensor:
         out = set(self.outliers)
@@ -200,6 +205,36 @@ def _outliers_and_breaks(pairs, agree: torch.Tensor, residual: torch.Tensor, ord
         if across and int(agree[across].sum()) < TIES:
             breaks.append((remaining[p], remaining[p + 1]))
     return tuple(outliers), tuple(breaks)
+
+
+def _strangers(pairs, lags: torch.Tensor, ncc: torch.Tensor, order: list[int]) -> dict[int, str]:
+    """Views that match their neighbours far less than the neighbours match each other.
+
+    Views two apart in tilt correlate less than neighbours in any series; a
+    view whose links to both neighbours correlate below `STRANGER` of the link
+    across it, by more than `STRANGER_SPREADS` robust spreads of the series'
+    own link-to-link variation, is not the image its tilt says (another view's
+    image, a different specimen area).
+    """
+    index = {pair: k for k, pair in enumerate(pairs)}
+    nearest = [float(ncc[index[(order[p], order[p + 1])]]) for p in range(len(order) - 1)]
+    if len(nearest) < 4:
+        return {}
+    steps = torch.tensor(nearest, dtype=torch.float64).diff().abs()
+    spread = 1.4826 * float(steps.median()) / 2 ** 0.5
+    found = {}
+    for p in range(1, len(order) - 1):
+        before, after = nearest[p - 1], nearest[p]
+        across = index.get((order[p - 1], order[p + 1]))
+        if across is None:
+            continue
+        bridge = float(ncc[across])
+        if (max(before, after) < STRANGER * bridge
+                and bridge - max(before, after) > STRANGER_SPREADS * spread):
+            found[order[p]] = (f"matches its neighbouring views less than they match each other "
+                               f"across it: correlation {before:.2f} and {after:.2f} with them, "
+                               f"{bridge:.2f} between them")
+    return found
 
 
 class Judge:
@@ -311,9 +346,18 @@ class Judge:
         correction = torch.full((n_views, 2), float("nan"), dtype=torch.float64)
         correction[self._keep] = (rho - (self._basis @ fit)[:, 0]).reshape(-1, 2) * factor
         outliers, breaks = _outliers_and_breaks(self.pairs, agree, residual, self.order)
+        why = {}
+        for view in outliers:
+            mine = [k for k, pair in enumerate(self.pairs) if view in pair]
+            why[view] = (f"links disagree with the neighbouring views: "
+                         f"{int((~agree[mine]).sum())} of {len(mine)} links off by more than "
+                         f"{AGREE * factor:.1f} px (median "
+                         f"{float(residual[mine].median()) * factor:.1f} px)")
+        for view, text in _strangers(self.pairs, self.lags, ncc, self.order).items():
+            why.setdefault(view, text)
         return LinkCheck(binning=factor, pairs=self.pairs, held_out=residual * factor,
                          agree=agree, correction=correction, ncc=ncc, lags=self.lags,
-                         outliers=outliers, breaks=breaks)
+                         outliers=tuple(sorted(why)), breaks=breaks, outlier_reasons=why)
 
 
 RING = 0.02  # cycles per judge pixel: width of the rings of the ring correlation
@@ -438,14 +482,8 @@ def align_checked(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: fl
     kept, level = _choose(candidates, judge, plain, quick)
     check = kept.checks[level]
     if check.outliers and check.consistent:
-        reasons = {}
-        for view in check.outliers:
-            mine = [k for k, pair in enumerate(check.pairs) if view in pair]
-            reasons[view] = (f"links disagree with the neighbouring views: "
-                             f"{int((~check.agree[mine]).sum())} of {len(mine)} links off by "
-                             f"more than {AGREE * check.binning:.1f} px (median "
-                             f"{float(check.held_out[mine].median()):.1f} px)")
-        result = align_path(prepared, kept.path, tilt_axis_angle, opts, unusable_extra=reasons)
+        result = align_path(prepared, kept.path, tilt_axis_angle, opts,
+                            unusable_extra=check.outlier_reasons)
         kept = _Candidate(kept.path, result)
         outlier_judge = Judge(judged_views, prepared.angles, result.unusable.cpu(),
                               tilt_axis_angle, correlation_filter, **judge_args)
