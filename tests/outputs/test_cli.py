@@ -93,10 +93,30 @@ def test_align_writes_imod_files_that_recover_the_shifts(workdir):
     assert np.abs(shifts + expected.mean(axis=0) - truth).max() < 1.0
     # the printed table: one line per view, the reference marked
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["view", "tilt", "dx", "dy", "correlation"]
+    assert lines[0].split() == ["view", "tilt", "dx", "dy", "correlation", "residual"]
     assert sum(line.endswith("reference") for line in lines) == 1
+    residuals = [float(line.split()[5]) for line in lines[1:N_VIEWS + 1]
+                 if not line.endswith("reference")]
+    assert len(residuals) == N_VIEWS - 1 and max(residuals) < 0.5  # the self-check, per view
+    assert "note: self-check at binning" in result.stdout and "UNRELIABLE" not in result.stdout
     assert f"aligned {N_VIEWS} of {N_VIEWS} views" in result.stdout
     assert "wrote TS_01.prexg" in result.stdout
+
+
+def test_unreliable_alignment_warns_exits_3_and_writes_the_files(tmp_path):
+    noise = np.random.default_rng(4).standard_normal((N_VIEWS, 96, 128)).astype(np.float32)
+    with mrcfile.new(str(tmp_path / "noise.st")) as mrc:
+        mrc.set_data(noise)
+    np.savetxt(tmp_path / "noise.rawtlt", np.linspace(-60, 60, N_VIEWS), fmt="%.2f")
+    result = run("align", "noise.st", "--axis", "85", "--plot", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "noise.st: unreliable alignment:" in warning[0]
+    assert "links" in warning[0] and "check the plot" in warning[0]
+    assert "UNRELIABLE: " in result.stdout
+    for suffix in (".prexf", ".prexg", "_alignment.png"):
+        assert (tmp_path / f"noise{suffix}").stat().st_size > 0
+    assert "3 done but unreliable" in run("align", "--help", cwd=tmp_path).stdout
 
 
 def test_aligned_stack_plot_prefix_and_progress(workdir):

@@ -46,6 +46,11 @@ class AlignmentData:
         reference view, excluded views).
     unusable
         `(n,)` the ``_tiltxcorrUnusable`` reasons, ``""`` for usable views.
+    residual
+        `(n,)` the self-check's held-out residual per view (``_tiltxcorrResidual``,
+        pixels), NaN where unset.
+    unreliable_reason
+        The tilt series' ``_tiltxcorrUnreliable`` (kept although unreliable), or ``""``.
     """
 
     ts_id: str
@@ -55,6 +60,8 @@ class AlignmentData:
     enabled: np.ndarray
     correlation: np.ndarray
     unusable: tuple[str, ...] = ()
+    residual: np.ndarray | None = None
+    unreliable_reason: str = ""
 
     @property
     def unusable_mask(self) -> np.ndarray:
@@ -71,12 +78,16 @@ def alignment_data(tilt_series) -> AlignmentData:
         score = getattr(item, cts.CORRELATION_ATTR, None)
         value = None if score is None else score.get()
         reason = getattr(item, cts.UNUSABLE_ATTR, None)
+        residual = getattr(item, cts.RESIDUAL_ATTR, None)
+        residual = None if residual is None else residual.get()
         rows.append((int(item.getIndex()), float(item.getTiltAngle()), float(matrix[1, 2]),
                      float(matrix[0, 2]), bool(item.isEnabled()),
                      np.nan if value is None else float(value),
-                     (reason.get() if reason is not None else None) or ""))
+                     (reason.get() if reason is not None else None) or "",
+                     np.nan if residual is None else float(residual)))
     rows.sort(key=lambda row: row[0])
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
+    unreliable = getattr(tilt_series, cts.UNRELIABLE_ATTR, None)
     return AlignmentData(
         ts_id=str(tilt_series.getTsId()),
         view_numbers=np.array(columns[0], dtype=np.int64),
@@ -86,6 +97,8 @@ def alignment_data(tilt_series) -> AlignmentData:
         enabled=np.array(columns[4], dtype=bool),
         correlation=np.array(columns[5], dtype=np.float64),
         unusable=tuple(columns[6]),
+        residual=np.array(columns[7], dtype=np.float64),
+        unreliable_reason=(unreliable.get() if unreliable is not None else None) or "",
     )
 
 
@@ -93,7 +106,8 @@ def alignment_figure(data: AlignmentData, figure=None):
     """`plot_alignment` of `data` (into `figure` if given); returns the figure."""
     return plot_alignment(data.ts_id, data.tilt_angles, data.shifts, data.enabled,
                           data.correlation, view_numbers=data.view_numbers,
-                          unusable=data.unusable_mask, figure=figure)
+                          unusable=data.unusable_mask, residual=data.residual,
+                          unreliable_reason=data.unreliable_reason, figure=figure)
 
 
 class AlignmentPlotter(Plotter):
@@ -119,7 +133,8 @@ class TiltxcorrPrealignmentViewer(TiltSeriesResultsViewer):
                       help="dx and dy (pixels) against tilt angle, excluded views as grey "
                            "crosses, the reference view as a star; below, the correlation of "
                            "each view with the view it was aligned to. Red: a score well below "
-                           "its neighbours' (check that view: blank, blurred, an obstruction...).")
+                           "its neighbours' (check that view: blank, blurred, an obstruction...). "
+                           "Green, right axis: the self-check's held-out residual of each view.")
         form.addParam("showLowViews", params.LabelParam,
                       label="List views with low correlation, all tilt series",
                       help="The views the plots flag in red, for every tilt series, and the "
@@ -165,6 +180,13 @@ def low_correlation_report(series: list[AlignmentData]) -> str:
         flagged = ", ".join(str(v) for v in sorted(data.view_numbers[low])) or "none"
         excluded = int((~data.enabled).sum())
         line = f"{data.ts_id}: {flagged}" + (f"  ({excluded} excluded)" if excluded else "")
+        if data.unreliable_reason:
+            line += f"\n    UNRELIABLE alignment: {data.unreliable_reason}"
+        if data.residual is not None and np.isfinite(data.residual).any():
+            worst = int(np.nanargmax(data.residual))
+            line += (f"\n    self-check: held-out residual median "
+                     f"{np.nanmedian(data.residual):.2f} px, worst view "
+                     f"{data.view_numbers[worst]} ({data.residual[worst]:.2f} px)")
         for index in np.flatnonzero(unusable):
             line += f"\n    view {data.view_numbers[index]} unusable: {data.unusable[index]}"
         lines.append(line)
