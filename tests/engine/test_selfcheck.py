@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tiltxcorr_scipion.alignment import align_tilt_series
-from tiltxcorr_scipion.alignment.core import PLAIN, Path, align_path, prepare_views
 from tiltxcorr_scipion.alignment.binning import bin_stack
+from tiltxcorr_scipion.alignment.core import PLAIN, Path, align_path, prepare_views
 from tiltxcorr_scipion.alignment.correlate import CorrelationFilter
 from tiltxcorr_scipion.alignment.selfcheck import Judge
 from tiltxcorr_scipion.options import CoarseOptions

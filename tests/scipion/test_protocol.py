@@ -29,6 +29,8 @@ from scipion_helpers import (
     set_previous_shifts,
     shift_errors_px,
     write_simulated_tilt_series,
+    write_stack,
+    write_tlt,
 )
 
 from tiltxcorr_scipion import constants as cts
@@ -410,3 +412,43 @@ def test_unusable_views_are_disabled_with_their_reason(tmp_path):
     index = int(np.flatnonzero(disabled.stack_indices == 25)[0])
     np.testing.assert_allclose(disabled.transforms[index], np.eye(3))
     assert np.abs(flagged.transforms[index, :2, 2]).max() > 0
+
+
+def test_an_unreliable_alignment_fails_or_stays_flagged(tmp_path):
+    """Pure noise: no path is self-consistent. By default the tilt series goes to
+    FailedTiltSeries with the self-check's reason (its plot still written); with "Keep
+    unreliable tilt series" it stays in the output, flagged on the tilt series and in the
+    summary. A good tilt series beside it is aligned either way."""
+    sim = write_simulated_tilt_series(tmp_path, "TS_good", shape=(128, 128), n_views=21, seed=3,
+                                      **SIM)
+    noise = np.random.default_rng(5).standard_normal((21, 128, 128)).astype(np.float32)
+    write_stack(tmp_path / "TS_noise.mrc", noise)
+    write_tlt(tmp_path / "TS_noise.tlt", sim.tilt_angles.numpy())
+    project = create_project("unreliable")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    failing = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=2))
+    aligned = read_tilt_series_set(project, failing, cts.OUTPUT_TILT_SERIES)
+    failed = read_tilt_series_set(project, failing, cts.OUTPUT_FAILED_TILT_SERIES)
+    assert sorted(aligned) == ["TS_good"] and sorted(failed) == ["TS_noise"]
+    assert np.abs(shift_errors_px(aligned["TS_good"], sim)).max() < 1.0
+    reason = json.loads(reload_protocol(project, failing).failureReasons.get())["TS_noise"]
+    assert reason.startswith("tilt series TS_noise: unreliable alignment:") and "agree" in reason
+    assert Path(failing._getExtraPath("TS_noise" + cts.PLOT_SUFFIX)).stat().st_size > 10_000
+
+    kept = launch_and_wait(project, new_prealignment(project, imp, numberOfThreads=2,
+                                                     keepUnreliable=True))
+    assert sorted(read_tilt_series_set(project, kept, cts.OUTPUT_TILT_SERIES)) == [
+        "TS_good", "TS_noise"]
+    kept = reload_protocol(project, kept)
+    assert getattr(kept, cts.OUTPUT_FAILED_TILT_SERIES, None) is None
+    flags, residuals = {}, {}
+    out_set = getattr(kept, cts.OUTPUT_TILT_SERIES)
+    for ts in out_set.iterItems():
+        flag = getattr(ts, cts.UNRELIABLE_ATTR, None)
+        flags[ts.getTsId()] = (flag.get() if flag is not None else None) or ""
+        residuals[ts.getTsId()] = [getattr(ti, cts.RESIDUAL_ATTR).get() for ti in ts.iterItems()]
+    out_set.close()
+    assert flags["TS_good"] == "" and "agree" in flags["TS_noise"]
+    assert "TS_noise: UNRELIABLE alignment, kept as asked:" in " ".join(kept.summary())
+    good = [r for r in residuals["TS_good"] if r is not None]
+    assert len(good) == 21 and max(good) < 0.5  # the held-out residual of every view
