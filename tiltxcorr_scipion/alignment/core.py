@@ -410,7 +410,7 @@ def align_path(prepared: PreparedViews, path: Path, tilt_axis_angle: float, opts
         before = estimates.clone()
         estimates, walk_z = reference_walk(level, angles, branches, unusable, estimates, pair_z,
                                            memory=memory_walk, max_shift=level_max_shift(level),
-                                           interpolation=opts.interpolation, refine=opts.refine)
+                                           interpolation=opts.interpolation, refine=False)
         notes.series.append("first stage repeated against averaged references (weak peaks "
                             "between neighbours)")
         moved = (estimates - before).norm(dim=1)

@@ -95,7 +95,11 @@ def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window
     """Band spectra `(b, rows, cols)` of the views moved by `estimates` and stretched by `factors`.
 
     `weights`: for some views, a weight `(h, w)` per pixel (0: leave out),
-    moved and stretched with the view and laid on the window.
+    moved and stretched with the view and laid on the window. Pixels whose
+    source lies outside a view repeat its border (not its mean, which costs
+    a pass over the pixels): the callers' windows are inset by the largest
+    shift (at most a quarter of the view), so those pixels carry no weight
+    unless a view is moved further than that.
     """
     n_views = views.shape[0]
     chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
@@ -103,7 +107,8 @@ def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window
     for first in range(0, n_views, chunk):
         idx = torch.arange(first, min(first + chunk, n_views))
         warped = stretch_images(views[idx.to(views.device)], factors[idx], across, centre,
-                                pre_shifts=estimates[idx].to(views.device), mode=interpolation)
+                                pre_shifts=estimates[idx].to(views.device), mode=interpolation,
+                                fill_outside=False)
         own = [k for k, v in enumerate(idx.tolist()) if weights and v in weights]
         if own:
             windows = window.expand(len(idx), -1, -1).clone()

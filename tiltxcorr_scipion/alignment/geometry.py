@@ -48,14 +48,14 @@ def unstretch_shifts(shifts: torch.Tensor, factors: torch.Tensor, across: torch.
 
 def stretch_images(images: torch.Tensor, factors: torch.Tensor, across: torch.Tensor,
                    centre: torch.Tensor, pre_shifts: torch.Tensor | None = None,
-                   mode: str = "bilinear") -> torch.Tensor:
+                   mode: str = "bilinear", fill_outside: bool = True) -> torch.Tensor:
     """Stretch images `(n, h, w)` across the tilt axis about `centre`.
 
     Output pixel `r` takes the value of the input at
     `centre + K^-1 (r - centre) - pre_shift`, i.e. the view is first moved by
     `pre_shift` (content moves by `+pre_shift`), then stretched by `factors`
     `(n,)` about the centre. Sources outside the view get its mean
-    (`resample.warp_images`).
+    (`resample.warp_images`; with `fill_outside=False` the border pixels).
     """
     device = images.device
     across = across.to(device=device, dtype=torch.float64)
@@ -66,7 +66,8 @@ def stretch_images(images: torch.Tensor, factors: torch.Tensor, across: torch.Te
     offset = centre[None] - inverse @ centre  # (n, 2)
     if pre_shifts is not None:
         offset = offset - pre_shifts.to(device=device, dtype=torch.float64)
-    return warp_images(images, torch.cat([inverse, offset[:, :, None]], dim=2), mode=mode)
+    return warp_images(images, torch.cat([inverse, offset[:, :, None]], dim=2), mode=mode,
+                       fill_outside=fill_outside)
 
 
 def unfixed_motions(tilt_angles: torch.Tensor, tilt_axis_angle: float) -> torch.Tensor:

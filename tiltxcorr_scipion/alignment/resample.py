@@ -28,7 +28,7 @@ _IDENTITY_TOLERANCE = 1e-6
 
 
 def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
-                mode: str = "bilinear") -> torch.Tensor:
+                mode: str = "bilinear", fill_outside: bool = True) -> torch.Tensor:
     """Resample images `(n, h, w)` through affine maps from output to input pixels.
 
     Parameters
@@ -40,6 +40,10 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
         value at `M[:, :2] @ (row, col) + M[:, 2]` (row, col order).
     mode
         ``"bilinear"`` or ``"bicubic"``.
+    fill_outside
+        Give sources outside the view the view's mean (IMOD's rule); False
+        repeats the border pixels there instead, which saves a pass over the
+        pixels when the caller's window leaves those pixels out anyway.
 
     Returns
     -------
@@ -64,6 +68,8 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
         torch.add(along_cols, along_rows[:, :, None], out=grid[..., plane])
     out = F.grid_sample(images[:, None].to(torch.float32), grid, mode=mode,
                         padding_mode="border", align_corners=True)[:, 0]
+    if not fill_outside:
+        return out
     outside = (grid.abs() > 1.0 + _EDGE_TOLERANCE).any(dim=-1)  # (n, h, w)
     means = images.to(torch.float32).mean(dim=(-2, -1))
     return torch.where(outside, means[:, None, None], out)

@@ -73,7 +73,7 @@ CHANCE = JUDGE_RADIUS / 2  # ...and their median held-out residual this far off 
 #                            chance (nothing correlates) the median is 0.71 of the radius
 MAX_CORRECTION = 2.0    # input px RMS: a kept alignment whose links ask for more is unreliable
 SETTLED = 0.5           # working px RMS: a consistent plain path asked for no more is kept at once
-QUICK_SIZE = 512        # ...as measured on views of at most this many pixels (cheap)
+QUICK_SIZE = 256        # ...as measured on views of at most this many pixels (cheap)
 BETTER = 0.5            # a challenger must at least halve the kept path's mean squared correction
 COARSER = (2, 4)        # extra binnings of the coarser candidates (as far as views allow)
 MIN_CANDIDATE_SIZE = 48  # a coarser candidate keeps views of at least this many pixels
