@@ -106,8 +106,12 @@ def test_blank_view_at_the_series_level_is_found_by_correlation():
     images[33] = images[33].mean() + images[32].std() * noise  # no specimen, same mean and sd
     result = align(replace(sim, images=images))
     assert result.unusable_views() == [33]
-    assert result.reasons[33].startswith("blank: no significant correlation")
+    # the plain path is kept here; the self-check finds the view (the adaptive path's
+    # bridging says "blank: no significant correlation ...")
+    assert result.reasons[33].startswith("matches its neighbouring views less than they match")
     assert fair_rms(result.shifts, sim, exclude=(33,)) < 0.2
+    plain = align(replace(sim, images=images), adaptive=False)  # every run is checked
+    assert plain.unusable_views() == [33] and plain.path == "plain"
 
 
 def test_blocked_view_with_beads_grid_bar_and_thick_specimen():

@@ -224,14 +224,22 @@ class Path:
         correlation, averaged references, the low-pass set where neighbours
         stop agreeing, a wider search, links on both sides. False: IMOD's
         plain method with the given filter.
+    stretch
+        Stretch views across the tilt axis by the ratio of cosines (IMOD's
+        model of a thin slab, which tilting foreshortens). False: compare
+        views as they are, for a compact specimen (a particle, a needle along
+        the axis) that does not foreshorten.
     """
 
     binning: int = 1
     remove_pattern: bool = False
     adaptive: bool = False
+    stretch: bool = True
 
     def describe(self) -> str:
         parts = ["adaptive" if self.adaptive else "plain"]
+        if not self.stretch:
+            parts.append("no cosine stretch")
         if self.binning > 1:
             parts.append(f"{self.binning}x binned")
         if self.remove_pattern:
@@ -241,6 +249,8 @@ class Path:
 
 #: IMOD's method as it is: the path every self-check keeps unless the data show better.
 PLAIN = Path()
+#: Tilts are scaled by this for a path without the cosine stretch (cos 1e-4 deg = 1 - 2e-12).
+NO_STRETCH_SCALE = 1e-6
 
 
 @dataclass
@@ -321,7 +331,9 @@ def align_path(prepared: PreparedViews, path: Path, tilt_axis_angle: float, opts
     `unusable_extra` marks more views unusable, with their reasons (views the
     self-check found disagreeing with the rest).
     """
-    angles = prepared.angles
+    # Without the stretch, the tilts scaled towards 0 keep their order (the reference, the
+    # branches) while every ratio of cosines becomes 1.
+    angles = prepared.angles if path.stretch else prepared.angles * NO_STRETCH_SCALE
     n_views = angles.numel()
     notes = _Notes(n_views)
     notes.views = [list(items) for items in prepared.view_notes]

@@ -60,8 +60,10 @@ from .links import LinkSystem, frame_factors, held_out, link_pairs, solve_links,
 from .result import TiltxcorrResult
 
 JUDGE_LAGS = 3          # each view is linked to its next 3 usable views in tilt order
-JUDGE_RADIUS = 4.0      # judge pixels searched around the alignment for each link
-AGREE = JUDGE_RADIUS / 4  # a link agrees when its held-out residual is within this (judge px)
+JUDGE_RADIUS = 8.0      # judge pixels searched around the alignment for each link (wide enough
+#                         to find the true peak of a specimen that repeats itself nearby)
+AGREE = 1.0             # a link agrees when its held-out residual is within this (judge px):
+#                         by chance (nothing correlates) 1 link in 64 does
 CONSISTENT = 0.8        # a consistent level has at least this fraction of links agreeing
 JUDGE_MIN_SIZE = 48     # coarser judge levels while views keep at least this many pixels
 JUDGE_MIN_SD = 0.2      # judge px: the least robust SD the link solve assumes
@@ -75,6 +77,8 @@ MAX_CORRECTION = 2.0    # input px RMS: a kept alignment whose links ask for mor
 SETTLED = 0.5           # working px RMS: a consistent plain path asked for no more is kept at once
 QUICK_SIZE = 256        # ...as measured on views of at most this many pixels (cheap)
 BETTER = 0.5            # a challenger must at least halve the kept path's mean squared correction
+SIGNIFICANT = 2.0       # ...and be smaller view by view beyond this z (signed ranks)
+OVERLAP_LOSS = 0.01     # ...and not make neighbours overlap worse by 1% of their decorrelation
 COARSER = (2, 4)        # extra binnings of the coarser candidates (as far as views allow)
 MIN_CANDIDATE_SIZE = 48  # a coarser candidate keeps views of at least this many pixels
 
@@ -243,8 +247,10 @@ class Judge:
     def __init__(self, views: BinnedViews, angles: torch.Tensor, unusable: torch.Tensor,
                  tilt_axis_angle: float, correlation_filter: CorrelationFilter, *,
                  taper_fraction: float, interpolation: str, area=None,
-                 opaque_weights: dict[int, torch.Tensor] | None = None):
+                 opaque_weights: dict[int, torch.Tensor] | None = None,
+                 overlap_views: BinnedViews | None = None, stretch: bool = True):
         self.angles = angles
+        self.stretch = stretch
         self.area = area
         self.opaque_weights = opaque_weights or {}
         self.tilt_axis_angle = tilt_axis_angle
@@ -254,7 +260,10 @@ class Judge:
         self.order = [v for v in torch.argsort(angles, stable=True).tolist() if not unusable[v]]
         self.reference = min(self.order, key=lambda v: (abs(float(angles[v])), v))
         _, self.across = axis_directions(tilt_axis_angle)
-        self.factors = frame_factors(angles, self.reference)
+        # Without the cosine stretch (a compact specimen, not a slab) views are compared as
+        # they are: every factor 1.
+        self.factors = (frame_factors(angles, self.reference) if stretch
+                        else torch.ones(angles.numel(), dtype=torch.float64))
         self.pairs, self.lags = link_pairs(self.order, JUDGE_LAGS)
         self.system = LinkSystem.build(self.pairs, self.reference,
                                        stretch_matrices(self.factors, self.across))
@@ -262,6 +271,9 @@ class Judge:
         self.levels = [views]
         while min(views.views.shape[-2:]) // (2 ** len(self.levels)) >= JUDGE_MIN_SIZE:
             self.levels.append(views.rebinned(2 ** len(self.levels)))
+        self.overlap_levels = self.levels if overlap_views is None else [
+            overlap_views if k == 0 else overlap_views.rebinned(2 ** k)
+            for k in range(len(self.levels))]
         self._correlators: dict[int, PairCorrelator] = {}
         keep = torch.zeros(angles.numel(), dtype=torch.bool)
         keep[self.order] = True
@@ -315,6 +327,34 @@ class Judge:
         nearest = [pair for pair, lag in zip(self.pairs, self.lags.tolist(), strict=True)
                    if lag == 1]
         return spectra, ring_correlation(spectra, correlator, nearest)
+
+    def adjacent_correlation(self, shifts: torch.Tensor, level: int) -> torch.Tensor:
+        """`(n_nearest,)` normalised correlation of each view with its next one in tilt.
+
+        Computed at no shift beyond `shifts` (input px), in the options'
+        correlation band, on `overlap_views` (the views with a fixed pattern
+        removed when one was found: a pattern the views share would otherwise
+        reward the shifts that lock on it).
+        """
+        binned = self.overlap_levels[level]
+        correlator = self._correlator(level)
+        estimates = shifts.detach().cpu().to(torch.float64) / binned.factor
+        size = min(binned.views.shape[-2:])
+        typical = float(estimates[self.order].norm(dim=1).quantile(0.9))
+        window = correlator.inset_mask(min(typical, 0.25 * size) + JUDGE_RADIUS)
+        if self.area is not None:
+            window = window * correlator.box_mask(self._box(level))
+        spectra = _frame_spectra(binned.views, self.factors, estimates, correlator, window,
+                                 self.across, binned.centre, self.interpolation,
+                                 weights=self._weights(level))
+        first = torch.tensor([self.order[p] for p in range(len(self.order) - 1)])
+        second = torch.tensor([self.order[p + 1] for p in range(len(self.order) - 1)])
+        energy = correlator.energy(spectra)
+        device = spectra.device
+        cross = (spectra[first.to(device)] * spectra[second.to(device)].conj()).real
+        weights = (correlator.filter * correlator.col_weights.to(torch.float32))
+        value = (cross * weights).sum(dim=(-2, -1)).double().cpu()
+        return value / (energy[first] * energy[second]).sqrt().clamp_min(1e-300).cpu()
 
     def measure(self, shifts: torch.Tensor, level: int = 0, *,
                 prepared: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -412,36 +452,68 @@ def _better(challenger: LinkCheck, kept: LinkCheck) -> bool:
     """Whether `challenger`'s corrections are clearly smaller than `kept`'s.
 
     Clearly: the mean squared correction at most `BETTER` of the kept one's,
-    and smaller by over 2 standard errors of the view-by-view differences. A
-    judge level's own view of the shifts is not the truth either: a candidate
-    correlated at the same band as the judge looks a little better to it
-    than it is, so small gains do not count.
+    and smaller view by view (Wilcoxon's signed-rank test, `z < -SIGNIFICANT`:
+    a few views under a grid bar's shadow must not decide by their size
+    alone, nor hide a gain everywhere else). A judge level's own view of the
+    shifts is not the truth either: a candidate correlated at the same band
+    as the judge looks a little better to it than it is, so small gains do
+    not count.
     """
     both = torch.isfinite(challenger.correction[:, 0]) & torch.isfinite(kept.correction[:, 0])
     both[list(set(challenger.outliers) | set(kept.outliers))] = False
     if int(both.sum()) < 3:
         return False
-    diff = (challenger.correction[both].norm(dim=1).square()
-            - kept.correction[both].norm(dim=1).square())
-    mean_kept = float(kept.correction[both].norm(dim=1).square().mean())
-    significant = float(diff.mean()) + 2 * float(diff.std()) / math.sqrt(diff.numel()) < 0
-    return significant and float(diff.mean()) + mean_kept <= BETTER * mean_kept
+    mine = challenger.correction[both].norm(dim=1).square()
+    theirs = kept.correction[both].norm(dim=1).square()
+    return (float(mine.mean()) <= BETTER * float(theirs.mean())
+            and _signed_rank_z(mine - theirs) < -SIGNIFICANT)
 
 
-def candidate_paths(work_shape: tuple[int, int], remove_pattern: bool, forced: bool = False
-                    ) -> list[Path]:
+def _signed_rank_z(diff: torch.Tensor) -> float:
+    """Wilcoxon's signed-rank statistic of paired differences `(n,)`, as a z value (0 if < 3)."""
+    diff = diff[torch.isfinite(diff) & (diff != 0)].to(torch.float64)
+    n = diff.numel()
+    if n < 3:
+        return 0.0
+    ranks = torch.empty(n, dtype=torch.float64)
+    ranks[torch.argsort(diff.abs())] = torch.arange(1, n + 1, dtype=torch.float64)
+    positive = float(ranks[diff > 0].sum())
+    mean = n * (n + 1) / 4
+    spread = math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+    return (positive - mean) / spread
+
+
+def _lower(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Whether link correlations `first` are clearly lower than `second`.
+
+    Lower link by link (signed ranks), and by more than `OVERLAP_LOSS` of
+    what `second` lacks of a perfect correlation: paths that weigh
+    frequencies differently differ by a few 1e-4 everywhere, which says
+    nothing of how well they align.
+    """
+    both = torch.isfinite(first) & torch.isfinite(second)
+    loss = float((second - first)[both].mean()) if bool(both.any()) else 0.0
+    return (_signed_rank_z(first - second) < -SIGNIFICANT
+            and loss > OVERLAP_LOSS * float((1 - second[both]).mean()))
+
+
+def candidate_paths(work_shape: tuple[int, int], remove_pattern: bool, forced: bool = False,
+                    *, stretch: bool = True) -> list[Path]:
     """The candidates when the plain path is not settled, in order of preference.
 
-    The adaptive path first (made for the data that unsettle the plain one),
-    then the plain path (with the pattern removed, when one was found; as it
-    ran, unless `forced`: `fixed_pattern="on"`), then both on coarser views as
-    far as the views allow.
+    With the cosine stretch: the plain path as it ran (unless `forced`:
+    `fixed_pattern="on"`), then with the pattern removed when one was found,
+    the adaptive path, then both on coarser views as far as the views allow.
+    Without it (`stretch=False`, a compact specimen): the plain and the
+    adaptive path.
     """
-    paths = [Path(adaptive=True, remove_pattern=remove_pattern)]
+    if not stretch:
+        return [Path(stretch=False, remove_pattern=remove_pattern),
+                Path(stretch=False, adaptive=True, remove_pattern=remove_pattern)]
+    paths = [] if forced else [PLAIN]
     if remove_pattern:
         paths.append(Path(remove_pattern=True))
-    if not forced:
-        paths.append(PLAIN)
+    paths.append(Path(adaptive=True, remove_pattern=remove_pattern))
     for extra in COARSER:
         if min(work_shape) // extra >= MIN_CANDIDATE_SIZE:
             paths += [Path(binning=extra, adaptive=True, remove_pattern=remove_pattern),
@@ -455,52 +527,77 @@ def align_checked(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: fl
     prepared = prepare_views(binned, angles, opts)
     found_pattern = prepared.pattern is not None and prepared.pattern.present
     forced = opts.fixed_pattern == "on"
-    # The judge sees the views as they are: a pattern fixed in the camera is pixel-scale
-    # detail that its coarser levels average away, while an aligned specimen taken for a
-    # pattern (a needle along the tilt axis looks alike at every tilt) keeps its say.
-    judged_views = prepared.views(False)
     correlation_filter = CorrelationFilter(opts.high_pass_sigma, opts.high_pass_radius,
                                            opts.low_pass_cutoff, opts.low_pass_sigma)
     judge_args = dict(taper_fraction=opts.taper_fraction, interpolation=opts.interpolation,
-                      area=opts.area(binned.full_shape), opaque_weights=prepared.opaque_weights)
-    judge = Judge(judged_views, prepared.angles, prepared.unusable, tilt_axis_angle,
-                  correlation_filter, **judge_args)
+                      area=opts.area(binned.full_shape), opaque_weights=prepared.opaque_weights,
+                      overlap_views=prepared.views(found_pattern or forced))
+
+    def judge_for(stretch: bool, unusable: torch.Tensor = prepared.unusable) -> Judge:
+        # The judge sees the views as they are: a pattern fixed in the camera is pixel-scale
+        # detail that its coarser levels average away, while an aligned specimen taken for a
+        # pattern (a needle along the tilt axis looks alike at every tilt) keeps its say.
+        return Judge(prepared.views(False), prepared.angles, unusable, tilt_axis_angle,
+                     correlation_filter, stretch=stretch, **judge_args)
+
+    judges = {True: judge_for(True)}
     first = replace(PLAIN, remove_pattern=forced)
     plain = _Candidate(first, align_path(prepared, first, tilt_axis_angle, opts, progress))
-    quick = judge.quick_level()
-    plain.checks[quick] = judge.measure(plain.result.shifts, quick)
+    quick = judges[True].quick_level()
+    plain.checks[quick] = judges[True].measure(plain.result.shifts, quick)
     settled = (plain.checks[quick].consistent and not found_pattern
                and plain.checks[quick].error <= SETTLED * binned.factor)
-    candidates = [plain]
+    if settled and opts.adaptive:  # is the specimen a slab? (a compact one looks alike unstretched)
+        judges[False] = judge_for(False)
+        settled = not _slab_unlike(plain.result.shifts, judges, quick)
+    kept, level, family = plain, quick, [plain]
     if opts.adaptive and not settled:
-        candidates = []
-        for path in candidate_paths(tuple(binned.views.shape[-2:]), found_pattern or forced,
-                                    forced):
-            same = path == first
-            candidates.append(plain if same else _Candidate(
-                path, align_path(prepared, path, tilt_axis_angle, opts)))
-    kept, level = _choose(candidates, judge, plain, quick)
+        judges.setdefault(False, judge_for(False))
+        best = {}
+        for stretch in (True, False):
+            family = []
+            for path in candidate_paths(tuple(binned.views.shape[-2:]),
+                                        found_pattern or forced, forced, stretch=stretch):
+                family.append(plain if path == first else _Candidate(
+                    path, align_path(prepared, path, tilt_axis_angle, opts)))
+            best[stretch] = (*_choose(family, judges[stretch], plain, quick), family)
+        kept, level, family = best[True][:2] + (best[True][3],)
+        unstretched, found_n = best[False][0], best[False][2]
+        if found_n and (not best[True][2] or _slab_unlike(
+                (kept.result.shifts, unstretched.result.shifts), judges, quick)):
+            kept, level, family = best[False][0], best[False][1], best[False][3]
+    judge = judges[kept.path.stretch]
     check = kept.checks[level]
     if check.outliers and check.consistent:
         result = align_path(prepared, kept.path, tilt_axis_angle, opts,
                             unusable_extra=check.outlier_reasons)
         kept = _Candidate(kept.path, result)
-        outlier_judge = Judge(judged_views, prepared.angles, result.unusable.cpu(),
-                              tilt_axis_angle, correlation_filter, **judge_args)
-        check = outlier_judge.measure(result.shifts, level)
+        check = judge_for(kept.path.stretch, result.unusable.cpu()).measure(result.shifts, level)
         kept.checks[level] = check
-    return _finish(kept, candidates, check, level, judge)
+    return _finish(kept, family, check, level, judge)
+
+
+def _slab_unlike(shifts, judges: dict[bool, Judge], level: int) -> bool:
+    """Whether neighbouring views look clearly more alike unstretched than stretched.
+
+    Cosine stretching models a thin slab, which tilting foreshortens across
+    the axis; a compact specimen (a particle, a needle along the axis) does
+    not foreshorten, and views stretched for it look less alike. `shifts`:
+    one set for both frames, or a pair `(stretched, unstretched)`, each
+    judged in its own frame at `level`.
+    """
+    stretched, unstretched = shifts if isinstance(shifts, tuple) else (shifts, shifts)
+    return _lower(judges[True].adjacent_correlation(stretched, level),
+                  judges[False].adjacent_correlation(unstretched, level))
 
 
 def _choose(candidates: list[_Candidate], judge: Judge, plain: _Candidate, quick: int
-            ) -> tuple[_Candidate, int]:
-    """The candidate kept and the judge level that decided (module docstring).
+            ) -> tuple[_Candidate, int, bool]:
+    """The candidate kept, the judge level that decided, and whether one was consistent.
 
-    The plain path (measured at level `quick`) when it is the only candidate
-    or when no candidate is consistent at any level.
+    The plain path (measured at level `quick`) when no candidate is
+    consistent at any level (module docstring).
     """
-    if len(candidates) == 1:
-        return plain, quick
     for level in range(len(judge.levels)):
         made = {id(c): judge.spectra(c.result.shifts, level) for c in candidates}
         rings = torch.stack([rings for _, rings in made.values()]).max(dim=0).values
@@ -512,11 +609,18 @@ def _choose(candidates: list[_Candidate], judge: Judge, plain: _Candidate, quick
         if not consistent:
             continue
         kept = consistent[0]
+        overlap = {id(kept): judge.adjacent_correlation(kept.result.shifts, level)}
         for challenger in consistent[1:]:
-            if _better(challenger.checks[level], kept.checks[level]):
+            if not _better(challenger.checks[level], kept.checks[level]):
+                continue
+            overlap[id(challenger)] = judge.adjacent_correlation(challenger.result.shifts, level)
+            # the neighbours must overlap no worse than under the paths kept so far
+            if all(not _lower(overlap[id(challenger)], overlap[key]) for key in overlap):
                 kept = challenger
-        return kept, level
-    return plain, quick
+        return kept, level, True
+    if quick not in plain.checks:
+        plain.checks[quick] = judge.measure(plain.result.shifts, quick)
+    return plain, quick, False
 
 
 def _finish(kept: _Candidate, candidates: list[_Candidate], check: LinkCheck, level: int,
