@@ -101,7 +101,8 @@ class BinnedViews:
 
 
 def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[int, int],
-               factor: int, *, device: torch.device | str | None = None) -> BinnedViews:
+               factor: int, *, device: torch.device | str | None = None,
+               views: torch.Tensor | None = None) -> BinnedViews:
     """Bin views that arrive a few at a time, checking their pixels.
 
     Parameters
@@ -113,6 +114,9 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
         `(h, w)` of every view.
     device
         Where the binned views are kept (default: the first chunk's device).
+    views
+        With `factor` 1 and no chunks: `(n_views, h, w)` float32 views to
+        check and use as they are.
 
     Raises
     ------
@@ -125,6 +129,10 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
     out = None
     start = 0
     non_finite: list[int] = []
+    if views is not None:
+        out, start = views, views.shape[0]
+        low, high = torch.aminmax(views.flatten(1), dim=1)
+        non_finite = torch.nonzero(~(torch.isfinite(low) & torch.isfinite(high))).flatten().tolist()
     for chunk in chunks:
         if out is None:
             target = chunk.device if device is None else torch.device(device)
@@ -149,7 +157,13 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
 
 
 def bin_stack(stack: torch.Tensor, factor: int, chunk_bytes: int = 256 << 20) -> BinnedViews:
-    """Bin a whole `(b, h, w)` stack a few views at a time (no full-size float copy)."""
+    """Bin a whole `(b, h, w)` stack a few views at a time (no full-size float copy).
+
+    Unbinned float32 views are used as they are (checked, not copied): the
+    engine never writes into its input.
+    """
     b, h, w = stack.shape
+    if factor == 1 and stack.dtype == torch.float32 and stack.is_contiguous():
+        return bin_chunks([], b, (h, w), 1, views=stack)
     per_chunk = max(1, math.floor(chunk_bytes / (h * w * 4)))
     return bin_chunks(stack.split(per_chunk), b, (h, w), factor)

@@ -103,7 +103,7 @@ def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window
     """
     n_views = views.shape[0]
     chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
-    out = []
+    out = None
     for first in range(0, n_views, chunk):
         idx = torch.arange(first, min(first + chunk, n_views))
         warped = stretch_images(views[idx.to(views.device)], factors[idx], across, centre,
@@ -117,10 +117,14 @@ def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window
             windows[own] = windows[own] * stretch_images(
                 maps, factors[chosen], across, centre,
                 pre_shifts=estimates[chosen].to(views.device), mode="bilinear")
-            out.append(correlator.spectra(warped, window=windows))
+            spectra = correlator.spectra(warped, window=windows)
         else:
-            out.append(correlator.spectra(warped, window=window))
-    return torch.cat(out)
+            spectra = correlator.spectra(warped, window=window)
+        if out is None:  # filled chunk by chunk: no second copy of every spectrum
+            out = torch.empty(n_views, *spectra.shape[1:], dtype=spectra.dtype,
+                              device=spectra.device)
+        out[first:first + len(idx)] = spectra
+    return out
 
 
 def refine_by_links(views, angles, reference, estimates, correlator: PairCorrelator, across,
