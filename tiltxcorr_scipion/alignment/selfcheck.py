@@ -2,44 +2,54 @@
 
 Every run is measured, and the measure decides between candidates instead of
 thresholds tuned on one simulator. The plain IMOD path is always a candidate
-and is kept unless the data show another one better, so the defaults cannot
-be worse than the plain method by this measure; when no candidate is
+and is kept unless the data show another one clearly better, so the defaults
+cannot be worse than the plain method by this measure; when no candidate is
 self-consistent the series is marked unreliable, with the figure that says so.
 
-**The measure** (`Judge.measure`, one set of shifts at one judge binning):
-every usable view, moved by its shift and stretched into the reference
-view's frame, is correlated with its next `JUDGE_LAGS` usable views in tilt
-order on both sides (`links`), on views binned `binning` times more than the
-working views, with the options' correlation filter (per judge pixel). Each
-link's residual shift is measured within `JUDGE_RADIUS` judge pixels; a
-robust least-squares solve of all links gives the corrections the links still
-ask for (`correction`, in input pixels, once the motions no tilt series fixes
-are removed: `geometry.unfixed_motions`), and each link's *held-out*
-residual: its misfit under the solve made without it (`links.held_out`). A
-link *agrees* when its held-out residual is within `AGREE` judge pixels (a
-quarter of the radius: 6% of links land there by chance when nothing
-correlates). A level is *consistent* when at least `CONSISTENT` of the links
-agree, no gap between neighbouring views has most of the links across it
-disagreeing (a break), and the views whose links nearly all disagree are set
-aside (`outliers`). Figures per view: the median held-out residual of its
-links (`residual`, input pixels) and the mean correlation of its links to its
-nearest neighbours (`adjacent_correlation`).
+**The measure** (`Judge.measure`: one set of shifts at one judge binning).
+Every usable view, moved by its shift and stretched into the reference view's
+frame, is correlated with its next `JUDGE_LAGS` usable views in tilt order on
+both sides (`links`), on the working views binned 1, 2, 4... times more
+(`Judge.levels`), with the options' correlation filter per judge pixel, each
+frequency weighted by its signal-to-noise ratio measured between neighbours
+(`FRC / (1 - FRC)`: the band where the data hold signal, whatever the noise).
+Opaque areas the screen found (a grid bar's shadow) carry no weight. Each
+link's residual shift is searched within `JUDGE_RADIUS` judge pixels; a robust
+least-squares solve of all links (`links.solve_links`) gives the corrections
+the links still ask for (`LinkCheck.correction`, input pixels, the motions no
+tilt series fixes removed: `geometry.unfixed_motions`) and each link's
+*held-out* residual, its misfit under the solve made without it
+(`links.held_out`). A link *agrees* when that residual is within `AGREE` judge
+pixel (1 link in 64 does by chance when nothing correlates). A level is
+*consistent* when at least `CONSISTENT` of the links agree and no gap between
+neighbouring views is crossed by fewer than `TIES` agreeing links (a break),
+views whose links disagree as if by chance, or that match their neighbours far
+less than the neighbours match each other (another view's image), set aside
+(`outliers`). Per view: the median held-out residual of its links
+(`residual`) and its links' correlation with its nearest neighbours
+(`adjacent_correlation`).
 
-**The choice** (`align_checked`): the plain path runs first and is measured
-at the working binning. If it is consistent there, its links ask for
-corrections of at most `SETTLED` working pixels RMS and no fixed pattern was
-found, it is kept (clean data pay for one measure). Otherwise the other
-candidates run (the adaptive path; both on coarser views, 2x and 4x, as far
-as the views allow; each with the fixed pattern removed when one was found,
-or with `fixed_pattern="on"`), and all are measured from the working binning
-outwards to coarser ones; the decision is taken at the finest binning where
-some candidate is consistent (`decision level`). There, in the order plain,
-adaptive, coarser..., a candidate replaces the one kept so far only when its
-corrections are smaller, view by view, by more than twice their standard
-error. A kept series is unreliable when no binning is consistent, when it
-breaks, or when its links still ask for corrections above `MAX_CORRECTION`
-pixels RMS. Views whose links disagree with the rest are made unusable, with
-the figures, and the kept path is run again without them.
+**The choice** (`align_checked`). The plain path runs first and is measured on
+views of at most `QUICK_SIZE` pixels. It is kept at once (clean data pay for
+one measure) when it is consistent there, its links ask for at most `SETTLED`
+working pixels RMS, no fixed pattern was found, and neighbouring views look no
+more alike unstretched than stretched (`_slab_unlike`: a compact specimen, a
+particle or a needle along the axis, does not foreshorten as a slab does).
+Otherwise the candidates run (`candidate_paths`): the plain path (and with a
+fixed pattern removed, when one was found), the adaptive path, both on 2x and
+4x binned views; and, judged in an unstretched frame, the plain and adaptive
+paths without the cosine stretch. Each family is measured from the working
+binning outwards, and the finest binning where some candidate is consistent
+decides: in order of preference, a candidate replaces the one kept so far only
+when it at least halves the mean squared correction (`BETTER`), smaller view
+by view by Wilcoxon's signed ranks (`SIGNIFICANT`), and does not make
+neighbouring views overlap worse (`_lower`, on the views with a found pattern
+removed). Between the two families the data choose the geometry: the
+unstretched one is kept when its neighbours look clearly more alike, each in
+its own frame. A kept series is unreliable when no binning is consistent, when
+it breaks, or when its links still ask for more than `MAX_CORRECTION` pixels
+RMS. Outlying views are made unusable, with the figures, and the kept path is
+run again without them.
 """
 
 from __future__ import annotations
