@@ -71,7 +71,8 @@ def test_figure_from_the_output(run):
     project, prot, _ = run
     _, ts = output_tilt_series(project, prot)
     figure = alignment_figure(alignment_data(ts))
-    shift_axes, corr_axes = figure.axes
+    shift_axes, corr_axes, residual_axes = figure.axes  # residuals: the correlation's twin
+    assert residual_axes.get_ylabel() == "self-check residual (px)"
     assert "TS_01" in figure._suptitle.get_text()
     assert "21 views, 1 excluded, no low correlation" == shift_axes.get_title()
 
@@ -84,7 +85,7 @@ def test_protocol_viewer_builds_the_plot_and_the_report(run):
     assert viewer._choices == ["TS_01"]
     (plot,) = viewer._showAlignmentPlot()
     assert isinstance(plot, AlignmentPlotter)
-    assert len(plot.getFigure().axes) == 2
+    assert len(plot.getFigure().axes) == 3  # shifts, correlation and its residual twin
     plot.close()
     (message,) = viewer._showLowViews()
     assert message.getMessage() == "TS_01: none  (1 excluded)"
@@ -178,6 +179,6 @@ def test_viewer_opens_in_scipions_gui(run, x_display, tmp_path):
         raise seen["error"]
     assert seen["choice"] == "TS_01"
     assert seen["labels"]["showAlignmentPlot"] == "Show shifts and correlation per view"
-    assert seen["figures"] == [2]  # one plot window: shifts and correlation panels
+    assert seen["figures"] == [3]  # one plot window: shifts, correlation, residual twin
     image = matplotlib.image.imread(str(shot))
     assert image.shape[:2] == (700, 1420) and image[..., :3].std() > 0.05
