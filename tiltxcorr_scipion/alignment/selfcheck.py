@@ -562,19 +562,33 @@ def align_checked(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: fl
     plain.checks[quick] = judges[True].measure(plain.result.shifts, quick)
     settled = (plain.checks[quick].consistent and not found_pattern
                and plain.checks[quick].error <= SETTLED * binned.factor)
+    made = {first: plain}
+
+    def candidate(path: Path) -> _Candidate:  # each path runs once, whichever step asks
+        if path not in made:
+            made[path] = _Candidate(path, align_path(prepared, path, tilt_axis_angle, opts))
+        return made[path]
+
+    kept, level, family = plain, quick, [plain]
     if settled and opts.adaptive:  # is the specimen a slab? (a compact one looks alike unstretched)
         judges[False] = judge_for(False)
-        settled = not _slab_unlike(plain.result.shifts, judges, quick)
-    kept, level, family = plain, quick, [plain]
+        if _slab_unlike(plain.result.shifts, judges, quick):
+            # the same shortcut in the other model: its plain path kept when its own links
+            # are settled and it still makes neighbours clearly more alike
+            unstretched = candidate(Path(stretch=False, remove_pattern=forced))
+            check = unstretched.checks[quick] = judges[False].measure(
+                unstretched.result.shifts, quick)
+            settled = (check.consistent and check.error <= SETTLED * binned.factor
+                       and _slab_unlike((plain.result.shifts, unstretched.result.shifts),
+                                        judges, quick))
+            if settled:
+                kept, family = unstretched, [plain, unstretched]
     if opts.adaptive and not settled:
         judges.setdefault(False, judge_for(False))
         best = {}
         for stretch in (True, False):
-            family = []
-            for path in candidate_paths(tuple(binned.views.shape[-2:]),
-                                        found_pattern or forced, forced, stretch=stretch):
-                family.append(plain if path == first else _Candidate(
-                    path, align_path(prepared, path, tilt_axis_angle, opts)))
+            family = [candidate(path) for path in candidate_paths(
+                tuple(binned.views.shape[-2:]), found_pattern or forced, forced, stretch=stretch)]
             best[stretch] = (*_choose(family, judges[stretch], plain, quick), family)
         kept, level, family = best[True][:2] + (best[True][3],)
         unstretched, found_n = best[False][0], best[False][2]
