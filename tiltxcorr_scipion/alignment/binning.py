@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,9 @@ class BinnedViews:
     factor: int
     full_shape: tuple[int, int]
     origin: tuple[int, int]
+    # rebinned() results, kept: the stages, the candidates and the self-check's levels ask
+    # for the same coarser views, and each binning is a pass over every pixel
+    _coarser: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def centre(self) -> torch.Tensor:
@@ -89,15 +92,21 @@ class BinnedViews:
                             dtype=torch.float64, device=self.views.device)
 
     def rebinned(self, extra: int) -> BinnedViews:
-        """These views binned `extra` times more (same centring rule), `factor * extra` in all."""
+        """These views binned `extra` times more (same centring rule), `factor * extra` in all.
+
+        Made once per factor and kept (the views must not change in place afterwards).
+        """
+        if extra in self._coarser:
+            return self._coarser[extra]
         hb, wb = self.views.shape[-2:]
-        return BinnedViews(
+        self._coarser[extra] = BinnedViews(
             views=bin_views(self.views, extra),
             factor=self.factor * extra,
             full_shape=self.full_shape,
             origin=(self.origin[0] + _trim(hb, extra) * self.factor,
                     self.origin[1] + _trim(wb, extra) * self.factor),
         )
+        return self._coarser[extra]
 
 
 def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[int, int],
