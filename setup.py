@@ -37,6 +37,9 @@ setup(
     extras_require={
         "test": ["pytest>=7", "ruff"],
         "bench": ["torch-tiltxcorr==0.6.0", "psutil", "h5py"],  # h5py: etspy's .hspy files
+        # make peer-check: torch-tiltxcorr and what its tests simulate with
+        "peer": ["torch-tiltxcorr==0.6.0", "torch-fourier-slice", "torch-fourier-shift",
+                 "einops", "torch-affine-utils", "torch-image-interpolation"],
     },
     entry_points={
         "pyworkflow.plugin": ["tiltxcorr_scipion = tiltxcorr_scipion"],
