@@ -683,11 +683,20 @@ def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_in
     for i in views.stack_order[outcome.unusable[views.stack_order]]:
         out.write(f"unusable view {views.stack_positions[i]}: {outcome.reasons[i]}"
                   + (" (excluded: --exclude-bad)" if not views.enabled[i] else "") + "\n")
+    _write_excluded(out, outcome)
     for kind in ("prexf", "prexg", "tlt", "ali", "png"):
         if kind in paths:
             out.write(f"wrote {os.path.relpath(paths[kind])}\n")
         elif kind == "tlt" and keep_input_tlt:
             out.write(f"wrote {os.path.relpath(tlt_path)} (the input, kept)\n")
+
+
+def _write_excluded(out: TextIO, outcome) -> None:
+    """One line per view the pipeline excluded by itself (beyond the stretch's limit)."""
+    views = outcome.views
+    for i in views.stack_order:
+        if outcome.excluded[i]:
+            out.write(f"excluded view {views.stack_positions[i]}: {outcome.excluded[i]}\n")
 
 
 def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) -> None:
@@ -704,6 +713,7 @@ def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) ->
               f"mean residual {fine.mean_residual:.3f} px, "
               f"{fine.n_contours} tracks ({fine.n_rejected_contours} rejected); "
               f"{elapsed:.1f} s on {outcome.device.split(':')[0]}\n")
+    _write_excluded(out, outcome)
     for kind in ("xf", "tlt", "fid", "residuals", "landmarks", "png", "ali"):
         if kind in paths:
             out.write(f"wrote {os.path.relpath(paths[kind])}\n")

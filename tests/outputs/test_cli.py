@@ -208,10 +208,13 @@ def test_user_errors_are_one_line_with_status_2(workdir):
                       "at least 3")
     assert_user_error(run("align", "TS_01.st", "--axis", "85", "--exclude", "30", cwd=folder),
                       "only 21 views")
-    # the engine's own checks come through as one line too (|tilt| > 82)
-    (folder / "steep.tlt").write_text("\n".join(["85"] + angles[1:]) + "\n")
-    assert_user_error(run("align", "TS_01.st", "--tlt", "steep.tlt", "--axis", "85",
-                          cwd=folder), "TS_01.st: ")
+    # angles that cannot be right: all equal, or radians
+    (folder / "flat.tlt").write_text("0\n" * len(angles))
+    assert_user_error(run("align", "TS_01.st", "--tlt", "flat.tlt", "--axis", "85", cwd=folder),
+                      "all 21 tilt angles are 0 degrees", "not read")
+    (folder / "rad.tlt").write_text("".join(f"{np.radians(float(a)):.4f}\n" for a in angles))
+    assert_user_error(run("align", "TS_01.st", "--tlt", "rad.tlt", "--axis", "85", cwd=folder),
+                      "radians", "degrees")
     (folder / "nowhere").mkdir()
     assert_user_error(run("align", "TS_01.st", "--axis", "85", "--out", "nope/x", cwd=folder),
                       "does not exist")

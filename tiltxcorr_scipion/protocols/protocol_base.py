@@ -33,7 +33,7 @@ from tomo.protocols import ProtTomoBase
 from .. import _plugin  # noqa: F401  (applies the sqlite fix in this process)
 from .. import constants as cts
 from ..convert.files import remove_temporaries
-from ..options import MAX_TILT_DEG, MIN_ENABLED_VIEWS
+from ..options import MAX_TILT_DEG, MIN_ENABLED_VIEWS, tilt_range_problem
 from ..pipeline import TiltSeriesFailure, TiltSeriesViews, available_cpus
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,13 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             return False
         self._fail(tsId, inTs, items, f"unreliable alignment: {outcome.unreliable_reason}")
         return True
+
+    def _logExcluded(self, outcome):
+        """Log the views the pipeline excluded by itself (beyond the stretch's limit)."""
+        for i, reason in enumerate(outcome.excluded):
+            if reason:
+                self.warning(f"Tilt series {outcome.views.ts_id}: view "
+                             f"{outcome.views.stack_positions[i]} {reason}")
 
     def _unreliableKept(self) -> dict[str, str]:
         text = self.unreliableKept.get()
@@ -387,21 +394,14 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         if inSet is None:
             return ["Choose the input tilt series."]
         override = self.tiltAxisAngle.get()
-        noAxis, tooHigh = [], []
+        noAxis = []
         for ts in inSet.iterItems():
             acq = ts.getAcquisition()
             if override is None and (acq is None or acq.getTiltAxisAngle() is None):
                 noAxis.append(ts.getTsId())
-            angles = [ti.getTiltAngle() for ti in ts.iterItems() if ti.isEnabled()]
-            if angles and max(abs(a) for a in angles) > MAX_TILT_DEG:
-                tooHigh.append(ts.getTsId())
         if noAxis:
             errors.append(f"No tilt axis angle for {', '.join(noAxis[:5])}: enter it in the "
                           "form ('Tilt axis angle').")
-        if tooHigh:
-            errors.append(f"Tilt series {', '.join(tooHigh[:5])} have enabled views beyond "
-                          f"+-{MAX_TILT_DEG:g} deg, where cosine stretching is undefined: "
-                          "exclude those views first.")
         if inSet.isStreamOpen() and (self.numberOfThreads.get() or 1) < 3:
             errors.append("The input is still being acquired (streaming): use at least 3 "
                           "threads (one follows the input, the others align).")
@@ -416,8 +416,23 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             warnings.append("The input tilt series already have an alignment: it is applied "
                             "to the images before correlating and the new alignment is "
                             "composed with it (new @ previous).")
-        few = [ts.getTsId() for ts in inSet.iterItems()
-               if 0 < sum(1 for ti in ts.iterItems() if ti.isEnabled()) < FEW_VIEWS_WARNING]
+        few, tooHigh, impossible = [], [], []
+        for ts in inSet.iterItems():
+            angles = [ti.getTiltAngle() for ti in ts.iterItems() if ti.isEnabled()]
+            if 0 < len(angles) < FEW_VIEWS_WARNING:
+                few.append(ts.getTsId())
+            if angles and max(abs(a) for a in angles) > MAX_TILT_DEG:
+                tooHigh.append(ts.getTsId())
+            problem = tilt_range_problem(angles)
+            if problem:
+                impossible.append(f"{ts.getTsId()}: {problem}")
+        if tooHigh:
+            warnings.append(f"Tilt series {', '.join(tooHigh[:5])} have enabled views beyond "
+                            f"+-{MAX_TILT_DEG:g} deg, where cosine stretching is undefined: "
+                            "those views are excluded automatically (and say so in the log).")
+        if impossible:
+            warnings.append("These tilt series will fail, their tilt angles cannot be right: "
+                            + "; ".join(impossible[:5]))
         if few:
             warnings.append(f"Tilt series {', '.join(few[:5])} have fewer than "
                             f"{FEW_VIEWS_WARNING} enabled views: the alignment may be poor "

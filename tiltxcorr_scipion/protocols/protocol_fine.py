@@ -256,6 +256,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         outcome = align_views(views, self._options(), views.tilt_axis(self.tiltAxisAngle.get()),
                               device=device,
                               progress=lambda stage: self.info(f"Tilt series {tsId}: {stage}"))
+        self._logExcluded(outcome)
         paths = output_paths(self._getExtraPath(), tsId, fine=True)
         fileSeconds = write_outputs(outcome, paths)
         pause_point("files written", tsId)
@@ -294,6 +295,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         def editImage(i, outTi):
             outTi.setTransform(Transform(matrix=outcome.transforms[i].copy()))
             outTi.setTiltAngle(float(fine.tilt_angles[i]))
+            outTi.setEnabled(bool(outcome.views.enabled[i]))
 
         outSet = self._appendTiltSeries(cts.OUTPUT_TILT_SERIES, "", inTs, items, editTs=editTs,
                                         editImage=editImage)

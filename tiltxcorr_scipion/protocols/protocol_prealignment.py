@@ -295,6 +295,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         self.info(f"Tilt series {tsId}: {deviceMessage}")
         outcome = align_views(views, self._options(), views.tilt_axis(self.tiltAxisAngle.get()),
                               device=device)
+        self._logExcluded(outcome)
         self._reportVerdicts(outcome)
         if self.getAttributeValue("disableUnusableViews", True):
             outcome = outcome.exclude_unusable()
