@@ -153,10 +153,7 @@ def _fine_options(args: argparse.Namespace) -> FineOptions:
 
 
 def _binning_value(text: str) -> int | str:
-    value = text if text == "auto" else int(text)
-    if value == 0:
-        raise ValueError  # 0 means "auto" in the form only; here it is a typo
-    return value
+    return "auto" if text in ("auto", "0") else int(text)  # 0 means auto, as in the form
 
 
 def _positive_number(convert, what: str):
@@ -223,9 +220,16 @@ def _add_common_arguments(parser: argparse.ArgumentParser, *, plot_help: str) ->
 
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (status 2), as every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``tiltxcorr-scipion`` (subcommands ``align`` and ``fine``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Coarse tilt-series alignment by stretched cross-correlation (IMOD "
                     "tiltxcorr's method, in PyTorch), writing IMOD files to continue in etomo.")
@@ -291,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--binning", dest="binning", metavar="N",
                         type=_option_type("binning", _binning_value),
                         default=DEFAULTS.binning,
-                        help="bin the views for the correlation: 'auto' (at most 1180 pixels, "
+                        help="bin the views for the correlation: 'auto' or 0 (at most 1180 pixels, "
                              "up to 4x, as IMOD) or an integer; shifts stay in stack pixels")
     engine.add_argument("--cumulative", action="store_true", default=DEFAULTS.cumulative,
                         help="correlate each view with the sum of the already aligned lower-tilt "
@@ -593,6 +597,8 @@ def _run(args: argparse.Namespace, views, options, paths: dict[str, str], progre
     bar, update = _progress_bar("aligning", progress_unit, show, bool(args.progress))
     try:
         outcome = align_views(views, options, args.axis, device=device, progress=update)
+        for warning in outcome.warnings:
+            sys.stderr.write(f"{PROG}: warning: {warning}\n")
         if getattr(args, "exclude_bad", False):
             outcome = outcome.exclude_unusable()
         bar.close()

@@ -21,6 +21,7 @@ __all__ = [
     "AUTO_BINNING_MAX_SIZE",
     "FIXED_PATTERN_CHOICES",
     "MIN_AREA_SIZE",
+    "MAX_PIXEL_MAGNITUDE",
     "MAX_TILT_DEG",
     "MIN_TILT_RANGE_DEG",
     "MIN_BINNED_SIZE",
@@ -39,6 +40,9 @@ __all__ = [
 
 #: IMOD refuses to stretch beyond this tilt (1 / cos(82 deg) is already 7.2).
 MAX_TILT_DEG = 82.0
+#: Pixels beyond this magnitude overflow float32 correlations and Fourier shifts (a corrupt
+#: file: detector counts, int16 or float data stay far below).
+MAX_PIXEL_MAGNITUDE = 1e15
 #: Tilt angles spanning fewer degrees than this are not a tilt series (unread, or radians).
 MIN_TILT_RANGE_DEG = 5.0
 #: Automatic binning reduces views to at most about this many pixels, as IMOD does...

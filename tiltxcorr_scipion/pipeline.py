@@ -331,6 +331,9 @@ class AlignmentOutcome:
     excluded
         `(n,)` why the pipeline itself left a view out (``""`` otherwise): views
         tilted beyond +-82 degrees (the stretch's limit), disabled in `views`.
+    warnings
+        What the input looked wrong in without stopping the alignment (a stack
+        header whose nz disagrees with its data).
     """
 
     views: TiltSeriesViews
@@ -353,6 +356,7 @@ class AlignmentOutcome:
     path: str = ""
     fine: FineDetails | None = None
     excluded: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = self.views.n_views
@@ -521,6 +525,8 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions | FineOptions,
         raise views.fail("the alignment produced non-finite transforms")
     outcome.tilt_axis_angle += float(tilt_axis_angle) - axis  # back to the raw images
     outcome.excluded = excluded
+    outcome.warnings = tuple(stack.header_warning for stack in stacks.values()
+                             if stack.header_warning)
     if any(excluded):
         numbers = [int(views.stack_positions[i]) for i in views.stack_order if excluded[i]]
         outcome.series_notes = (*outcome.series_notes,

@@ -189,7 +189,7 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
     nan_views = np.zeros((3, 16, 16))
     nan_views[1, 3, 3] = np.nan
     nan_stack = write_stack(tmp_path / "nan.mrc", nan_views)
-    with pytest.raises(ValueError, match="view 2 contains NaN"):
+    with pytest.raises(ValueError, match="view 2 holds NaN"):
         write_aligned_stack(nan_stack, out, identity, 1, 1.0)
 
 

@@ -222,11 +222,16 @@ def test_user_errors_are_one_line_with_status_2(workdir):
 
 def test_bad_options_are_refused_by_the_parser(workdir):
     folder, _ = workdir
-    for args in (["--exclude", "3-1"], ["--low-pass", "0.9"], ["--binning", "0"],
+    for args in (["--exclude", "3-1"], ["--low-pass", "0.9"], ["--binning", "-1"],
                  ["--aligned-binning", "x"], ["--max-shift", "-4"]):
         result = run("align", "TS_01.st", "--axis", "85", *args, cwd=folder)
         assert result.returncode == 2 and "Traceback" not in result.stderr, args
-        assert "error: argument" in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()  # one line, no usage block (docs/cli.md)
+        assert len(lines) == 1 and "error: argument" in lines[0], result.stderr
+    # --binning 0 means auto, as the help says
+    result = run("align", "TS_01.st", "--axis", "85", "--binning", "0", "--out", "auto0",
+                 cwd=folder)
+    assert result.returncode == 0, result.stderr
     result = run("align", "TS_01.st", cwd=folder)
     assert result.returncode == 2 and "--axis" in result.stderr
 

@@ -65,6 +65,7 @@ from .first_stage import (
     chain_shifts,
     choose_reference,
     median_z,
+    name_the_limit,
     reference_walk,
     refine_pairs,
     search_pairs,
@@ -401,6 +402,10 @@ def align_path(prepared: PreparedViews, path: Path, tilt_axis_angle: float, opts
         found = bridge_blank_views(level, angles, branches, unusable, reasons, found,
                                    max_shift=level_max_shift(level), **pair_args)
     refine_pairs(level, angles, found, refine=opts.refine)
+    flagged = [v for v in range(n_views) if unusable[v] and not prepared.unusable[v]]
+    if opts.max_shift is not None and flagged:
+        name_the_limit(level, angles, branches, unusable, reasons, flagged,
+                       level_max_shift(level), opts.interpolation, level.extra * factor)
     estimates = chain_shifts(found.pairs, found.shifts, angles, across_cpu)  # level pixels
     pair_z = torch.full((n_views,), float("nan"), dtype=torch.float64)
     paired_with = torch.full((n_views,), -1, dtype=torch.long)

@@ -110,7 +110,9 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         return True
 
     def _logExcluded(self, outcome):
-        """Log the views the pipeline excluded by itself (beyond the stretch's limit)."""
+        """Log the input's warnings and the views the pipeline excluded by itself (beyond +-82)."""
+        for warning in outcome.warnings:
+            self.warning(f"Tilt series {outcome.views.ts_id}: {warning}")
         for i, reason in enumerate(outcome.excluded):
             if reason:
                 self.warning(f"Tilt series {outcome.views.ts_id}: view "
