@@ -481,7 +481,7 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions | FineOptions,
 
     device = torch.device(device)
     problem = tilt_range_problem(views.tilt_angles[views.enabled])
-    if problem:
+    if problem and views.enabled.sum() >= MIN_ENABLED_VIEWS:  # else: too few views, said below
         raise views.fail(problem, advice="give the tilt angles in degrees, one per view")
     views, excluded = _exclude_beyond_stretch(views, getattr(options, "angle_offset", 0.0))
     items = np.flatnonzero(views.enabled)
@@ -628,13 +628,13 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
     result = fiducialless_alignment(binned.views, angles, axis, progress=progress,
                                     **engine_options)
     # The engine's frame is the binned views': pixel r_b is input pixel F r_b + o, and its
-    # transforms act about the binned views' centre, input c' = F c_b + o, which may sit
-    # half a pixel off the input's centre c when a binned side lost an odd number of pixels.
+    # transforms act about the binned views' centre, input c' = F c_b + o. The registered
+    # transforms act about IMOD's (and tomo's) centre c = (h / 2, w / 2) (docs/conventions.md).
     h, w = binned.full_shape
     origin = np.array(binned.origin, dtype=np.float64) + (factor - 1) / 2
     hb, wb = binned.views.shape[-2:]
     centre_offset = (factor * np.array([(hb - 1) / 2, (wb - 1) / 2]) + origin
-                     - np.array([(h - 1) / 2, (w - 1) / 2]))  # c' - c, (row, col)
+                     - np.array([h / 2, w / 2]))  # c' - c, (row, col)
     m = len(items)
     rotations = np.zeros(m) if result.rotations is None else result.rotations.double().numpy()
     mags = np.ones(m) if result.magnifications is None else result.magnifications.double().numpy()

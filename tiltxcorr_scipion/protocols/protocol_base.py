@@ -11,14 +11,21 @@ Rules the base keeps:
   so Continue's "already done" (in `TiltSeries` or `FailedTiltSeries`) means
   done;
 - output sets are written under the protocol's lock, one writer at a time;
+- one tilt series is registered in all its outputs or in none
+  (`_registerAtomically`): a full disk undoes what was appended and forgets
+  an output set created for it, ids included, and fails that tilt series
+  naming the file; if even the undo cannot write, the run fails saying the
+  project database cannot be written (Continue then completes the rest);
 - the outputs are closed by whoever finishes last: the last tilt-series step,
   or the stream follower when the input closes with nothing left to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sqlite3
 import time
 import traceback
 
@@ -330,11 +337,100 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         self.error(f"FAILED {reason}")
         with self._lock:
             failed = self._failureReasons()
-            failed[tsId] = reason
-            self.failureReasons.set(json.dumps(failed))
-            self._store(self.failureReasons)
+            before = self.failureReasons.get()
+
+            def storeReason():
+                failed[tsId] = reason
+                self.failureReasons.set(json.dumps(failed))
+                self._store(self.failureReasons)
+
+            steps = []
             if inTs is not None:
-                self._appendTiltSeries(cts.OUTPUT_FAILED_TILT_SERIES, "failed", inTs, items)
+                steps.append((cts.OUTPUT_FAILED_TILT_SERIES, lambda: self._appendTiltSeries(
+                    cts.OUTPUT_FAILED_TILT_SERIES, "failed", inTs, items)))
+            steps.append((None, storeReason))
+            try:
+                self._registerAtomically(tsId, steps, failing=True)
+            except TiltSeriesFailure as failure:  # undone, but not recorded as failed either
+                self.failureReasons.set(before)
+                raise RuntimeError(f"tilt series {tsId} could not be recorded as failed "
+                                   f"({failure.cause}); free space, then Continue: it will "
+                                   "be aligned again") from None
+
+    # ------------------------------------------------------------------ atomic registration
+    def _registerAtomically(self, tsId: str, steps, *, failing: bool = False):
+        """Register one tilt series in several outputs: in all of them or in none.
+
+        `steps` are `(output name or None, callable)`; each callable appends the
+        tilt series to that output (or stores something else). The caller
+        holds the lock. When one raises (a full disk), every output that holds
+        `tsId` loses it again (FailedTiltSeries only when `failing`), an output
+        set created by this registration is forgotten, its ids too (the next
+        set created gets new ones, not the rolled-back ones), and a
+        `TiltSeriesFailure` names the file and the cause. When the undo
+        cannot write either, a RuntimeError says the project database cannot
+        be written: the run stops, and Continue, once space is freed, aligns
+        exactly the tilt series in neither TiltSeries nor FailedTiltSeries.
+        """
+        existed = {name: getattr(self, name, None) is not None
+                   for name in self._possibleOutputs}
+        for name, step in steps:
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001 - any failure is undone the same way
+                cause = self._writeErrorText(error, name)
+                try:
+                    self._undoRegistration(tsId, existed, failing)
+                except Exception as undo:  # noqa: BLE001
+                    raise RuntimeError(
+                        f"tilt series {tsId}: its outputs could not be registered ({cause}) "
+                        f"nor undone ({self._writeErrorText(undo, None)}): the project "
+                        "database cannot be written; free space, then Continue") from None
+                raise TiltSeriesFailure(tsId, f"its outputs could not be registered: {cause}; "
+                                              "none of them was kept") from None
+
+    def _writeErrorText(self, error: BaseException, name: str | None) -> str:
+        """What failed while writing `name`'s output (or the project's database), and where."""
+        outSet = getattr(self, name, None) if name else None
+        target = outSet.getFileName() if outSet is not None else self.getDbPath()
+        full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+            isinstance(error, sqlite3.OperationalError) and "full" in str(error))
+        if full:
+            return f"disk full writing {target}"
+        return f"{type(error).__name__} writing {target}: {error}"
+
+    def _undoRegistration(self, tsId: str, existed: dict[str, bool], failing: bool):
+        """Take `tsId` out of every output again; forget outputs that did not exist before."""
+        connection = getattr(getattr(self.mapper, "db", None), "connection", None)
+        if connection is not None:
+            connection.rollback()  # what the failed commit left of this transaction
+        for name in self._possibleOutputs:
+            if name == cts.OUTPUT_FAILED_TILT_SERIES and not failing:
+                continue
+            outSet = getattr(self, name, None)
+            if outSet is None:
+                continue
+            if not existed[name]:  # created for this tilt series: forget it whole
+                outSet.close()
+                if name in self._outputs:
+                    self._outputs.remove(name)
+                delattr(self, name)
+                if outSet.hasObjId():
+                    self.mapper.delete(outSet)  # its row, if the insert was committed
+                outSet.cleanObjId()
+                self.mapper.store(self._outputs)
+                self.mapper.commit()
+                continue
+            mapper = outSet._getMapper()
+            stale = [item.clone() for item in outSet.iterItems(where=f"_tsId=='{tsId}'")]
+            for item in stale:
+                mapper.delete(item)
+            if stale:
+                outSet._size.set(max(0, (outSet.getSize() or 0) - len(stale)))
+                mapper.commit()
+                outSet.write()
+                self._store(outSet)
+            outSet.close()
 
     def _failureReasons(self) -> dict[str, str]:
         text = self.failureReasons.get()

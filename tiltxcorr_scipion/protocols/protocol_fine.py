@@ -266,17 +266,27 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         registering = time.perf_counter()
         fine = outcome.fine
         with self._lock:
-            # The landmark model first: TiltSeries is the "done" mark of a Continue.
-            if not self._hasLandmarkModel(tsId):
-                self._registerLandmarkModel(outcome, inTs, items, paths)
-            self._registerAligned(outcome, inTs, items)
+            # The landmark model first: TiltSeries is the "done" mark of a Continue. All of a
+            # tilt series' outputs or none (a full disk undoes the first ones).
             results = self._fineResults()
-            results[tsId] = {"axis": outcome.tilt_axis_angle, "offset": fine.tilt_angle_offset,
-                             "offsetText": fine.offset_text(),
-                             "residual": fine.mean_residual, "contours": fine.n_contours,
-                             "rejected": fine.n_rejected_contours}
-            self.fineResults.set(json.dumps(results))
-            self._store(self.fineResults)
+
+            def storeResults():
+                results[tsId] = {"axis": outcome.tilt_axis_angle,
+                                 "offset": fine.tilt_angle_offset,
+                                 "offsetText": fine.offset_text(),
+                                 "residual": fine.mean_residual, "contours": fine.n_contours,
+                                 "rejected": fine.n_rejected_contours}
+                self.fineResults.set(json.dumps(results))
+                self._store(self.fineResults)
+
+            steps = []
+            if not self._hasLandmarkModel(tsId):
+                steps.append((cts.OUTPUT_LANDMARK_MODELS,
+                              lambda: self._registerLandmarkModel(outcome, inTs, items, paths)))
+            steps.append((cts.OUTPUT_TILT_SERIES,
+                          lambda: self._registerAligned(outcome, inTs, items)))
+            steps.append((None, storeResults))
+            self._registerAtomically(tsId, steps)
         registered = time.perf_counter()
         self.info(
             f"Tilt series {tsId}: aligned {int(views.enabled.sum())}/{views.n_views} views: "
