@@ -261,6 +261,17 @@ def wait_with_producer(project, prot, thread, errors: list, *, timeout: float = 
     return prot
 
 
+def _process_alive(pid) -> bool:
+    """Whether a process with this PID still runs (False for None or 0)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _trust_run_db(project, prot):
     """Correct a status the project set by itself.
 
@@ -281,6 +292,10 @@ def _trust_run_db(project, prot):
         return prot
     if status != prot.getStatus():
         print(f"[scipion_helpers] project said {prot.getStatus()!r}, run.db says {status!r}")
+        if own.isActive() and not _process_alive(prot.getPid()):
+            # the run could not write its own end (a full disk): it is over
+            print("[scipion_helpers] ...but its process is gone: trusting the project")
+            return prot
         if own.isActive():
             return wait_for_protocol(project, prot)
         prot.setStatus(status)
