@@ -327,7 +327,22 @@ def continue_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
 
     reload_protocol(project, prot)
     prot.runMode.set(MODE_RESUME)
-    return launch_and_wait(project, prot, timeout=timeout, expect_finished=expect_finished)
+    old_pid = prot.getPid()
+    project.launchProtocol(prot, wait=False)
+    # Until the new process has written its PID, the project may judge the run by the old
+    # (dead) one and call it failed: wait for the new PID first.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        reload_protocol(project, prot)
+        if prot.getPid() and prot.getPid() != old_pid:
+            break
+        time.sleep(0.2)
+    prot = wait_for_protocol(project, prot, timeout=timeout)
+    if expect_finished and not prot.isFinished():
+        raise AssertionError(
+            f"protocol {prot.getRunName()!r} ended {prot.getStatus()}: "
+            f"{prot.getErrorMessage()}\nLog tail:\n{read_log(prot)}")
+    return prot
 
 
 def launch_until_paused(project, prot, point: str, ts_id: str, marker: Path, *,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sqlite3
 import time
 import traceback
@@ -358,7 +359,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                                    "be aligned again") from None
 
     # ------------------------------------------------------------------ atomic registration
-    def _registerAtomically(self, tsId: str, steps, *, failing: bool = False):
+    def _registerAtomically(self, tsId: str, steps, *, failing: bool = False, files=()):
         """Register one tilt series in several outputs: in all of them or in none.
 
         `steps` are `(output name or None, callable)`; each callable appends the
@@ -371,6 +372,9 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         cannot write either, a RuntimeError says the project database cannot
         be written: the run stops, and Continue, once space is freed, aligns
         exactly the tilt series in neither TiltSeries nor FailedTiltSeries.
+        `files` (the tilt series' files in extra/) are removed on a failure:
+        none of its outputs is kept, and the space they free lets the failure
+        itself be recorded.
         """
         existed = {name: getattr(self, name, None) is not None
                    for name in self._possibleOutputs}
@@ -386,6 +390,9 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                         f"tilt series {tsId}: its outputs could not be registered ({cause}) "
                         f"nor undone ({self._writeErrorText(undo, None)}): the project "
                         "database cannot be written; free space, then Continue") from None
+                for path in files:
+                    if os.path.exists(path):
+                        os.remove(path)
                 raise TiltSeriesFailure(tsId, f"its outputs could not be registered: {cause}; "
                                               "none of them was kept") from None
 

@@ -286,7 +286,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             steps.append((cts.OUTPUT_TILT_SERIES,
                           lambda: self._registerAligned(outcome, inTs, items)))
             steps.append((None, storeResults))
-            self._registerAtomically(tsId, steps)
+            self._registerAtomically(tsId, steps, files=paths.values())
         registered = time.perf_counter()
         self.info(
             f"Tilt series {tsId}: aligned {int(views.enabled.sum())}/{views.n_views} views: "

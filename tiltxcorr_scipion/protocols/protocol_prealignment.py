@@ -318,7 +318,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
             steps.append((None, lambda: pause_point("interpolated registered", tsId)))
             steps.append((cts.OUTPUT_TILT_SERIES,
                           lambda: self._registerAligned(outcome, inTs, items)))
-            self._registerAtomically(tsId, steps)
+            self._registerAtomically(tsId, steps, files=paths.values())
         registered = time.perf_counter()
         nEnabled = int(views.enabled.sum())
         corr = outcome.correlation[np.isfinite(outcome.correlation)]
