@@ -126,8 +126,8 @@ class FiducialLessResult:
     tilt_axis_angle_error
         One standard error of `tilt_axis_angle` in degrees, from the data
         (`GeometrySolution.tilt_axis_angle_error`: the solve's curvature and
-        the spread of the patches' gradients, a linearised bootstrap over the
-        patches); NaN when the axis was not solved.
+        the spread of the measurements' influence, a linearised bootstrap over
+        blocks of patches and over views); NaN when the axis was not solved.
     tilt_angle_offset_error
         One standard error of `tilt_angle_offset` in degrees: of the slab's
         tilt (`SlabFit.tilt_error`, a linearised bootstrap over the
@@ -135,7 +135,7 @@ class FiducialLessResult:
         the plane of the points (`points_offset_error`).
     points_offset_error
         One standard error of `points_offset` in degrees (the points' scatter
-        about their plane, clustered by patch).
+        about their plane, clustered by block of the view, `projection.error_blocks`).
     """
 
     tilt_axis_angle: float
@@ -282,7 +282,7 @@ def fiducialless_alignment(
                                **tracking)
         report(f"geometry solve, pass {round_index + 1} of {passes}")
         geometry = solve_geometry(tracks, angles, axis, initial_shifts=steering_shifts,
-                                  **solving)
+                                  estimate_errors=round_index == passes - 1, **solving)
         axis = geometry.tilt_axis_angle
         steering_shifts = geometry.shifts
         if float(geometry.tilt_angles.abs().max()) <= MAX_TILT_DEG:  # else keep nominal

@@ -76,6 +76,7 @@ ROBUST_FLOOR = 0.05         # pixels: residual scales below this are numerical n
 ROBUST_MIN_SPREAD = 0.02    # smallest robust deviation of residual ratios (1 = a view's median)
 INITIAL_DAMPING = 1e-3
 MIN_PLANE_POINTS = 3
+ERROR_BLOCKS = 4            # the views' blocks per side that cluster the standard errors
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,13 @@ class GeometrySolution:
     tilt_axis_angle_error
         One standard error of `tilt_axis_angle` in degrees, from the data: the
         solve's curvature with the spread of the tracks' gradients
-        (`_Problem.view_covariance`, a linearised bootstrap over the patches);
+        (`_Problem.view_covariance`, a linearised bootstrap over blocks of patches and over views);
         NaN when the axis was not solved.
     tilt_angle_offset_error
         One standard error in degrees of the offset that levels the plane of
         the points (`tilt_angle_offset` as solved), from the points' scatter
-        about that plane (clustered by patch). A common offset of all tilts
+        about that plane (clustered by block of the view, `error_blocks`).
+        A common offset of all tilts
         is not determined by the projections: this is the error of the
         plane's tilt, i.e. of the specimen's level.
     """
@@ -464,8 +466,9 @@ class _Problem:
         taken with its point re-fitted (the influence on the view unknowns):
         `S^+ (sum_c g_c g_c^T) S^+`, a linearised bootstrap over clusters `c`
         of measurements, the robust weights held fixed. Returned for three
-        clusterings: by patch (`clusters` `(n,)`, the patch each contour was
-        tracked from: the pieces of one track share their errors), by view
+        clusterings: by patch (`clusters` `(n,)`, e.g. the block of the view the
+        contour was tracked from, `error_blocks`: the pieces of one track and
+        neighbouring patches share their errors), by view
         (a view pair's correlation errs for all its patches alike), and by
         single measurement (counted in both others). Each measurement's share
         is inflated by `2L / (2L - 3)` in variance (its point's 3 unknowns
@@ -673,6 +676,7 @@ def solve_geometry(
     robust: bool = FINE_DEFAULTS.robust,
     robust_k: float = FINE_DEFAULTS.robust_k,
     max_iterations: int = FINE_DEFAULTS.max_iterations,
+    estimate_errors: bool = True,
 ) -> GeometrySolution:
     """Solve the projection geometry from tracked points, as IMOD's tiltalign does.
 
@@ -699,6 +703,10 @@ def solve_geometry(
         Robust fitting and its Tukey constant; see `FineOptions`.
     max_iterations
         Levenberg-Marquardt iterations per fit (each reweighting round fits).
+    estimate_errors
+        Estimate the standard errors of the axis and of the points' plane
+        (`GeometrySolution.tilt_axis_angle_error`, `.tilt_angle_offset_error`);
+        False leaves them NaN (a solve that only steers the next one).
 
     Returns
     -------
@@ -714,7 +722,7 @@ def solve_geometry(
     """
     if isinstance(tracks, PatchTracks):
         positions, image_shape = tracks.positions, tracks.image_shape
-        clusters = tracks.patch_index.cpu()
+        clusters = error_blocks(tracks.patch_centres[tracks.patch_index].cpu(), image_shape)
     else:
         positions = tracks
         clusters = None
@@ -762,9 +770,31 @@ def solve_geometry(
             if change < ROBUST_TOLERANCE:
                 break
     if clusters is None:
-        clusters = torch.arange(problem.n_points)
+        clusters = error_blocks(_first_positions(positions), image_shape)
     return _solution(problem, model, weights, track_weights, angles, reference,
-                     (int(image_shape[0]), int(image_shape[1])), iterations, clusters)
+                     (int(image_shape[0]), int(image_shape[1])), iterations,
+                     clusters if estimate_errors else None)
+
+
+def error_blocks(centres: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
+    """`(n,)` the block of the view (`ERROR_BLOCKS` x `ERROR_BLOCKS`) each `(row, col)` of
+    `centres` `(n, 2)` falls in: the clusters of the standard errors.
+
+    Tracking errs alike for neighbouring patches (they share content and the way it slides
+    with thickness, and the pieces of one track share everything): counted as independent
+    they would make the standard errors too small, so measurements are clustered by block.
+    """
+    h, w = image_shape
+    rows = (centres[:, 0] / h * ERROR_BLOCKS).floor().clamp(0, ERROR_BLOCKS - 1)
+    cols = (centres[:, 1] / w * ERROR_BLOCKS).floor().clamp(0, ERROR_BLOCKS - 1)
+    return (rows * ERROR_BLOCKS + cols).long()
+
+
+def _first_positions(positions: torch.Tensor) -> torch.Tensor:
+    """`(n, 2)` each contour's first finite position (in stack order)."""
+    present = torch.isfinite(positions[..., 0])
+    first = present.to(torch.int8).argmax(dim=1)
+    return positions[torch.arange(len(positions)), first]
 
 
 def _best_points(problem: _Problem, model: _Model) -> torch.Tensor:
@@ -800,15 +830,17 @@ def _axis_error(problem: _Problem, model: _Model, precision: torch.Tensor,
     return math.degrees(math.sqrt(max(variance, 0.0)))
 
 
-def _plane_slope(points: torch.Tensor, weights: torch.Tensor, clusters: torch.Tensor
+def _plane_slope(points: torch.Tensor, weights: torch.Tensor, clusters: torch.Tensor | None
                  ) -> tuple[float, float]:
     """Slope of the weighted least-squares plane `z = slope x + b y + c` through `points`
     `(n, 3)`, and its standard error from the points' scatter about the plane (sandwich,
-    clustered: the pieces of one track share their point's errors)."""
+    clustered: the pieces of one track share their point's errors; NaN without clusters)."""
     design = torch.stack([points[:, 0], points[:, 1], torch.ones(len(points),
                           dtype=torch.float64)], dim=1)
     root = weights.sqrt()[:, None]
     fit = torch.linalg.lstsq(design * root, points[:, 2:3] * root).solution[:, 0]
+    if clusters is None:
+        return float(fit[0]), float("nan")
     bread = torch.linalg.pinv(design.T @ (weights[:, None] * design), hermitian=True)
     scores = design * (weights * (points[:, 2] - design @ fit))[:, None]  # (n, 3)
     labels, index = torch.unique(clusters, return_inverse=True)
@@ -822,8 +854,9 @@ def _plane_slope(points: torch.Tensor, weights: torch.Tensor, clusters: torch.Te
 def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
               track_weights: torch.Tensor, angles: torch.Tensor, reference: int,
               image_shape: tuple[int, int], iterations: int,
-              clusters: torch.Tensor) -> GeometrySolution:
-    """Put the solution in the reported gauge and units; residuals and weights per point."""
+              clusters: torch.Tensor | None) -> GeometrySolution:
+    """Put the solution in the reported gauge and units; residuals and weights per point.
+    `clusters` None: no standard errors (NaN)."""
     tilt, turn, shrink = problem.view_terms(model)
     back = rotation_matrices(-torch.rad2deg(turn))  # R^-1 of the views as solved
     axis = model.axis
@@ -840,7 +873,8 @@ def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
     kept = track_weights > 0
     if int(kept.sum()) < MIN_PLANE_POINTS:
         kept = torch.ones_like(kept)
-    slope, slope_error = _plane_slope(points[kept], track_weights[kept], clusters[kept])
+    slope, slope_error = _plane_slope(points[kept], track_weights[kept],
+                                      None if clusters is None else clusters[kept])
     offset = math.atan(-slope)
     level = _turned(points, offset)  # projections do not change
 
@@ -868,7 +902,7 @@ def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
         reference_view=reference,
         image_shape=image_shape,
         iterations=iterations,
-        tilt_axis_angle_error=_axis_error(problem, model, problem.precision(weights, track_weights),
-                                          clusters),
+        tilt_axis_angle_error=float("nan") if clusters is None else _axis_error(
+            problem, model, problem.precision(weights, track_weights), clusters),
         tilt_angle_offset_error=math.degrees(slope_error / (1.0 + slope * slope)),
     )

@@ -225,8 +225,9 @@ def _fit(u, x, z, *, span: float, height_limit: float, min_blur: float) -> SlabF
     root2 = math.sqrt(2.0)
 
     def feature_costs(values: torch.Tensor) -> torch.Tensor:
-        """`(n,)` negative log likelihood of each feature's height."""
-        slope_x, slope_u, centre, log_w, log_s, logit_out = values
+        """`(n,)` negative log likelihood of each feature's height; `values` `(6,)`, or
+        `(n, 6)`: one copy per feature."""
+        slope_x, slope_u, centre, log_w, log_s, logit_out = values.unbind(-1)
         thickness, blur, out = log_w.exp(), log_s.exp().clamp(min=min_blur), torch.sigmoid(logit_out)
         height = z - slope_x * x - slope_u * u - centre
         inside = 0.5 * (torch.erf((height + thickness / 2) / (root2 * blur))
@@ -247,10 +248,12 @@ def _fit(u, x, z, *, span: float, height_limit: float, min_blur: float) -> SlabF
 
     optimiser.step(closure)
     slope_x, slope_u, centre, log_w, log_s, logit_out = params.detach().tolist()
+    # a fit that ran away (noise only: no slab) must not overflow the conversions below
+    if not all(map(math.isfinite, (slope_x, slope_u, centre, log_w, log_s, logit_out))) \
+            or max(abs(log_w), abs(log_s)) > 50:
+        raise SlabNotFound("the slab fit did not converge")
     slope_error = _sandwich_error(feature_costs, params.detach(), 0)
     thickness = math.exp(log_w)
-    if not all(map(math.isfinite, (slope_x, slope_u, centre, thickness))):
-        raise SlabNotFound("the slab fit did not converge")
     blur = max(math.exp(log_s), min_blur)
     if thickness < MIN_THICKNESS_PER_BLUR * blur:
         raise SlabNotFound(f"the features lie in a layer {thickness:.1f} px thick whose heights "
@@ -262,7 +265,8 @@ def _fit(u, x, z, *, span: float, height_limit: float, min_blur: float) -> SlabF
                    tilt_error=math.degrees(slope_error / (1.0 + slope_x * slope_x)),
                    along_axis_tilt=math.degrees(math.atan(slope_u)),
                    thickness=thickness, centre=centre, blur=blur,
-                   outlier_fraction=1 / (1 + math.exp(-logit_out)), n_features=len(z))
+                   outlier_fraction=float(torch.sigmoid(torch.tensor(logit_out))),
+                   n_features=len(z))
 
 
 def _sandwich_error(feature_costs, values: torch.Tensor, which: int) -> float:
@@ -273,7 +277,10 @@ def _sandwich_error(feature_costs, values: torch.Tensor, which: int) -> float:
     held at a bound (the blur at its floor) has no curvature and drops out.
     """
     hessian = torch.autograd.functional.hessian(lambda v: feature_costs(v).sum(), values)
-    scores = torch.autograd.functional.jacobian(feature_costs, values)  # (n, k)
+    # every feature's own gradient in one backward pass: one copy of the values per feature
+    copies = values.detach()[None].repeat(len(feature_costs(values.detach())), 1)
+    copies.requires_grad_(True)
+    (scores,) = torch.autograd.grad(feature_costs(copies).sum(), copies)  # (n, k)
     n = scores.shape[0]
     bread = torch.linalg.pinv(hessian, hermitian=True, rtol=1e-10)
     covariance = bread @ (scores.T @ scores) @ bread * (n / max(n - len(values), 1))
