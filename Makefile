@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench system-deps venv
+.PHONY: demo test lint bench peer-check system-deps venv
 
 venv: $(VENV)/.installed
 
@@ -32,3 +32,9 @@ test: venv system-deps lint
 bench: venv
 	$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
 	$(PY) benchmarks/bench_engine.py
+
+# torch-tiltxcorr 0.6.0's own shift tests against our tiltxcorr (import swap). Needs the
+# network once (pip download of its sdist), hence not part of `make test`.
+peer-check: venv
+	$(PY) -m pip install -q -e '.[peer]' --config-settings editable_mode=compat
+	$(PY) benchmarks/peer_check.py

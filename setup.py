@@ -35,8 +35,12 @@ setup(
         "scipion-em-tomo>=3.12",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff"],
+        # scipion-em-imod: the chaining tests run its protocols up to their first IMOD binary
+        "test": ["pytest>=7", "ruff", "scipion-em-imod"],
         "bench": ["torch-tiltxcorr==0.6.0", "psutil", "h5py"],  # h5py: etspy's .hspy files
+        # make peer-check: torch-tiltxcorr and what its tests simulate with
+        "peer": ["torch-tiltxcorr==0.6.0", "torch-fourier-slice", "torch-fourier-shift",
+                 "einops", "torch-affine-utils", "torch-image-interpolation"],
     },
     entry_points={
         "pyworkflow.plugin": ["tiltxcorr_scipion = tiltxcorr_scipion"],

@@ -261,6 +261,17 @@ def wait_with_producer(project, prot, thread, errors: list, *, timeout: float = 
     return prot
 
 
+def _process_alive(pid) -> bool:
+    """Whether a process with this PID still runs (False for None or 0)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _trust_run_db(project, prot):
     """Correct a status the project set by itself.
 
@@ -281,6 +292,10 @@ def _trust_run_db(project, prot):
         return prot
     if status != prot.getStatus():
         print(f"[scipion_helpers] project said {prot.getStatus()!r}, run.db says {status!r}")
+        if own.isActive() and not _process_alive(prot.getPid()):
+            # the run could not write its own end (a full disk): it is over
+            print("[scipion_helpers] ...but its process is gone: trusting the project")
+            return prot
         if own.isActive():
             return wait_for_protocol(project, prot)
         prot.setStatus(status)
@@ -312,7 +327,22 @@ def continue_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
 
     reload_protocol(project, prot)
     prot.runMode.set(MODE_RESUME)
-    return launch_and_wait(project, prot, timeout=timeout, expect_finished=expect_finished)
+    old_pid = prot.getPid()
+    project.launchProtocol(prot, wait=False)
+    # Until the new process has written its PID, the project may judge the run by the old
+    # (dead) one and call it failed: wait for the new PID first.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        reload_protocol(project, prot)
+        if prot.getPid() and prot.getPid() != old_pid:
+            break
+        time.sleep(0.2)
+    prot = wait_for_protocol(project, prot, timeout=timeout)
+    if expect_finished and not prot.isFinished():
+        raise AssertionError(
+            f"protocol {prot.getRunName()!r} ended {prot.getStatus()}: "
+            f"{prot.getErrorMessage()}\nLog tail:\n{read_log(prot)}")
+    return prot
 
 
 def launch_until_paused(project, prot, point: str, ts_id: str, marker: Path, *,

@@ -153,10 +153,7 @@ def _fine_options(args: argparse.Namespace) -> FineOptions:
 
 
 def _binning_value(text: str) -> int | str:
-    value = text if text == "auto" else int(text)
-    if value == 0:
-        raise ValueError  # 0 means "auto" in the form only; here it is a typo
-    return value
+    return "auto" if text in ("auto", "0") else int(text)  # 0 means auto, as in the form
 
 
 def _positive_number(convert, what: str):
@@ -223,9 +220,16 @@ def _add_common_arguments(parser: argparse.ArgumentParser, *, plot_help: str) ->
 
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (status 2), as every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``tiltxcorr-scipion`` (subcommands ``align`` and ``fine``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Coarse tilt-series alignment by stretched cross-correlation (IMOD "
                     "tiltxcorr's method, in PyTorch), writing IMOD files to continue in etomo.")
@@ -291,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--binning", dest="binning", metavar="N",
                         type=_option_type("binning", _binning_value),
                         default=DEFAULTS.binning,
-                        help="bin the views for the correlation: 'auto' (at most 1180 pixels, "
+                        help="bin the views for the correlation: 'auto' or 0 (at most 1180 pixels, "
                              "up to 4x, as IMOD) or an integer; shifts stay in stack pixels")
     engine.add_argument("--cumulative", action="store_true", default=DEFAULTS.cumulative,
                         help="correlate each view with the sum of the already aligned lower-tilt "
@@ -593,6 +597,8 @@ def _run(args: argparse.Namespace, views, options, paths: dict[str, str], progre
     bar, update = _progress_bar("aligning", progress_unit, show, bool(args.progress))
     try:
         outcome = align_views(views, options, args.axis, device=device, progress=update)
+        for warning in outcome.warnings:
+            sys.stderr.write(f"{PROG}: warning: {warning}\n")
         if getattr(args, "exclude_bad", False):
             outcome = outcome.exclude_unusable()
         bar.close()
@@ -683,11 +689,20 @@ def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_in
     for i in views.stack_order[outcome.unusable[views.stack_order]]:
         out.write(f"unusable view {views.stack_positions[i]}: {outcome.reasons[i]}"
                   + (" (excluded: --exclude-bad)" if not views.enabled[i] else "") + "\n")
+    _write_excluded(out, outcome)
     for kind in ("prexf", "prexg", "tlt", "ali", "png"):
         if kind in paths:
             out.write(f"wrote {os.path.relpath(paths[kind])}\n")
         elif kind == "tlt" and keep_input_tlt:
             out.write(f"wrote {os.path.relpath(tlt_path)} (the input, kept)\n")
+
+
+def _write_excluded(out: TextIO, outcome) -> None:
+    """One line per view the pipeline excluded by itself (beyond the stretch's limit)."""
+    views = outcome.views
+    for i in views.stack_order:
+        if outcome.excluded[i]:
+            out.write(f"excluded view {views.stack_positions[i]}: {outcome.excluded[i]}\n")
 
 
 def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) -> None:
@@ -704,6 +719,7 @@ def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) ->
               f"mean residual {fine.mean_residual:.3f} px, "
               f"{fine.n_contours} tracks ({fine.n_rejected_contours} rejected); "
               f"{elapsed:.1f} s on {outcome.device.split(':')[0]}\n")
+    _write_excluded(out, outcome)
     warning = fine.uncertainty_warning()
     if warning:
         out.write(f"UNCERTAIN: {warning}: check the geometry before using it\n")

@@ -6,6 +6,9 @@ OUTPUT_FAILED_TILT_SERIES = "FailedTiltSeries"
 OUTPUT_INTERPOLATED_TILT_SERIES = "InterpolatedTiltSeries"
 # ...and of ProtTiltxcorrFineAlignment (with TiltSeries and FailedTiltSeries).
 OUTPUT_LANDMARK_MODELS = "LandmarkModels"
+# ...the tilt series the landmark models describe, as the input had them (earlier alignment
+# included): the frame of the landmarks, exactly the series that have a model.
+OUTPUT_LANDMARK_TILT_SERIES = "LandmarkTiltSeries"
 
 # Attribute stored on every output tilt image: the normalised cross-correlation
 # (-1..1) of the view with the one it was aligned to; unset (None) for the

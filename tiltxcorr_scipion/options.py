@@ -21,7 +21,9 @@ __all__ = [
     "AUTO_BINNING_MAX_SIZE",
     "FIXED_PATTERN_CHOICES",
     "MIN_AREA_SIZE",
+    "MAX_PIXEL_MAGNITUDE",
     "MAX_TILT_DEG",
+    "MIN_TILT_RANGE_DEG",
     "MIN_BINNED_SIZE",
     "MIN_ENABLED_VIEWS",
     "FINE_DEFAULTS",
@@ -33,10 +35,16 @@ __all__ = [
     "check_option",
     "filter_response",
     "resolve_binning",
+    "tilt_range_problem",
 ]
 
 #: IMOD refuses to stretch beyond this tilt (1 / cos(82 deg) is already 7.2).
 MAX_TILT_DEG = 82.0
+#: Pixels beyond this magnitude overflow float32 correlations and Fourier shifts (a corrupt
+#: file: detector counts, int16 or float data stay far below).
+MAX_PIXEL_MAGNITUDE = 1e15
+#: Tilt angles spanning fewer degrees than this are not a tilt series (unread, or radians).
+MIN_TILT_RANGE_DEG = 5.0
 #: Automatic binning reduces views to at most about this many pixels, as IMOD does...
 AUTO_BINNING_MAX_SIZE = 1180
 #: ...binning by at most this factor.
@@ -84,6 +92,32 @@ def resolve_binning(binning: int | str, shape: tuple[int, int]) -> int:
     if type(binning) is not int or binning < 1:
         raise OptionError("binning", f"must be 'auto' (or 0) or a positive integer, got {binning!r}")
     return binning
+
+
+def tilt_range_problem(tilt_angles) -> str | None:
+    """Why these tilt angles (degrees, the enabled views') cannot be right, with the likely cause.
+
+    None when they span at least `MIN_TILT_RANGE_DEG`. All equal: the angles
+    were not read (no tilt file, an import that did not set them); a few
+    degrees within +-pi/2: they are radians.
+    """
+    angles = np.asarray(tilt_angles, dtype=np.float64).reshape(-1)
+    angles = angles[np.isfinite(angles)]
+    if angles.size < 2:
+        return None
+    low, high = float(angles.min()), float(angles.max())
+    if high - low >= MIN_TILT_RANGE_DEG:
+        return None
+    if high == low:
+        return (f"all {angles.size} tilt angles are {low:g} degrees: a tilt series cannot be "
+                "aligned without its tilt angles (likely cause: they were not read, e.g. a "
+                "missing or wrong .tlt file, or an import that did not set them)")
+    text = (f"the tilt angles span only {high - low:.2f} degrees ({low:g} to {high:g}), "
+            f"less than the {MIN_TILT_RANGE_DEG:g} any tilt series covers")
+    if max(abs(low), abs(high)) <= math.pi / 2 + 1e-6:
+        return (text + f" (likely cause: they are in radians; {low:g} to {high:g} radians "
+                f"are {math.degrees(low):.1f} to {math.degrees(high):.1f} degrees)")
+    return text + " (likely cause: the wrong tilt file, or angles in radians)"
 
 
 def check_binned_size(shape: tuple[int, int], binning: int | str) -> int:

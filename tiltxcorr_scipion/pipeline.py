@@ -44,11 +44,13 @@ from .convert.transforms import (
 )
 from .faults import pause_point
 from .options import (
+    MAX_TILT_DEG,
     MIN_ENABLED_VIEWS,
     CoarseOptions,
     FineOptions,
     check_binned_size,
     plus_minus,
+    tilt_range_problem,
     uncertainty_warning,
 )
 
@@ -344,6 +346,12 @@ class AlignmentOutcome:
         The candidate path the self-check kept (e.g. ``"plain"``).
     fine
         What the fine alignment adds (`FineDetails`); None for a coarse one.
+    excluded
+        `(n,)` why the pipeline itself left a view out (``""`` otherwise): views
+        tilted beyond +-82 degrees (the stretch's limit), disabled in `views`.
+    warnings
+        What the input looked wrong in without stopping the alignment (a stack
+        header whose nz disagrees with its data).
     """
 
     views: TiltSeriesViews
@@ -365,9 +373,12 @@ class AlignmentOutcome:
     unreliable_reason: str = ""
     path: str = ""
     fine: FineDetails | None = None
+    excluded: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = self.views.n_views
+        self.excluded = self.excluded or ("",) * n
         if self.unusable is None:
             self.unusable = np.zeros(n, dtype=bool)
         self.reasons = self.reasons or ("",) * n
@@ -487,6 +498,10 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions | FineOptions,
     from .alignment.validation import check_angles
 
     device = torch.device(device)
+    problem = tilt_range_problem(views.tilt_angles[views.enabled])
+    if problem and views.enabled.sum() >= MIN_ENABLED_VIEWS:  # else: too few views, said below
+        raise views.fail(problem, advice="give the tilt angles in degrees, one per view")
+    views, excluded = _exclude_beyond_stretch(views, getattr(options, "angle_offset", 0.0))
     items = np.flatnonzero(views.enabled)
     if len(items) < MIN_ENABLED_VIEWS:
         raise views.fail(f"only {len(items)} enabled view(s) of {views.n_views}; at least "
@@ -527,10 +542,40 @@ def align_views(views: TiltSeriesViews, options: CoarseOptions | FineOptions,
     if not np.all(np.isfinite(outcome.transforms)):
         raise views.fail("the alignment produced non-finite transforms")
     outcome.tilt_axis_angle += float(tilt_axis_angle) - axis  # back to the raw images
+    outcome.excluded = excluded
+    outcome.warnings = tuple(stack.header_warning for stack in stacks.values()
+                             if stack.header_warning)
+    if any(excluded):
+        numbers = [int(views.stack_positions[i]) for i in views.stack_order if excluded[i]]
+        outcome.series_notes = (*outcome.series_notes,
+                                f"{len(numbers)} view(s) tilted beyond +-{MAX_TILT_DEG:g} degrees "
+                                f"excluded ({', '.join(map(str, numbers))}): cosine stretching "
+                                "is undefined there")
     outcome.device = str(device)
     outcome.timings = {"read": read_done - started, "engine": time.perf_counter() - read_done}
     pause_point("aligned", views.ts_id)
     return outcome
+
+
+def _exclude_beyond_stretch(views: TiltSeriesViews, angle_offset: float
+                            ) -> tuple[TiltSeriesViews, tuple[str, ...]]:
+    """`views` with the enabled views tilted beyond +-82 degrees (plus the offset) disabled.
+
+    Cosine stretching is undefined there (IMOD refuses them too); a full +-90
+    series (STEM) is aligned on the rest. Returns the reason per view.
+    """
+    from dataclasses import replace
+
+    tilts = views.tilt_angles + angle_offset
+    beyond = views.enabled & np.isfinite(tilts) & (np.abs(tilts) > MAX_TILT_DEG)
+    reasons = tuple(
+        (f"tilted {tilts[i]:+.1f} degrees" + (f" with the angle offset of {angle_offset:g}"
+                                              if angle_offset else "")
+         + f", beyond the +-{MAX_TILT_DEG:g} where cosine stretching is defined: excluded")
+        if beyond[i] else "" for i in range(views.n_views))
+    if not beyond.any():
+        return views, reasons
+    return replace(views, enabled=views.enabled & ~beyond), reasons
 
 
 def _reading_binning(options: CoarseOptions | FineOptions, view_shape: tuple[int, int]) -> int:
@@ -601,13 +646,13 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
     result = fiducialless_alignment(binned.views, angles, axis, progress=progress,
                                     **engine_options)
     # The engine's frame is the binned views': pixel r_b is input pixel F r_b + o, and its
-    # transforms act about the binned views' centre, input c' = F c_b + o, which may sit
-    # half a pixel off the input's centre c when a binned side lost an odd number of pixels.
+    # transforms act about the binned views' centre, input c' = F c_b + o. The registered
+    # transforms act about IMOD's (and tomo's) centre c = (h / 2, w / 2) (docs/conventions.md).
     h, w = binned.full_shape
     origin = np.array(binned.origin, dtype=np.float64) + (factor - 1) / 2
     hb, wb = binned.views.shape[-2:]
     centre_offset = (factor * np.array([(hb - 1) / 2, (wb - 1) / 2]) + origin
-                     - np.array([(h - 1) / 2, (w - 1) / 2]))  # c' - c, (row, col)
+                     - np.array([h / 2, w / 2]))  # c' - c, (row, col)
     m = len(items)
     rotations = np.zeros(m) if result.rotations is None else result.rotations.double().numpy()
     mags = np.ones(m) if result.magnifications is None else result.magnifications.double().numpy()

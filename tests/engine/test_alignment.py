@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from tiltxcorr_scipion.alignment import TiltxcorrResult, align_tilt_series, tiltxcorr
+from tiltxcorr_scipion.alignment import TiltxcorrResult, align_tilt_series
 from tiltxcorr_scipion.simulate import simulate_tilt_series
+
+
+def tiltxcorr(images, angles, axis, **options) -> torch.Tensor:
+    """The engine's shifts with IMOD's centre, the simulator's convention (the drop-in
+    `tiltxcorr` uses teamtomo's: tests/engine/test_drop_in.py)."""
+    return align_tilt_series(images, angles, axis, **options).shifts
 
 
 def rms_error(estimate: torch.Tensor, truth: torch.Tensor, *, remove_offset: bool = True) -> float:

@@ -83,14 +83,14 @@ def test_subpixel_shift_reproduces_the_shifted_content(dy, dx):
 
 
 def test_rotation_follows_imods_convention():
-    # X' = A (X - Xc) + D + Xc with (X, Y) = (col, row), centre ((W-1)/2, (H-1)/2)
+    # X' = A (X - Xc) + D + Xc with (X, Y) = (col, row), centre (W / 2, H / 2) (newstack's)
     image = torch.zeros(H, W)
     image[30, 70] = 1.0  # X = 70, Y = 30
     angle = math.radians(90.0)
     matrix = np.array([[math.cos(angle), -math.sin(angle), 2.0],
                        [math.sin(angle), math.cos(angle), -3.0], [0, 0, 1]])
     out = apply_transform_2d(image, matrix)
-    xc, yc = (W - 1) / 2, (H - 1) / 2
+    xc, yc = W / 2, H / 2
     x_new = -(30 - yc) + 2.0 + xc
     y_new = (70 - xc) - 3.0 + yc
     assert tuple(np.unravel_index(int(out.argmax()), out.shape)) == (round(y_new), round(x_new))
@@ -189,7 +189,7 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
     nan_views = np.zeros((3, 16, 16))
     nan_views[1, 3, 3] = np.nan
     nan_stack = write_stack(tmp_path / "nan.mrc", nan_views)
-    with pytest.raises(ValueError, match="view 2 contains NaN"):
+    with pytest.raises(ValueError, match="view 2 holds NaN"):
         write_aligned_stack(nan_stack, out, identity, 1, 1.0)
 
 

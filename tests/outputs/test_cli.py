@@ -209,10 +209,13 @@ def test_user_errors_are_one_line_with_status_2(workdir):
                       "at least 3")
     assert_user_error(run("align", "TS_01.st", "--axis", "85", "--exclude", "30", cwd=folder),
                       "only 21 views")
-    # the engine's own checks come through as one line too (|tilt| > 82)
-    (folder / "steep.tlt").write_text("\n".join(["85"] + angles[1:]) + "\n")
-    assert_user_error(run("align", "TS_01.st", "--tlt", "steep.tlt", "--axis", "85",
-                          cwd=folder), "TS_01.st: ")
+    # angles that cannot be right: all equal, or radians
+    (folder / "flat.tlt").write_text("0\n" * len(angles))
+    assert_user_error(run("align", "TS_01.st", "--tlt", "flat.tlt", "--axis", "85", cwd=folder),
+                      "all 21 tilt angles are 0 degrees", "not read")
+    (folder / "rad.tlt").write_text("".join(f"{np.radians(float(a)):.4f}\n" for a in angles))
+    assert_user_error(run("align", "TS_01.st", "--tlt", "rad.tlt", "--axis", "85", cwd=folder),
+                      "radians", "degrees")
     (folder / "nowhere").mkdir()
     assert_user_error(run("align", "TS_01.st", "--axis", "85", "--out", "nope/x", cwd=folder),
                       "does not exist")
@@ -220,11 +223,16 @@ def test_user_errors_are_one_line_with_status_2(workdir):
 
 def test_bad_options_are_refused_by_the_parser(workdir):
     folder, _ = workdir
-    for args in (["--exclude", "3-1"], ["--low-pass", "0.9"], ["--binning", "0"],
+    for args in (["--exclude", "3-1"], ["--low-pass", "0.9"], ["--binning", "-1"],
                  ["--aligned-binning", "x"], ["--max-shift", "-4"]):
         result = run("align", "TS_01.st", "--axis", "85", *args, cwd=folder)
         assert result.returncode == 2 and "Traceback" not in result.stderr, args
-        assert "error: argument" in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()  # one line, no usage block (docs/cli.md)
+        assert len(lines) == 1 and "error: argument" in lines[0], result.stderr
+    # --binning 0 means auto, as the help says
+    result = run("align", "TS_01.st", "--axis", "85", "--binning", "0", "--out", "auto0",
+                 cwd=folder)
+    assert result.returncode == 0, result.stderr
     result = run("align", "TS_01.st", cwd=folder)
     assert result.returncode == 2 and "--axis" in result.stderr
 

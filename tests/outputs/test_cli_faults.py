@@ -163,8 +163,12 @@ def test_views_are_named_by_their_stack_position(tmp_path, sim):
     steep = sim.tilt_angles.numpy().copy()
     steep[12] = 85.0
     np.savetxt(tmp_path / "steep.tlt", steep, fmt="%.2f")
-    assert_user_error(run("align", stack, "--tlt", "steep.tlt", "--axis", 85, "--exclude", 8,
-                          "--out", "steep", cwd=tmp_path), "view 13:", "82 degrees")
+    # beyond the stretch's limit: excluded with the reason, the rest aligned (a +-90 series)
+    done = run("align", stack, "--tlt", "steep.tlt", "--axis", 85, "--exclude", 8,
+               "--out", "steep", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "excluded view 13: tilted +85.0 degrees, beyond the +-82" in done.stdout
+    assert "aligned 19 of 21 views" in done.stdout
 
 
 def test_a_filter_that_passes_nothing_is_refused(tmp_path, stack):
@@ -231,3 +235,41 @@ def test_volume_stack_headers_are_read_as_imod_does(tmp_path, sim, mz):
     result = run("align", stack, "--axis", 85, "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert read_xf(str(tmp_path / f"vs_{mz}.prexg")).shape == (21, 3, 3)
+
+
+def test_bad_input_nothing_misreads(tmp_path, sim):
+    views = sim.images.numpy().copy()
+    angles = sim.tilt_angles.numpy()
+    # a directory given as the stack
+    (tmp_path / "folder.mrc").mkdir()
+    assert_user_error(run("align", "folder.mrc", "--axis", 85, "--tlt", "none.tlt",
+                          cwd=tmp_path), "is a folder")
+    # a header whose nz is short of the data: warned, both counts named
+    stack = write_stack(tmp_path / "short.st", views, angles)
+    with open(stack, "r+b") as handle:  # nz is the third int32 of the header
+        handle.seek(8)
+        handle.write(np.int32(15).tobytes())
+    np.savetxt(tmp_path / "short.tlt", angles[:15], fmt="%.2f")
+    done = run("align", stack, "--axis", 85, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "warning" in done.stderr and "nz = 15" in done.stderr
+    assert "21 whole sections" in done.stderr
+    # huge finite pixels: refused, naming the view
+    huge = views.copy()
+    huge[5, :8] = 3e38
+    huge[5, 8:16] = -3e38
+    stack = write_stack(tmp_path / "huge.st", huge, angles)
+    assert_user_error(run("align", stack, "--axis", 85, cwd=tmp_path), "view 6:", "3e+38",
+                      "--exclude 6")
+    # excluded, with --aligned: the aligned stack cannot hold it; named once, with what to do
+    line = assert_user_error(run("align", stack, "--axis", 85, "--exclude", 6, "--aligned",
+                                 cwd=tmp_path), "view 6 holds", "excluded ones too",
+                             "write no aligned stack")
+    assert line.count("huge.st") == 1
+    assert not list(tmp_path.glob("huge.ali*"))
+    nan = views.copy()
+    nan[5, 3, 3] = np.nan
+    stack = write_stack(tmp_path / "nan6.st", nan, angles)
+    line = assert_user_error(run("align", stack, "--axis", 85, "--exclude", 6, "--aligned",
+                                 cwd=tmp_path), "view 6 holds NaN", "write no aligned stack")
+    assert line.count("nan6.st") == 1

@@ -164,3 +164,85 @@ def test_form_refuses_what_cannot_work_before_any_step(tmp_path):
             assert fragment in errors, (params, errors)
     assert new_prealignment(project, imp, binning=2, writeAlignedStacks=True,
                             alignedBinning=4).validate() == []
+
+
+#: TILTXCORR_DISK_REPEATS=N runs every size N times (races between the threads differ per run).
+DISK_REPEATS = int(os.environ.get("TILTXCORR_DISK_REPEATS", "1"))
+
+
+@pytest.mark.parametrize("repeat", range(DISK_REPEATS))
+@pytest.mark.parametrize("disk, files", [("6m", None), ("10m", None), ("200k", "100m"),
+                                         ("300k", "100m"), ("500k", "100m")])
+def test_a_full_disk_under_the_whole_run_loses_nothing(tmp_path, disk, files, repeat):
+    """The run's whole folder (its database, output sets and files) on a small tmpfs, four
+    tilt series with aligned stacks, three threads: each tilt series ends in exactly one of
+    TiltSeries (with its aligned stack) or FailedTiltSeries (the file and "full" named), or
+    the run fails saying the database cannot be written; after the disk is enlarged,
+    Continue completes every tilt series exactly once. Three disk sizes put the failure at
+    different points: the files; with `files`, extra/ on a disk of its own that fits them
+    all, so that the database fills (registration, the failed set, the run's own state)."""
+    import re
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs to fill a disk needs root")
+    ts_ids = ["TS_1", "TS_2", "TS_3", "TS_4"]
+    for i, ts_id in enumerate(ts_ids):  # 21 x 192 x 192 float32: 3.1 MB per aligned stack
+        write_simulated_tilt_series(tmp_path, ts_id, seed=30 + i,
+                                    **{**SIM, "shape": (192, 192), "n_views": 21})
+    project = create_project("fullrun")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    prot = new_prealignment(project, imp, numberOfThreads=3, writeAlignedStacks=True)
+    project.saveProtocol(prot)
+    run_folder = os.path.abspath(prot._getPath())  # absolute: the test changes folder later
+    os.makedirs(run_folder, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={disk}", "tmpfs", run_folder],
+                   check=True)
+    extra = os.path.abspath(prot._getExtraPath())
+    if files:
+        os.makedirs(extra, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={files}", "tmpfs", extra],
+                       check=True)
+    try:
+        prot = launch_and_wait(project, prot, expect_finished=False)
+
+        def outcome():
+            aligned = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+            interpolated = read_tilt_series_set(project, prot,
+                                                cts.OUTPUT_INTERPOLATED_TILT_SERIES)
+            failed = read_tilt_series_set(project, prot, cts.OUTPUT_FAILED_TILT_SERIES)
+            assert not set(aligned) & set(failed), (aligned.keys(), failed.keys())
+            assert sorted(interpolated) == sorted(aligned)  # all of its outputs, or none
+            reload_protocol(project, prot)
+            for name in (cts.OUTPUT_TILT_SERIES, cts.OUTPUT_FAILED_TILT_SERIES):
+                out_set = getattr(prot, name, None)
+                if out_set is not None:  # readable, no duplicates
+                    assert out_set.getSize() == len({ts.getTsId() for ts in out_set}), name
+                    out_set.close()
+            reasons = json.loads(prot.failureReasons.get() or "{}")
+            for ts_id in failed:
+                assert "full" in reasons[ts_id], reasons[ts_id]
+                assert re.search(r"\S+\.(ali|prexf|prexg|tlt|png|sqlite|db)\b", reasons[ts_id])
+            return aligned, failed
+
+        aligned, failed = outcome()
+        print(f"\nfull disk {disk}/{files}: {prot.getStatus()}, aligned {sorted(aligned)}, "
+              f"failed {sorted(failed)}; {prot.getErrorMessage() or ''}")
+        if prot.isFailed():  # the database itself could not be written: said so, by us
+            # or, when not even the run's status fits on the disk, by Scipion
+            message = prot.getErrorMessage() or ""
+            assert ("cannot be written" in message or "full" in message
+                    or "without reporting the status" in message), message
+        else:
+            assert sorted([*aligned, *failed]) == ts_ids
+        subprocess.run(["mount", "-o", "remount,size=200m", run_folder], check=True)
+        prot = continue_protocol(project, prot)
+        aligned, failed = outcome()
+        assert sorted([*aligned, *failed]) == ts_ids, (sorted(aligned), sorted(failed))
+        assert prot.isFinished(), prot.getStatus()
+        for ts_id in aligned:
+            assert os.path.getsize(os.path.join(prot._getExtraPath(), f"{ts_id}.ali")) > 3e6
+    finally:
+        os.chdir(tmp_path)
+        if files:
+            subprocess.run(["umount", "-l", extra], check=False)
+        subprocess.run(["umount", "-l", run_folder], check=False)

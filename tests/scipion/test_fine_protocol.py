@@ -244,3 +244,36 @@ def test_summary_flags_a_tilt_series_less_certain_than_the_targets(tmp_path):
         .acquisition_notes
     assert "UNCERTAIN: tilt axis uncertainty" in notes["alignmentNote"]
     assert "UNCERTAIN" in read_log(prot)
+def test_imod_fiducial_alignment_finishes_on_our_landmark_models(fine_run, tmp_path,
+                                                                 monkeypatch):
+    """The models' tilt series are exactly the described ones (TS_bad failed: not there), so
+    scipion-em-imod's fiducial alignment, which waits for every one of them, finishes. IMOD
+    itself is absent: a stub etomo passes its check, its first IMOD program (tiltalign) fails."""
+    from imod.protocols import ProtImodFiducialAlignment
+    from scipion_helpers import wait_for_protocol
+
+    project, prot, _ = fine_run
+    prot = reload_protocol(project, prot)
+    models = getattr(prot, cts.OUTPUT_LANDMARK_MODELS)
+    described = models.getSetOfTiltSeries()
+    assert sorted(described.getTSIds()) == ["TS_1", "TS_2"]
+    assert all(bool(model.applyTSTransformation()) for model in models)
+    described.close()
+    models.close()
+    assert sorted(read_tilt_series_set(project, prot, cts.OUTPUT_LANDMARK_TILT_SERIES)) == [
+        "TS_1", "TS_2"]
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "etomo").write_text("#!/bin/sh\nexit 0\n")
+    (stub / "etomo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub}{os.pathsep}{os.environ['PATH']}")
+    align = project.newProtocol(ProtImodFiducialAlignment, objLabel="imod fiducial alignment")
+    align.inputSetOfLandmarkModels.set(prot)
+    align.inputSetOfLandmarkModels.setExtended(cts.OUTPUT_LANDMARK_MODELS)
+    assert not align.validate(), align.validate()
+    project.launchProtocol(align, wait=False)
+    align = wait_for_protocol(project, align, timeout=150)  # it waited forever before
+    log = read_log(align, n_chars=200_000)
+    for ts_id in ("TS_1", "TS_2"):
+        assert f"Steps created for tsId = {ts_id}" in log
+    assert "TS_bad" not in log

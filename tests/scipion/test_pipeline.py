@@ -84,7 +84,7 @@ def test_apply_transforms_moves_content_by_plus_shift():
 
 
 def test_apply_transforms_rotates_about_centre():
-    h, w = 33, 33
+    h, w = 32, 32  # IMOD's centre (w / 2, h / 2) is pixel (16, 16)
     img = torch.zeros(1, h, w)
     img[0, 16, 26] = 1.0  # 10 px right of the centre (16, 16)
     theta = math.radians(90)

@@ -290,16 +290,55 @@ def test_corrupt_tilt_series_fail_alone(tmp_path):
     assert output_stream_state(project, prot, cts.OUTPUT_FAILED_TILT_SERIES) == "closed"
 
 
+def test_views_beyond_the_stretch_limit_are_excluded_and_impossible_angles_fail(tmp_path):
+    """A full +-88 series is aligned without its two views beyond +-82 (disabled, the reason in
+    the log); angles all 0, or in radians, fail that series alone with the likely cause."""
+    from tiltxcorr_scipion.simulate import simulate_tilt_series
+
+    stem = simulate_tilt_series(shape=(96, 96), n_views=23, tilt_range=(-88.0, 88.0),
+                                tilt_axis_angle=AXIS, max_shift=4.0, thickness=5.0, seed=8)
+    write_simulated_tilt_series(tmp_path, "TS_stem", sim=stem)
+    for ts_id, seed in (("TS_flat", 9), ("TS_rad", 10)):
+        sim = write_simulated_tilt_series(tmp_path, ts_id, shape=(96, 96), n_views=11,
+                                          seed=seed, **SIM)
+        angles = sim.tilt_angles.numpy()
+        write_tlt(tmp_path / f"{ts_id}.tlt", np.zeros(11) if ts_id == "TS_flat"
+                  else np.radians(angles))
+    project = create_project("steep")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    prot = new_prealignment(project, imp, numberOfThreads=2)
+    assert not prot.validate()  # no longer refused as a whole
+    warnings = " ".join(prot.warnings())
+    assert "TS_stem" in warnings and "excluded automatically" in warnings
+    assert "TS_flat: all 11 tilt angles are 0 degrees" in warnings
+    assert "TS_rad" in warnings and "radians" in warnings
+    prot = launch_and_wait(project, prot)
+    aligned = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    failed = read_tilt_series_set(project, prot, cts.OUTPUT_FAILED_TILT_SERIES)
+    assert sorted(aligned) == ["TS_stem"] and sorted(failed) == ["TS_flat", "TS_rad"]
+    record = aligned["TS_stem"]
+    beyond = np.abs(record.tilt_angles) > 82
+    assert beyond.sum() == 2 and np.array_equal(record.enabled, ~beyond)
+    assert np.allclose(record.transforms[beyond], np.eye(3))
+    errors = shift_errors_px(record, stem)
+    assert np.abs(errors - errors.mean(axis=0)).max() < 1.0
+    reasons = json.loads(reload_protocol(project, prot).failureReasons.get())
+    assert "all 11 tilt angles are 0 degrees" in reasons["TS_flat"]
+    assert "radians" in reasons["TS_rad"] and "degrees" in reasons["TS_rad"]
+    log = read_log(prot, n_chars=200_000)
+    assert "Tilt series TS_stem: view 1 tilted -88.0 degrees, beyond the +-82" in log
+    assert "Tilt series TS_stem: view 23 tilted +88.0 degrees" in log
+
+
 def test_validation_errors_and_warnings(tmp_path):
     from tiltxcorr_scipion.simulate import simulate_tilt_series
 
-    sim = simulate_tilt_series(shape=(64, 64), n_views=7, tilt_range=(-84.0, 84.0), seed=8)
-    write_simulated_tilt_series(tmp_path, "TS_high", sim=sim)
+    sim = simulate_tilt_series(shape=(64, 64), n_views=7, tilt_range=(-60.0, 60.0), seed=8)
+    write_simulated_tilt_series(tmp_path, "TS_few", sim=sim)
     project = create_project("validate")
     imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
     prot = new_prealignment(project, imp)
-    errors = " ".join(prot.validate())
-    assert "82" in errors and "TS_high" in errors
+    assert not prot.validate()
     assert any("fewer than" in w for w in prot.warnings())
     empty = new_prealignment(project, imp)
     empty.inputSetOfTiltSeries.set(None)

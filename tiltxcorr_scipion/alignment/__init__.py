@@ -2,10 +2,12 @@
 
 >>> from tiltxcorr_scipion.alignment import tiltxcorr
 >>> shifts = tiltxcorr(tilt_series=ts, tilt_angles=angles, tilt_axis_angle=85.0,
-...                    low_pass_cutoff=0.25)  # doctest: +SKIP
+...                    pixel_spacing_angstroms=1.35, lowpass_angstroms=10.0)  # doctest: +SKIP
 
 `shifts` is `(b, 2)` `(dy, dx)` in input pixels: moving the content of each
-view by `+shift` aligns it; the lowest-|tilt| view gets `(0, 0)`.
+view by `+shift` aligns it; the lowest-|tilt| view gets `(0, 0)`. `tiltxcorr`
+is a drop-in for torch-tiltxcorr's function (its keywords, its DFT centre on
+even sizes; docs/engine.md).
 `align_tilt_series` takes the same arguments and returns a `TiltxcorrResult`
 with per-view correlation scores, peak significance, the views judged
 unusable (blocked, dark, blank) with their reasons, and notes of what the

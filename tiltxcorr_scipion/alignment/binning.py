@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from ..options import MAX_PIXEL_MAGNITUDE
 from .validation import ViewError
 
 __all__ = ["BinnedViews", "bin_chunks", "bin_stack", "bin_views", "binned_shape"]
@@ -73,6 +74,9 @@ class BinnedViews:
     factor: int
     full_shape: tuple[int, int]
     origin: tuple[int, int]
+    # rebinned() results, kept: the stages, the candidates and the self-check's levels ask
+    # for the same coarser views, and each binning is a pass over every pixel
+    _coarser: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def centre(self) -> torch.Tensor:
@@ -89,15 +93,21 @@ class BinnedViews:
                             dtype=torch.float64, device=self.views.device)
 
     def rebinned(self, extra: int) -> BinnedViews:
-        """These views binned `extra` times more (same centring rule), `factor * extra` in all."""
+        """These views binned `extra` times more (same centring rule), `factor * extra` in all.
+
+        Made once per factor and kept (the views must not change in place afterwards).
+        """
+        if extra in self._coarser:
+            return self._coarser[extra]
         hb, wb = self.views.shape[-2:]
-        return BinnedViews(
+        self._coarser[extra] = BinnedViews(
             views=bin_views(self.views, extra),
             factor=self.factor * extra,
             full_shape=self.full_shape,
             origin=(self.origin[0] + _trim(hb, extra) * self.factor,
                     self.origin[1] + _trim(wb, extra) * self.factor),
         )
+        return self._coarser[extra]
 
 
 def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[int, int],
@@ -129,10 +139,18 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
     out = None
     start = 0
     non_finite: list[int] = []
+    huge: dict[int, float] = {}
+
+    def check(low, high, first):
+        finite = torch.isfinite(low) & torch.isfinite(high)
+        non_finite.extend((torch.nonzero(~finite).flatten() + first).tolist())
+        largest = torch.maximum(low.abs(), high.abs())
+        for k in torch.nonzero(finite & (largest > MAX_PIXEL_MAGNITUDE)).flatten().tolist():
+            huge[k + first] = float(largest[k])
+
     if views is not None:
         out, start = views, views.shape[0]
-        low, high = torch.aminmax(views.flatten(1), dim=1)
-        non_finite = torch.nonzero(~(torch.isfinite(low) & torch.isfinite(high))).flatten().tolist()
+        check(*torch.aminmax(views.flatten(1), dim=1), 0)
     for chunk in chunks:
         if out is None:
             target = chunk.device if device is None else torch.device(device)
@@ -142,9 +160,7 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
                              f"{tuple(chunk.shape[1:])}, expected {n_views} views of "
                              f"{tuple(full_shape)}")
         binned = bin_views(chunk.to(out.device), factor)
-        low, high = torch.aminmax(binned.flatten(1), dim=1)  # one pass; NaN and inf show here
-        finite = torch.isfinite(low) & torch.isfinite(high)
-        non_finite += (torch.nonzero(~finite).flatten() + start).tolist()
+        check(*torch.aminmax(binned.flatten(1), dim=1), start)  # one pass: NaN, inf show here
         out[start:start + binned.shape[0]] = binned
         start += binned.shape[0]
     if start != n_views:
@@ -152,6 +168,10 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
     if non_finite:
         raise ViewError(non_finite, "NaN or infinite pixels (the stack file may be corrupt)",
                         "exclude or repair the view")
+    if huge:
+        raise ViewError(sorted(huge), f"pixel values up to {max(huge.values()):.3g}, beyond the "
+                        f"+-{MAX_PIXEL_MAGNITUDE:.0e} that float32 correlations and resampling "
+                        "can hold (the stack file may be corrupt)", "exclude or repair the view")
     top, left = _trim(full_shape[0], factor), _trim(full_shape[1], factor)
     return BinnedViews(views=out, factor=factor, full_shape=tuple(full_shape), origin=(top, left))
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..options import MAX_TILT_DEG, CoarseOptions, check_binned_size
+from ..options import MAX_TILT_DEG, CoarseOptions, OptionError, check_binned_size
 from .area import area_boxes
 from .binning import BinnedViews, bin_stack
 from .correlate import CorrelationFilter, PairCorrelator
@@ -65,6 +65,7 @@ from .first_stage import (
     chain_shifts,
     choose_reference,
     median_z,
+    name_the_limit,
     reference_walk,
     refine_pairs,
     search_pairs,
@@ -77,7 +78,7 @@ from .screening import fill_opaque, opaque_weight, screen_views
 from .validation import ViewError, check_angles, check_stack
 
 __all__ = ["align_binned_views", "align_tilt_series", "chain_pairs", "chain_shifts",
-           "tiltxcorr"]
+           "teamtomo_shifts", "tiltxcorr"]
 
 FRC_LOWER = 0.6          # the low-pass adapts only below this fraction of the given cutoff
 MIN_FINAL_SIZE = 128     # the final pass bins further only while views keep this many pixels
@@ -401,6 +402,10 @@ def align_path(prepared: PreparedViews, path: Path, tilt_axis_angle: float, opts
         found = bridge_blank_views(level, angles, branches, unusable, reasons, found,
                                    max_shift=level_max_shift(level), **pair_args)
     refine_pairs(level, angles, found, refine=opts.refine)
+    flagged = [v for v in range(n_views) if unusable[v] and not prepared.unusable[v]]
+    if opts.max_shift is not None and flagged:
+        name_the_limit(level, angles, branches, unusable, reasons, flagged,
+                       level_max_shift(level), opts.interpolation, level.extra * factor)
     estimates = chain_shifts(found.pairs, found.shifts, angles, across_cpu)  # level pixels
     pair_z = torch.full((n_views,), float("nan"), dtype=torch.float64)
     paired_with = torch.full((n_views,), -1, dtype=torch.long)
@@ -596,16 +601,100 @@ def tiltxcorr(
     tilt_series: torch.Tensor,
     tilt_angles,
     tilt_axis_angle: float,
-    low_pass_cutoff: float = CoarseOptions.low_pass_cutoff,
+    *,
+    pixel_spacing_angstroms: float | None = None,
+    lowpass_angstroms: float | None = None,
+    preprocess: bool = True,
+    low_pass_cutoff: float | None = None,
     **options,
 ) -> torch.Tensor:
-    """Shifts `(b, 2)` float32 `(dy, dx)` that align each view of a tilt series.
+    """Shifts `(b, 2)` float32 `(dy, dx)` that align each view: torch-tiltxcorr's function.
 
-    The simple entry point, compatible with torch-tiltxcorr: moving the
-    content of view i by `+shifts[i]` (as `fourier_shift_image_2d` does)
-    aligns it; the view with the smallest |tilt| gets `(0, 0)`. Shifts are in
-    input pixels, in the input's view order, on the input's device. See
-    `align_tilt_series` for the options and for per-view correlation scores.
+    A drop-in for torch-tiltxcorr's `tiltxcorr` (0.1.4 to 0.6.0): same
+    arguments, same result. Moving the content of view i by `+shifts[i]` (as
+    `fourier_shift_image_2d` does) aligns it; the view with the smallest |tilt|
+    gets `(0, 0)`. Shifts are in input pixels, in the input's view order, on
+    the input's device.
+
+    Like teamtomo's packages (torch-tiltxcorr, torch-fourier-slice), and
+    unlike `align_tilt_series`, the tilt axis crosses each view at the DFT
+    centre `(h // 2, w // 2)`, not IMOD's `((h - 1) / 2, (w - 1) / 2)`, so
+    that the shifts compose with teamtomo's projection code. On even sizes
+    the two differ by `delta = (1/2, 1/2)` (0 on odd sides), and view i's
+    shift by `n (delta . n) (1 - cos t_i / cos t_ref)`, `n` the unit vector
+    across the tilt axis, `t_ref` the reference view's tilt (`teamtomo_shifts`).
+
+    Everything after the three data arguments is keyword-only (a pixel
+    spacing given in fourth place would otherwise be read as a cutoff):
+
+    pixel_spacing_angstroms, lowpass_angstroms
+        torch-tiltxcorr's low-pass: at `pixel_spacing_angstroms /
+        lowpass_angstroms` cycles per input pixel, whatever binning the engine
+        chooses (above the binned views' Nyquist frequency the binning has
+        removed those frequencies already); no low-pass when either is None.
+    preprocess
+        Accepted for torch-tiltxcorr's callers; it changes nothing. Its
+        preprocessing (background plane subtraction, band-pass, normalisation)
+        has counterparts here that always run: each view's mean is removed,
+        the taper, IMOD's high-pass (`high_pass_sigma`) and the low-pass above.
+    low_pass_cutoff
+        Cycles per binned pixel (IMOD's -radius2, the seed's keyword); not
+        together with `lowpass_angstroms`. None and no `lowpass_angstroms`: no
+        low-pass, as torch-tiltxcorr.
+    **options
+        The other options of `align_tilt_series`.
     """
-    return align_tilt_series(tilt_series, tilt_angles, tilt_axis_angle,
-                             low_pass_cutoff=low_pass_cutoff, **options).shifts
+    if not isinstance(preprocess, bool):
+        raise OptionError("preprocess", f"must be True or False, got {preprocess!r}")
+    cutoff = _drop_in_cutoff(tilt_series, pixel_spacing_angstroms, lowpass_angstroms,
+                             low_pass_cutoff, options.get("binning", CoarseOptions.binning))
+    result = align_tilt_series(tilt_series, tilt_angles, tilt_axis_angle,
+                               low_pass_cutoff=cutoff, **options)
+    return teamtomo_shifts(result, tilt_angles, tilt_axis_angle,
+                           tuple(tilt_series.shape[-2:]), options.get("angle_offset", 0.0))
+
+
+def _drop_in_cutoff(tilt_series, pixel_spacing, lowpass, low_pass_cutoff, binning) -> float:
+    """The low-pass cutoff (cycles per binned pixel) that `tiltxcorr`'s keywords ask for."""
+    if lowpass is not None and low_pass_cutoff is not None:
+        raise OptionError("lowpass_angstroms", "give either lowpass_angstroms (with "
+                          "pixel_spacing_angstroms) or low_pass_cutoff, not both")
+    if low_pass_cutoff is not None:
+        return low_pass_cutoff
+    if pixel_spacing is None or lowpass is None:
+        return 0.0
+    for name, value in (("pixel_spacing_angstroms", pixel_spacing),
+                        ("lowpass_angstroms", lowpass)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value <= 0:
+            raise OptionError(name, f"must be a positive number of angstroms, got {value!r}")
+    factor = check_binned_size(tuple(tilt_series.shape[-2:]), binning)
+    binned = factor * pixel_spacing / lowpass
+    return 0.0 if binned >= 0.5 else binned
+
+
+def teamtomo_shifts(result: TiltxcorrResult, tilt_angles, tilt_axis_angle: float,
+                    shape: tuple[int, int], angle_offset: float = 0.0) -> torch.Tensor:
+    """`result.shifts` (IMOD's centre) for a tilt axis through the DFT centre `(h // 2, w // 2)`.
+
+    With the axis through `c + delta` instead of `c = ((h - 1) / 2, (w - 1) / 2)`,
+    `delta = (h % 2 == 0, w % 2 == 0) / 2`, a view at tilt t shows the point of
+    the reference view at `c + delta` moved by `n (delta . n) (cos t / cos t_ref - 1)`
+    across the axis (`n`), so its shift gains `n (delta . n) (1 - cos t / cos t_ref)`.
+    A series aligned without the cosine stretch (the self-check's path for a
+    compact specimen) does not foreshorten: nothing changes.
+    """
+    shifts = result.shifts
+    if "no cosine stretch" in result.path:
+        return shifts
+    h, w = shape
+    delta = torch.tensor([0.5 * (h % 2 == 0), 0.5 * (w % 2 == 0)], dtype=torch.float64)
+    if not bool(delta.any()):
+        return shifts
+    _, across = axis_directions(tilt_axis_angle)
+    across = across.to(torch.float64).cpu()
+    angles = torch.as_tensor(tilt_angles, dtype=torch.float64).cpu() + angle_offset
+    cosines = torch.cos(torch.deg2rad(angles))
+    ratio = cosines / cosines[result.reference_view]
+    term = (delta @ across) * (1 - ratio)[:, None] * across[None, :]
+    return (shifts.to(torch.float64).cpu() + term).to(shifts.dtype).to(shifts.device)

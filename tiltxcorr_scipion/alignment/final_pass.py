@@ -26,6 +26,18 @@ LINK_ROUNDS = 2         # ...solved this many times, each from the views moved b
 LINK_MIN_SD = 0.4       # pixels: the SD the weights assume at least (high tilts misfit more)
 
 
+def usable_extent(estimates: torch.Tensor, unusable: torch.Tensor) -> float:
+    """Largest |shift| component of the usable views (of all, if none is usable).
+
+    Windows are inset by it so that no usable view brings in pixels from
+    outside its frame; an unusable view's estimate (a guess: a blank view
+    has no peak) must not shrink the window of all the others.
+    """
+    keep = ~unusable.to(device=estimates.device, dtype=torch.bool)
+    chosen = estimates[keep] if bool(keep.any()) else estimates
+    return float(chosen.abs().max()) if chosen.numel() else 0.0
+
+
 def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, branches,
                   unusable: torch.Tensor, estimates: torch.Tensor, across: torch.Tensor,
                   centre: torch.Tensor, *, extra: int, interpolation: str
@@ -45,7 +57,7 @@ def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, bra
     h, w = views.shape[-2:]
     cos_ref = math.cos(math.radians(float(angles[reference])))
     factors = cos_ref / torch.cos(torch.deg2rad(angles))
-    margin = min(h, w) // 8 + int(float(estimates.abs().max()))
+    margin = min(h, w) // 8 + int(usable_extent(estimates, unusable))
     margin = min(margin, min(h, w) // 4)
     window = torch.zeros(h, w, dtype=torch.float32, device=views.device)
     window[margin:h - margin, margin:w - margin] = 1.0
@@ -155,7 +167,7 @@ def refine_by_links(views, angles, reference, estimates, correlator: PairCorrela
         return estimates, 0
     prior = lag_of.to(torch.float64) ** -lag_power
     system = LinkSystem.build(pairs, reference, stretch_matrices(factors, across))
-    margin = float(estimates.abs().max()) + RESIDUAL_SEARCH
+    margin = usable_extent(estimates, unusable) + RESIDUAL_SEARCH
     window = correlator.inset_mask(margin)
     if box is not None:
         window = window * correlator.box_mask(box)
@@ -269,7 +281,7 @@ def refine_in_reference_frame(views, angles, reference, branches, estimates, cor
         search = torch.full((n_views,), RESIDUAL_SEARCH, dtype=torch.float64)
     # Views moved by up to max|estimate|: the window keeps clear of pixels that
     # some view lacks, and of the search range, so no padding is needed either.
-    margin = float(estimates.abs().max()) + RESIDUAL_SEARCH
+    margin = usable_extent(estimates, unusable) + RESIDUAL_SEARCH
     window = correlator.inset_mask(margin)
     if box is not None:
         window = window * correlator.box_mask(box)

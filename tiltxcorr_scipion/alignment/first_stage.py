@@ -286,6 +286,34 @@ def bridge_blank_views(level: Level, angles, branches, unusable, reasons, found:
     )
 
 
+def name_the_limit(level, angles, branches, unusable, reasons, views, max_shift, interpolation,
+                   input_pixels):
+    """Re-word the reasons of flagged `views` whose match lies beyond `max_shift`: the limit's doing.
+
+    A view the limit kept from its match correlates with nothing within it
+    and is flagged (blank, or set aside by the self-check); searched again
+    without the limit, a significant match farther than `max_shift` (level
+    pixels; `input_pixels` input pixels per level pixel, for the message)
+    shows what rejected it.
+    """
+    inner_of = {}
+    for branch in branches:
+        for position, view in enumerate(branch[1:], start=1):
+            inner_of[view] = next((v for v in reversed(branch[:position]) if not unusable[v]),
+                                  branch[0])
+    pairs = [(inner_of[v], v) for v in views]
+    free = search_pairs(level, angles, pairs, max_shift=None, interpolation=interpolation)
+    for (_, view), shift, z in zip(pairs, free.shifts, free.z.tolist(), strict=True):
+        distance = float(shift.norm())
+        if z >= Z_LOW and distance > max_shift:
+            reasons[view] = (f"rejected by the maximum shift: its match with the neighbouring "
+                             f"view lies {distance * input_pixels:.1f} input px away (peak "
+                             f"significance {z:.1f}), beyond the maximum shift of "
+                             f"{max_shift * input_pixels:g} px allowed between neighbours "
+                             "(max_shift; --max-shift on the command line, 'Maximum shift "
+                             "(px)' in the form): raise it")
+
+
 def reference_walk(level: Level, angles, branches, unusable, estimates, pair_z, *, memory: float,
                    max_shift, interpolation, refine: bool
                    ) -> tuple[torch.Tensor, torch.Tensor]:

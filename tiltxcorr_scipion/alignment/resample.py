@@ -7,9 +7,10 @@ its edge pixels) gets the view's mean, as newstack and tiltxcorr fill it.
 Inside, interpolation near the edge repeats the border pixels rather than
 blending in zeros, so no dark fringe appears for the correlation to lock on.
 
-Coordinates are `(row, col)` pixel indices; the image centre is
-`((h - 1) / 2, (w - 1) / 2)`. IMOD's transforms use `(X, Y) = (col, row)`:
-`imod_source_maps` converts them.
+Coordinates are `(row, col)` pixel indices. IMOD's transforms use `(X, Y) =
+(col, row)` and act about the centre `(X, Y) = (w / 2, h / 2)` in 0-based
+indices, as newstack applies them (docs/conventions.md): `imod_source_maps`
+converts them.
 """
 
 from __future__ import annotations
@@ -79,13 +80,15 @@ def imod_source_maps(transforms, shape: tuple[int, int]) -> torch.Tensor:
     """Source maps `(n, 2, 3)` (for `warp_images`) of IMOD forward transforms `(n, 3, 3)`.
 
     IMOD's forward (raw -> aligned) transform maps raw ``(X, Y)`` to
-    ``A (X - Xc, Y - Yc) + (DX, DY) + (Xc, Yc)`` about the centre, X along
+    ``A (X - Xc, Y - Yc) + (DX, DY) + (Xc, Yc)`` about the centre
+    ``(Xc, Yc) = (w / 2, h / 2)`` (0-based pixel indices: newstack's
+    ``xcenIn = nxBin / 2.`` with cubinterp's 1-based ``xco = xc + 1``), X along
     columns; the source of an aligned pixel is its inverse.
     """
     t = torch.as_tensor(np.asarray(transforms, dtype=np.float64) if not torch.is_tensor(transforms)
                         else transforms, dtype=torch.float64)
     h, w = shape
-    centre_xy = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64)
+    centre_xy = torch.tensor([w / 2.0, h / 2.0], dtype=torch.float64)
     inverse = torch.linalg.inv(t[:, :2, :2])  # (n, 2, 2) acting on (X, Y)
     # X_src = inv (X' - c - D) + c
     offset_xy = centre_xy - (inverse @ (centre_xy[None, :, None] + t[:, :2, 2:]))[:, :, 0]

@@ -35,14 +35,19 @@ one measure) when it is consistent there, its links ask for at most `SETTLED`
 working pixels RMS, no fixed pattern was found, and neighbouring views look no
 more alike unstretched than stretched (`_slab_unlike`: a compact specimen, a
 particle or a needle along the axis, does not foreshorten as a slab does).
-Otherwise the candidates run (`candidate_paths`): the plain path (and with a
+When they do look more alike unstretched, the plain path without the cosine
+stretch runs and is kept at once on the same terms, judged in its own frame
+(its links settled, neighbours still clearly more alike under it). Otherwise
+the candidates run, each path once whichever step asks for it
+(`candidate_paths`): the plain path (and with a
 fixed pattern removed, when one was found), the adaptive path, both on 2x and
 4x binned views; and, judged in an unstretched frame, the plain and adaptive
 paths without the cosine stretch. Each family is measured from the working
 binning outwards, and the finest binning where some candidate is consistent
 decides: in order of preference, a candidate replaces the one kept so far only
 when it at least halves the mean squared correction (`BETTER`), smaller view
-by view by Wilcoxon's signed ranks (`SIGNIFICANT`), and does not make
+by view by Wilcoxon's signed ranks (`SIGNIFICANT`), sets aside no view the
+kept one aligns, and does not make
 neighbouring views overlap worse (`_lower`, on the views with a found pattern
 removed). Between the two families the data choose the geometry: the
 unstretched one is kept when its neighbours look clearly more alike, each in
@@ -278,12 +283,14 @@ class Judge:
         self.system = LinkSystem.build(self.pairs, self.reference,
                                        stretch_matrices(self.factors, self.across))
         self.prior = self.lags.to(torch.float64) ** -1.0
+        # each level binned from the one before (a pass over fewer pixels each time), and
+        # kept by the views (BinnedViews.rebinned): both models' judges share them
         self.levels = [views]
-        while min(views.views.shape[-2:]) // (2 ** len(self.levels)) >= JUDGE_MIN_SIZE:
-            self.levels.append(views.rebinned(2 ** len(self.levels)))
-        self.overlap_levels = self.levels if overlap_views is None else [
-            overlap_views if k == 0 else overlap_views.rebinned(2 ** k)
-            for k in range(len(self.levels))]
+        while min(self.levels[-1].views.shape[-2:]) // 2 >= JUDGE_MIN_SIZE:
+            self.levels.append(self.levels[-1].rebinned(2))
+        self.overlap_levels = self.levels if overlap_views is None else [overlap_views]
+        while len(self.overlap_levels) < len(self.levels):
+            self.overlap_levels.append(self.overlap_levels[-1].rebinned(2))
         self._correlators: dict[int, PairCorrelator] = {}
         keep = torch.zeros(angles.numel(), dtype=torch.bool)
         keep[self.order] = True
@@ -293,10 +300,10 @@ class Judge:
 
     def _weights(self, level: int) -> dict[int, torch.Tensor]:
         """The views' opaque weights (see `core.PreparedViews`) binned to this level."""
-        factor = self.levels[level].factor // self.levels[0].factor
-        if factor == 1:
-            return self.opaque_weights
-        return {v: bin_views(w[None], factor)[0] for v, w in self.opaque_weights.items()}
+        weights = self.opaque_weights
+        for _ in range(level):  # binned as the levels are, by 2 at a time
+            weights = {v: bin_views(w[None], 2)[0] for v, w in weights.items()}
+        return weights
 
     def _box(self, level: int) -> torch.Tensor:
         """The area to correlate (`CoarseOptions.area`) at the reference tilt, this level's px."""
@@ -467,8 +474,13 @@ def _better(challenger: LinkCheck, kept: LinkCheck) -> bool:
     alone, nor hide a gain everywhere else). A judge level's own view of the
     shifts is not the truth either: a candidate correlated at the same band
     as the judge looks a little better to it than it is, so small gains do
-    not count.
+    not count. Nor does a challenger that sets aside a view the kept path
+    aligns: it would win by losing that view (a 4x binned plain path that
+    misaligned a grid-barred view at 60 degrees by 23 px looked smallest,
+    the view's own links aside).
     """
+    if set(challenger.outliers) - set(kept.outliers):
+        return False
     both = torch.isfinite(challenger.correction[:, 0]) & torch.isfinite(kept.correction[:, 0])
     both[list(set(challenger.outliers) | set(kept.outliers))] = False
     if int(both.sum()) < 3:
@@ -557,19 +569,33 @@ def align_checked(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: fl
     plain.checks[quick] = judges[True].measure(plain.result.shifts, quick)
     settled = (plain.checks[quick].consistent and not found_pattern
                and plain.checks[quick].error <= SETTLED * binned.factor)
+    made = {first: plain}
+
+    def candidate(path: Path) -> _Candidate:  # each path runs once, whichever step asks
+        if path not in made:
+            made[path] = _Candidate(path, align_path(prepared, path, tilt_axis_angle, opts))
+        return made[path]
+
+    kept, level, family = plain, quick, [plain]
     if settled and opts.adaptive:  # is the specimen a slab? (a compact one looks alike unstretched)
         judges[False] = judge_for(False)
-        settled = not _slab_unlike(plain.result.shifts, judges, quick)
-    kept, level, family = plain, quick, [plain]
+        if _slab_unlike(plain.result.shifts, judges, quick):
+            # the same shortcut in the other model: its plain path kept when its own links
+            # are settled and it still makes neighbours clearly more alike
+            unstretched = candidate(Path(stretch=False, remove_pattern=forced))
+            check = unstretched.checks[quick] = judges[False].measure(
+                unstretched.result.shifts, quick)
+            settled = (check.consistent and check.error <= SETTLED * binned.factor
+                       and _slab_unlike((plain.result.shifts, unstretched.result.shifts),
+                                        judges, quick))
+            if settled:
+                kept, family = unstretched, [plain, unstretched]
     if opts.adaptive and not settled:
         judges.setdefault(False, judge_for(False))
         best = {}
         for stretch in (True, False):
-            family = []
-            for path in candidate_paths(tuple(binned.views.shape[-2:]),
-                                        found_pattern or forced, forced, stretch=stretch):
-                family.append(plain if path == first else _Candidate(
-                    path, align_path(prepared, path, tilt_axis_angle, opts)))
+            family = [candidate(path) for path in candidate_paths(
+                tuple(binned.views.shape[-2:]), found_pattern or forced, forced, stretch=stretch)]
             best[stretch] = (*_choose(family, judges[stretch], plain, quick), family)
         kept, level, family = best[True][:2] + (best[True][3],)
         unstretched, found_n = best[False][0], best[False][2]
@@ -594,12 +620,14 @@ def _slab_unlike(shifts, judges: dict[bool, Judge], level: int) -> bool:
     the axis; a compact specimen (a particle, a needle along the axis) does
     not foreshorten, and views stretched for it look less alike. `shifts`:
     one set for both frames, or a pair `(stretched, unstretched)`, each
-    judged in its own frame at `level`.
+    judged in its own frame at `level` (each path in the frame of its model:
+    a path that misaligned in the stretched frame looks better there than
+    unstretched; compared in one frame, or by the links in one frame, the
+    jittered catalyst kept a stretched path 13 px off instead of 0.27 px).
     """
     stretched, unstretched = shifts if isinstance(shifts, tuple) else (shifts, shifts)
     return _lower(judges[True].adjacent_correlation(stretched, level),
                   judges[False].adjacent_correlation(unstretched, level))
-
 
 def _choose(candidates: list[_Candidate], judge: Judge, plain: _Candidate, quick: int
             ) -> tuple[_Candidate, int, bool]:

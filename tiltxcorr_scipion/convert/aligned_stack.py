@@ -19,7 +19,7 @@ import torch
 
 from ..alignment.binning import bin_views, binned_shape
 from ..alignment.resample import apply_imod_transforms
-from ..options import check_aligned_binning
+from ..options import MAX_PIXEL_MAGNITUDE, check_aligned_binning
 from .files import atomic_output
 from .mrc import MrcStack, StackWriter
 
@@ -79,9 +79,25 @@ def write_aligned_stack(in_path: str, out_path: str, transforms: np.ndarray, bin
             f"tiltxcorr-scipion: aligned, binned by {binning}") as out:
         for i in range(n):
             view = torch.from_numpy(source.read([i + 1]))  # (1, h, w)
-            if not torch.isfinite(view).all():
-                raise ValueError(f"{in_path}: view {i + 1} contains NaN or infinite values")
+            _check_pixels(view, i + 1)
             aligned = apply_imod_transforms(view, matrices[i:i + 1], mode="fourier")
             out.write(bin_views(aligned, binning)[0].numpy())
             if progress is not None:
                 progress(i + 1, n)
+
+
+def _check_pixels(view: torch.Tensor, number: int) -> None:
+    """A ValueError naming view `number` when its pixels cannot go into an aligned stack.
+
+    NaN, infinite or huge (beyond `MAX_PIXEL_MAGNITUDE`: a Fourier shift and the
+    header's statistics overflow) pixels. The aligned stack holds every view,
+    excluded ones too (unmoved), so excluding it does not help.
+    """
+    finite = torch.isfinite(view)
+    largest = float(view[finite].abs().max()) if bool(finite.any()) else 0.0
+    if bool(finite.all()) and largest <= MAX_PIXEL_MAGNITUDE:
+        return
+    what = ("NaN or infinite pixels" if not bool(finite.all())
+            else f"pixel values up to {largest:.3g}, too large for float32 resampling")
+    raise ValueError(f"view {number} holds {what}; the aligned stack holds every view, "
+                     "excluded ones too: repair the view, or write no aligned stack")

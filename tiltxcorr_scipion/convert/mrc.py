@@ -55,6 +55,9 @@ class MrcStack:
         Byte offset of the first pixel (header + extended header).
     voxel_size
         Pixel size in Angstrom from the header, or 0 when the header has none.
+    sections_in_file
+        Whole sections the file's data hold (`shape[0]` when the header's nz
+        is right); see `header_warning`.
     """
 
     path: str
@@ -62,6 +65,20 @@ class MrcStack:
     dtype: np.dtype
     data_offset: int
     voxel_size: float
+    sections_in_file: int = 0
+
+    @property
+    def header_warning(self) -> str:
+        """A warning when the file holds more whole sections than its header's nz ("" if not).
+
+        As IMOD, only the header's nz sections are read; a header left short by
+        a program that appended views would silently drop the rest.
+        """
+        if self.sections_in_file <= self.shape[0]:
+            return ""
+        return (f"{self.path}: its header says nz = {self.shape[0]} but the file holds "
+                f"{self.sections_in_file} whole sections: only the first {self.shape[0]} are "
+                "read (check the header with IMOD's header program; alterheader fixes nz)")
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> MrcStack:
@@ -75,6 +92,9 @@ class MrcStack:
             file and what to do.
         """
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise StackReadError(f"{path} is a folder, not a file: give the path of an MRC "
+                                 "stack (.mrc, .st, .ali) in it")
         if not os.path.isfile(path):
             raise StackReadError(f"{path}: no such file (it does not exist: moved or deleted?); "
                                  "give the path of an MRC stack (.mrc, .st, .ali)")
@@ -110,7 +130,8 @@ class MrcStack:
                                  f"needed for {nz} views of {nx} x {ny} ({complete} complete); "
                                  "copy the file again")
         return cls(path=path, shape=(nz, ny, nx), dtype=dtype, data_offset=offset,
-                   voxel_size=voxel_size)
+                   voxel_size=voxel_size,
+                   sections_in_file=int((size - offset) // (nx * ny * dtype.itemsize)))
 
     @property
     def n_views(self) -> int:

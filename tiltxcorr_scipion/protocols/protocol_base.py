@@ -11,14 +11,22 @@ Rules the base keeps:
   so Continue's "already done" (in `TiltSeries` or `FailedTiltSeries`) means
   done;
 - output sets are written under the protocol's lock, one writer at a time;
+- one tilt series is registered in all its outputs or in none
+  (`_registerAtomically`): a full disk undoes what was appended and forgets
+  an output set created for it, ids included, and fails that tilt series
+  naming the file; if even the undo cannot write, the run fails saying the
+  project database cannot be written (Continue then completes the rest);
 - the outputs are closed by whoever finishes last: the last tilt-series step,
   or the stream follower when the input closes with nothing left to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import sqlite3
 import time
 import traceback
 
@@ -33,7 +41,7 @@ from tomo.protocols import ProtTomoBase
 from .. import _plugin  # noqa: F401  (applies the sqlite fix in this process)
 from .. import constants as cts
 from ..convert.files import remove_temporaries
-from ..options import MAX_TILT_DEG, MIN_ENABLED_VIEWS
+from ..options import MAX_TILT_DEG, MIN_ENABLED_VIEWS, tilt_range_problem
 from ..pipeline import TiltSeriesFailure, TiltSeriesViews, available_cpus
 
 logger = logging.getLogger(__name__)
@@ -108,6 +116,15 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             return False
         self._fail(tsId, inTs, items, f"unreliable alignment: {outcome.unreliable_reason}")
         return True
+
+    def _logExcluded(self, outcome):
+        """Log the input's warnings and the views the pipeline excluded by itself (beyond +-82)."""
+        for warning in outcome.warnings:
+            self.warning(f"Tilt series {outcome.views.ts_id}: {warning}")
+        for i, reason in enumerate(outcome.excluded):
+            if reason:
+                self.warning(f"Tilt series {outcome.views.ts_id}: view "
+                             f"{outcome.views.stack_positions[i]} {reason}")
 
     def _unreliableKept(self) -> dict[str, str]:
         text = self.unreliableKept.get()
@@ -321,11 +338,106 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         self.error(f"FAILED {reason}")
         with self._lock:
             failed = self._failureReasons()
-            failed[tsId] = reason
-            self.failureReasons.set(json.dumps(failed))
-            self._store(self.failureReasons)
+            before = self.failureReasons.get()
+
+            def storeReason():
+                failed[tsId] = reason
+                self.failureReasons.set(json.dumps(failed))
+                self._store(self.failureReasons)
+
+            steps = []
             if inTs is not None:
-                self._appendTiltSeries(cts.OUTPUT_FAILED_TILT_SERIES, "failed", inTs, items)
+                steps.append((cts.OUTPUT_FAILED_TILT_SERIES, lambda: self._appendTiltSeries(
+                    cts.OUTPUT_FAILED_TILT_SERIES, "failed", inTs, items)))
+            steps.append((None, storeReason))
+            try:
+                self._registerAtomically(tsId, steps, failing=True)
+            except TiltSeriesFailure as failure:  # undone, but not recorded as failed either
+                self.failureReasons.set(before)
+                raise RuntimeError(f"tilt series {tsId} could not be recorded as failed "
+                                   f"({failure.cause}); free space, then Continue: it will "
+                                   "be aligned again") from None
+
+    # ------------------------------------------------------------------ atomic registration
+    def _registerAtomically(self, tsId: str, steps, *, failing: bool = False, files=()):
+        """Register one tilt series in several outputs: in all of them or in none.
+
+        `steps` are `(output name or None, callable)`; each callable appends the
+        tilt series to that output (or stores something else). The caller
+        holds the lock. When one raises (a full disk), every output that holds
+        `tsId` loses it again (FailedTiltSeries only when `failing`), an output
+        set created by this registration is forgotten, its ids too (the next
+        set created gets new ones, not the rolled-back ones), and a
+        `TiltSeriesFailure` names the file and the cause. When the undo
+        cannot write either, a RuntimeError says the project database cannot
+        be written: the run stops, and Continue, once space is freed, aligns
+        exactly the tilt series in neither TiltSeries nor FailedTiltSeries.
+        `files` (the tilt series' files in extra/) are removed on a failure:
+        none of its outputs is kept, and the space they free lets the failure
+        itself be recorded.
+        """
+        existed = {name: getattr(self, name, None) is not None
+                   for name in self._possibleOutputs}
+        for name, step in steps:
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001 - any failure is undone the same way
+                cause = self._writeErrorText(error, name)
+                try:
+                    self._undoRegistration(tsId, existed, failing)
+                except Exception as undo:  # noqa: BLE001
+                    raise RuntimeError(
+                        f"tilt series {tsId}: its outputs could not be registered ({cause}) "
+                        f"nor undone ({self._writeErrorText(undo, None)}): the project "
+                        "database cannot be written; free space, then Continue") from None
+                for path in files:
+                    if os.path.exists(path):
+                        os.remove(path)
+                raise TiltSeriesFailure(tsId, f"its outputs could not be registered: {cause}; "
+                                              "none of them was kept") from None
+
+    def _writeErrorText(self, error: BaseException, name: str | None) -> str:
+        """What failed while writing `name`'s output (or the project's database), and where."""
+        outSet = getattr(self, name, None) if name else None
+        target = outSet.getFileName() if outSet is not None else self.getDbPath()
+        full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+            isinstance(error, sqlite3.OperationalError) and "full" in str(error))
+        if full:
+            return f"disk full writing {target}"
+        return f"{type(error).__name__} writing {target}: {error}"
+
+    def _undoRegistration(self, tsId: str, existed: dict[str, bool], failing: bool):
+        """Take `tsId` out of every output again; forget outputs that did not exist before."""
+        connection = getattr(getattr(self.mapper, "db", None), "connection", None)
+        if connection is not None:
+            connection.rollback()  # what the failed commit left of this transaction
+        for name in self._possibleOutputs:
+            if name == cts.OUTPUT_FAILED_TILT_SERIES and not failing:
+                continue
+            outSet = getattr(self, name, None)
+            if outSet is None:
+                continue
+            if not existed[name]:  # created for this tilt series: forget it whole
+                outSet.close()
+                if name in self._outputs:
+                    self._outputs.remove(name)
+                delattr(self, name)
+                if outSet.hasObjId():
+                    self.mapper.delete(outSet)  # its row, if the insert was committed
+                outSet.cleanObjId()
+                self.mapper.store(self._outputs)
+                self.mapper.commit()
+                continue
+            mapper = outSet._getMapper()
+            stale = [item.clone() for item in outSet.iterItems(where=f"_tsId=='{tsId}'")]
+            for item in stale:
+                mapper.delete(item)
+            if stale:
+                outSet._size.set(max(0, (outSet.getSize() or 0) - len(stale)))
+                mapper.commit()
+                outSet.write()
+                self._store(outSet)
+            outSet.close()
 
     def _failureReasons(self) -> dict[str, str]:
         text = self.failureReasons.get()
@@ -387,21 +499,14 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         if inSet is None:
             return ["Choose the input tilt series."]
         override = self.tiltAxisAngle.get()
-        noAxis, tooHigh = [], []
+        noAxis = []
         for ts in inSet.iterItems():
             acq = ts.getAcquisition()
             if override is None and (acq is None or acq.getTiltAxisAngle() is None):
                 noAxis.append(ts.getTsId())
-            angles = [ti.getTiltAngle() for ti in ts.iterItems() if ti.isEnabled()]
-            if angles and max(abs(a) for a in angles) > MAX_TILT_DEG:
-                tooHigh.append(ts.getTsId())
         if noAxis:
             errors.append(f"No tilt axis angle for {', '.join(noAxis[:5])}: enter it in the "
                           "form ('Tilt axis angle').")
-        if tooHigh:
-            errors.append(f"Tilt series {', '.join(tooHigh[:5])} have enabled views beyond "
-                          f"+-{MAX_TILT_DEG:g} deg, where cosine stretching is undefined: "
-                          "exclude those views first.")
         if inSet.isStreamOpen() and (self.numberOfThreads.get() or 1) < 3:
             errors.append("The input is still being acquired (streaming): use at least 3 "
                           "threads (one follows the input, the others align).")
@@ -416,8 +521,23 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             warnings.append("The input tilt series already have an alignment: it is applied "
                             "to the images before correlating and the new alignment is "
                             "composed with it (new @ previous).")
-        few = [ts.getTsId() for ts in inSet.iterItems()
-               if 0 < sum(1 for ti in ts.iterItems() if ti.isEnabled()) < FEW_VIEWS_WARNING]
+        few, tooHigh, impossible = [], [], []
+        for ts in inSet.iterItems():
+            angles = [ti.getTiltAngle() for ti in ts.iterItems() if ti.isEnabled()]
+            if 0 < len(angles) < FEW_VIEWS_WARNING:
+                few.append(ts.getTsId())
+            if angles and max(abs(a) for a in angles) > MAX_TILT_DEG:
+                tooHigh.append(ts.getTsId())
+            problem = tilt_range_problem(angles)
+            if problem:
+                impossible.append(f"{ts.getTsId()}: {problem}")
+        if tooHigh:
+            warnings.append(f"Tilt series {', '.join(tooHigh[:5])} have enabled views beyond "
+                            f"+-{MAX_TILT_DEG:g} deg, where cosine stretching is undefined: "
+                            "those views are excluded automatically (and say so in the log).")
+        if impossible:
+            warnings.append("These tilt series will fail, their tilt angles cannot be right: "
+                            + "; ".join(impossible[:5]))
         if few:
             warnings.append(f"Tilt series {', '.join(few[:5])} have fewer than "
                             f"{FEW_VIEWS_WARNING} enabled views: the alignment may be poor "

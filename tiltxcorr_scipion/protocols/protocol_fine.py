@@ -18,7 +18,7 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pwem.objects import Transform
 from pyworkflow import BETA
-from pyworkflow.object import Float, Set, String
+from pyworkflow.object import Float, Pointer, Set, String
 from tomo.objects import LandmarkModel, SetOfLandmarkModels, SetOfTiltSeries
 
 from .. import constants as cts
@@ -160,6 +160,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
     _possibleOutputs = {
         cts.OUTPUT_TILT_SERIES: SetOfTiltSeries,
         cts.OUTPUT_LANDMARK_MODELS: SetOfLandmarkModels,
+        cts.OUTPUT_LANDMARK_TILT_SERIES: SetOfTiltSeries,
         cts.OUTPUT_FAILED_TILT_SERIES: SetOfTiltSeries,
     }
 
@@ -281,6 +282,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         outcome = align_views(views, self._options(), views.tilt_axis(self.tiltAxisAngle.get()),
                               device=device,
                               progress=lambda stage: self.info(f"Tilt series {tsId}: {stage}"))
+        self._logExcluded(outcome)
         paths = output_paths(self._getExtraPath(), tsId, fine=True)
         fileSeconds = write_outputs(outcome, paths)
         pause_point("files written", tsId)
@@ -289,20 +291,30 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         registering = time.perf_counter()
         fine = outcome.fine
         with self._lock:
-            # The landmark model first: TiltSeries is the "done" mark of a Continue.
-            if not self._hasLandmarkModel(tsId):
-                self._registerLandmarkModel(outcome, paths)
-            self._registerAligned(outcome, inTs, items)
+            # The landmark model first: TiltSeries is the "done" mark of a Continue. All of a
+            # tilt series' outputs or none (a full disk undoes the first ones).
             results = self._fineResults()
-            results[tsId] = {"axis": outcome.tilt_axis_angle, "offset": fine.tilt_angle_offset,
-                             "offsetText": fine.offset_text(),
-                             "axisError": _stored(fine.tilt_axis_angle_error),
-                             "offsetError": _stored(fine.tilt_angle_offset_error),
-                             "uncertain": fine.uncertainty_warning(),
-                             "residual": fine.mean_residual, "contours": fine.n_contours,
-                             "rejected": fine.n_rejected_contours}
-            self.fineResults.set(json.dumps(results))
-            self._store(self.fineResults)
+
+            def storeResults():
+                results[tsId] = {"axis": outcome.tilt_axis_angle,
+                                 "offset": fine.tilt_angle_offset,
+                                 "offsetText": fine.offset_text(),
+                                 "axisError": _stored(fine.tilt_axis_angle_error),
+                                 "offsetError": _stored(fine.tilt_angle_offset_error),
+                                 "uncertain": fine.uncertainty_warning(),
+                                 "residual": fine.mean_residual, "contours": fine.n_contours,
+                                 "rejected": fine.n_rejected_contours}
+                self.fineResults.set(json.dumps(results))
+                self._store(self.fineResults)
+
+            steps = []
+            if not self._hasLandmarkModel(tsId):
+                steps.append((cts.OUTPUT_LANDMARK_MODELS,
+                              lambda: self._registerLandmarkModel(outcome, inTs, items, paths)))
+            steps.append((cts.OUTPUT_TILT_SERIES,
+                          lambda: self._registerAligned(outcome, inTs, items)))
+            steps.append((None, storeResults))
+            self._registerAtomically(tsId, steps, files=paths.values())
         registered = time.perf_counter()
         self.info(
             f"Tilt series {tsId}: aligned {int(views.enabled.sum())}/{views.n_views} views: "
@@ -336,6 +348,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         def editImage(i, outTi):
             outTi.setTransform(Transform(matrix=outcome.transforms[i].copy()))
             outTi.setTiltAngle(float(fine.tilt_angles[i]))
+            outTi.setEnabled(bool(outcome.views.enabled[i]))
 
         outSet = self._appendTiltSeries(cts.OUTPUT_TILT_SERIES, "", inTs, items, editTs=editTs,
                                         editImage=editImage)
@@ -349,12 +362,23 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         models.close()
         return found
 
-    def _registerLandmarkModel(self, outcome: AlignmentOutcome, paths: dict[str, str]):
-        """The tracks as a tomo LandmarkModel: its table and its IMOD model (caller holds the lock)."""
+    def _registerLandmarkModel(self, outcome: AlignmentOutcome, inTs, items,
+                               paths: dict[str, str]):
+        """The tracks as a tomo LandmarkModel: its table and its IMOD model (caller holds the lock).
+
+        The tracks were measured on the views as the input had them (its earlier
+        alignment applied, if any): ``applyTSTransformation`` True ("on the
+        transformed images", tomo's and imod's meaning), and the models' tilt
+        series are LandmarkTiltSeries, a copy of exactly the input tilt series
+        that have a model, earlier transforms included: imod's viewer and
+        fiducial alignment apply those transforms and find the points in place,
+        and nothing waits for a series that failed.
+        """
+        self._appendTiltSeries(cts.OUTPUT_LANDMARK_TILT_SERIES, "landmarks", inTs, items)
         models = getattr(self, cts.OUTPUT_LANDMARK_MODELS, None)
         if models is None:
             models = self._createSetOfLandmarkModels(suffix="")
-            models.setSetOfTiltSeries(self.inputSetOfTiltSeries)
+            models.setSetOfTiltSeries(Pointer(self, extended=cts.OUTPUT_LANDMARK_TILT_SERIES))
             models.setHasResidualInfo(True)
             models.setStreamState(Set.STREAM_OPEN)
             self._defineOutputs(**{cts.OUTPUT_LANDMARK_MODELS: models})
@@ -365,7 +389,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         model = LandmarkModel(tsId=views.ts_id, fileName=paths["landmarks"],
                               modelName=paths["fid"],
                               size=int(round(views.sampling_rate * fine.patch_size[0])),
-                              applyTSTransformation=views.previous is None,
+                              applyTSTransformation=True,
                               hasResidualInfo=True)
         contours = np.isfinite(fine.tracks[..., 0]).any(axis=1)
         model.setCount(int(contours.sum()))

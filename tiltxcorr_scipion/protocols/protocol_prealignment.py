@@ -295,6 +295,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         self.info(f"Tilt series {tsId}: {deviceMessage}")
         outcome = align_views(views, self._options(), views.tilt_axis(self.tiltAxisAngle.get()),
                               device=device)
+        self._logExcluded(outcome)
         self._reportVerdicts(outcome)
         if self.getAttributeValue("disableUnusableViews", True):
             outcome = outcome.exclude_unusable()
@@ -306,12 +307,18 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
             return
         registering = time.perf_counter()
         with self._lock:
-            # The aligned stack first: TiltSeries is the "done" mark of a Continue.
+            # The aligned stack first: TiltSeries is the "done" mark of a Continue. All of a
+            # tilt series' outputs or none (a full disk undoes the first).
+            steps = []
             if writeAligned and not self._hasTiltSeries(cts.OUTPUT_INTERPOLATED_TILT_SERIES,
                                                         tsId):
-                self._registerInterpolated(outcome, inTs, items, paths["ali"])
-            pause_point("interpolated registered", tsId)
-            self._registerAligned(outcome, inTs, items)
+                steps.append((cts.OUTPUT_INTERPOLATED_TILT_SERIES,
+                              lambda: self._registerInterpolated(outcome, inTs, items,
+                                                                 paths["ali"])))
+            steps.append((None, lambda: pause_point("interpolated registered", tsId)))
+            steps.append((cts.OUTPUT_TILT_SERIES,
+                          lambda: self._registerAligned(outcome, inTs, items)))
+            self._registerAtomically(tsId, steps, files=paths.values())
         registered = time.perf_counter()
         nEnabled = int(views.enabled.sum())
         corr = outcome.correlation[np.isfinite(outcome.correlation)]
