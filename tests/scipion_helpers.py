@@ -440,6 +440,9 @@ class TiltSeriesRecord:
     accum_dose: np.ndarray  # (n,)
     size: int
     extra: dict = field(default_factory=dict)
+    #: the fine alignment's notes on the acquisition: tiltAxisAngleError, tiltAngleOffsetError,
+    #: tiltAngleOffset, alignmentNote (values None where unset)
+    acquisition_notes: dict = field(default_factory=dict)
     odd_even: list = field(default_factory=list)  # (odd, even) file names per item, or None
 
     def shifts_dy_dx(self) -> np.ndarray:
@@ -521,6 +524,9 @@ def _record_from(ts, items) -> TiltSeriesRecord:
         accum_dose=np.array([_dose(ti, "getAccumDose") for ti in items]),
         size=int(ts.getSize()),
         odd_even=[(ti.getOdd(), ti.getEven()) if ti.hasOddEven() else None for ti in items],
+        acquisition_notes={name: getattr(acq, name).get() for name in
+                           ("tiltAxisAngleError", "tiltAngleOffsetError", "tiltAngleOffset",
+                            "alignmentNote") if acq is not None and hasattr(acq, name)},
     )
 
 

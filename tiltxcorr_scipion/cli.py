@@ -715,11 +715,14 @@ def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) ->
                     else f"{'-':>10}")
         out.write(f"{views.stack_positions[i]:5d} {views.tilt_angles[i]:7.2f} "
                   f"{fine.tilt_angles[i]:8.2f} {residual} {counts[i]:7d}{note}\n")
-    out.write(f"tilt axis {outcome.tilt_axis_angle:.2f} deg, {fine.offset_text()}, "
+    out.write(f"{fine.axis_text(outcome.tilt_axis_angle)}, {fine.offset_text()}, "
               f"mean residual {fine.mean_residual:.3f} px, "
               f"{fine.n_contours} tracks ({fine.n_rejected_contours} rejected); "
               f"{elapsed:.1f} s on {outcome.device.split(':')[0]}\n")
     _write_excluded(out, outcome)
+    warning = fine.uncertainty_warning()
+    if warning:
+        out.write(f"UNCERTAIN: {warning}: check the geometry before using it\n")
     for kind in ("xf", "tlt", "fid", "residuals", "landmarks", "png", "ali"):
         if kind in paths:
             out.write(f"wrote {os.path.relpath(paths[kind])}\n")

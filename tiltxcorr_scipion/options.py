@@ -631,3 +631,28 @@ LEVEL_BY = ("surfaces", "points")
 #: The fine alignment's defaults, read by `track_patches`, `solve_geometry` and
 #: `fiducialless_alignment`.
 FINE_DEFAULTS = FineOptions()
+
+#: What the fine alignment aims for, in degrees: the tilt axis angle and the tilt angle offset
+#: within these of the truth (docs/fine-alignment.md). A tilt series whose reported standard
+#: error exceeds one of them is flagged.
+AXIS_TARGET_DEG = 0.1
+OFFSET_TARGET_DEG = 0.3
+
+
+def uncertainty_warning(axis_error: float, offset_error: float) -> str | None:
+    """Why a fine alignment's geometry is less certain than the targets, or None.
+
+    `axis_error` and `offset_error` are one standard error in degrees (NaN:
+    not estimated, e.g. the axis was not solved; never flagged).
+    """
+    reasons = [f"{name} uncertainty {error:.2f} deg exceeds the {target:g} deg target"
+               for name, error, target in (("tilt axis", axis_error, AXIS_TARGET_DEG),
+                                           ("tilt angle offset", offset_error,
+                                            OFFSET_TARGET_DEG))
+               if math.isfinite(error) and error > target]
+    return "; ".join(reasons) or None
+
+
+def plus_minus(error: float) -> str:
+    """` +- 0.04` for a standard error in degrees, empty when none was estimated."""
+    return f" +- {error:.2f}" if math.isfinite(error) else ""

@@ -49,7 +49,9 @@ from .options import (
     CoarseOptions,
     FineOptions,
     check_binned_size,
+    plus_minus,
     tilt_range_problem,
+    uncertainty_warning,
 )
 
 if TYPE_CHECKING:  # torch is imported where used: Scipion imports the protocol (and so
@@ -245,6 +247,10 @@ class FineDetails:
         The slab's thickness in the views' pixels, when levelled by its surfaces.
     levelling_note
         Why the points levelled it although the surfaces were asked for.
+    tilt_axis_angle_error, tilt_angle_offset_error
+        One standard error (degrees) of the tilt axis angle and of the tilt
+        angle offset, from the data (`FiducialLessResult`); NaN when not
+        estimated.
     """
 
     tilt_angles: np.ndarray
@@ -265,16 +271,28 @@ class FineDetails:
     points_offset: float = float("nan")
     slab_thickness: float | None = None
     levelling_note: str | None = None
+    tilt_axis_angle_error: float = float("nan")
+    tilt_angle_offset_error: float = float("nan")
+
+    def axis_text(self, tilt_axis_angle: float) -> str:
+        """The tilt axis angle with its standard error, for a log line or a summary."""
+        return f"tilt axis {tilt_axis_angle:.2f}{plus_minus(self.tilt_axis_angle_error)} deg"
+
+    def uncertainty_warning(self) -> str | None:
+        """Why the geometry is less certain than the targets (`options.uncertainty_warning`)."""
+        return uncertainty_warning(self.tilt_axis_angle_error, self.tilt_angle_offset_error)
 
     def offset_text(self) -> str:
-        """The offset and what it levels, for a log line or a summary."""
+        """The offset (with its standard error) and what it levels, for a log line or a
+        summary."""
         if self.levelled_by == "surfaces":
             how = (f"levels the slab's surfaces, {self.slab_thickness:.0f} px thick; the points' "
                    f"plane: {self.points_offset:+.2f}")
         else:
             how = "levels the plane of the points" + (f"; {self.levelling_note.split(': ', 1)[-1]}"
                                                       if self.levelling_note else "")
-        return f"tilt angle offset {self.tilt_angle_offset:+.2f} deg ({how})"
+        return (f"tilt angle offset {self.tilt_angle_offset:+.2f}"
+                f"{plus_minus(self.tilt_angle_offset_error)} deg ({how})")
 
 
 @dataclass
@@ -684,7 +702,9 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
         patch_size=tuple(int(factor * p) for p in result.tracks.patch_size),
         levelled_by=result.levelled_by, points_offset=float(result.points_offset),
         slab_thickness=None if result.slab is None else factor * result.slab.thickness,
-        levelling_note=result.levelling_note)
+        levelling_note=result.levelling_note,
+        tilt_axis_angle_error=float(result.tilt_axis_angle_error),
+        tilt_angle_offset_error=float(result.tilt_angle_offset_error))
     return AlignmentOutcome(
         views=views, transforms=transforms, shifts=full_shifts, correlation=correlation,
         reference_position=int(items[int(result.geometry.reference_view)]),
@@ -829,7 +849,9 @@ def _write_fine_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> None:
                        views.enabled, fine.tracks[present, reference],
                        fine.weights[present, reference], fine.image_shape,
                        fine.frame_tilt_axis_angle, fine.tilt_angle_offset, fine.mean_residual,
-                       view_numbers=views.stack_positions)
+                       view_numbers=views.stack_positions,
+                       tilt_axis_angle_error=fine.tilt_axis_angle_error,
+                       tilt_angle_offset_error=fine.tilt_angle_offset_error)
 
 
 def _write_aligned_stack(outcome: AlignmentOutcome, path: str, binning: int,

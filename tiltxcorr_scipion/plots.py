@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .convert.files import atomic_output
+from .options import plus_minus, uncertainty_warning
 
 __all__ = ["correlation_threshold", "low_correlation_views", "plot_alignment",
            "plot_fine_alignment", "save_alignment_plot", "save_fine_plot"]
@@ -354,7 +355,9 @@ def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarr
                         reference_weights: np.ndarray, image_shape: tuple[int, int],
                         tilt_axis_angle: float, tilt_angle_offset: float, mean_residual: float,
                         *, view_numbers: np.ndarray | None = None,
-                        figure: Figure | None = None) -> Figure:
+                        figure: Figure | None = None,
+                        tilt_axis_angle_error: float = float("nan"),
+                        tilt_angle_offset_error: float = float("nan")) -> Figure:
     """Plot one tilt series' fine alignment: residual per view, and the tracks with the axis.
 
     Parameters
@@ -372,6 +375,10 @@ def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarr
         and mean residual (pixels), shown in the title and as the axis line.
     view_numbers
         `(n,)` numbers naming the views (1-based stack positions); default 1..n.
+    tilt_axis_angle_error, tilt_angle_offset_error
+        One standard error (degrees) of the axis and the offset, shown after
+        them (NaN: not estimated); one beyond its target
+        (`options.uncertainty_warning`) is named under the title, in red.
     """
     angles = np.asarray(tilt_angles, dtype=np.float64).reshape(-1)
     residuals = np.asarray(residuals, dtype=np.float64).reshape(-1)
@@ -419,7 +426,7 @@ def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarr
     centre = np.array([(h - 1) / 2, (w - 1) / 2])
     ends = centre[None] + np.array([[-half], [half]]) * np.array([np.cos(a), -np.sin(a)])[None]
     axes_img.plot(ends[:, 1], ends[:, 0], "-", color=_LOW_COLOUR, linewidth=1.2,
-                  label=f"tilt axis {tilt_axis_angle:.2f} deg")
+                  label=f"tilt axis {tilt_axis_angle:.2f}{plus_minus(tilt_axis_angle_error)} deg")
     axes_img.set_xlim(0, w - 1)
     axes_img.set_ylim(0, h - 1)  # IMOD's display: row 0 at the bottom
     axes_img.set_aspect("equal")
@@ -428,10 +435,15 @@ def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarr
     axes_img.set_title("reference view", fontsize=9)
     axes_img.legend(loc="upper right", fontsize=7, framealpha=0.85)
 
-    figure.suptitle(f"{ts_id}: fine alignment - axis {tilt_axis_angle:.2f} deg, tilt offset "
-                    f"{tilt_angle_offset:+.2f} deg, mean residual {mean_residual:.2f} px",
-                    fontsize=11, fontweight="bold")
-    figure.tight_layout()
+    figure.suptitle(f"{ts_id}: fine alignment - axis {tilt_axis_angle:.2f}"
+                    f"{plus_minus(tilt_axis_angle_error)} deg, tilt offset "
+                    f"{tilt_angle_offset:+.2f}{plus_minus(tilt_angle_offset_error)} deg, "
+                    f"mean residual {mean_residual:.2f} px", fontsize=11, fontweight="bold")
+    warning = uncertainty_warning(tilt_axis_angle_error, tilt_angle_offset_error)
+    figure.tight_layout(rect=(0, 0, 1, 0.93) if warning else None)
+    if warning:
+        figure.text(0.5, 0.905, f"UNCERTAIN: {warning}", ha="center", fontsize=9,
+                    color=_LOW_COLOUR)
     return figure
 
 

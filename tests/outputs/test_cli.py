@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -325,8 +326,15 @@ def test_fine_writes_imod_files_and_reports_the_geometry(tmp_path):
     result = run("fine", "F.st", "--axis", "87", "--plot", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = next(ln for ln in result.stdout.splitlines() if ln.startswith("tilt axis"))
-    axis, offset = float(summary.split()[2]), float(summary.split()[7])
+    found = re.match(r"tilt axis (\S+) \+- (\S+) deg, tilt angle offset (\S+) \+- (\S+) deg",
+                     summary)
+    assert found, summary
+    axis, axis_error, offset, offset_error = map(float, found.groups())
     assert abs(axis - 85.0) < 0.2 and abs(offset - (-2.0)) < 0.5, summary
+    # one standard error each, reported beside them; flagged when beyond the targets
+    assert 0 < axis_error < 1 and 0 < offset_error < 2, summary
+    if abs(axis_error - 0.1) > 0.005 and abs(offset_error - 0.3) > 0.005:  # not rounded onto one
+        assert ("UNCERTAIN:" in result.stdout) == (axis_error > 0.1 or offset_error > 0.3)
     # a 10 px slab in 320 px views shows no distinct surfaces: the points level it, and it says so
     assert "(levels the plane of the points; " in summary and "no distinct surfaces" in summary
     for name in ("F.xf", "F.tlt", "F.fid", "F_residuals.txt", "F_landmarks.tsv",

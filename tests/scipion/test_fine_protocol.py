@@ -18,6 +18,7 @@ from scipion_helpers import (
     corrupt_file,
     create_project,
     import_tilt_series,
+    launch_and_wait,
     output_stream_state,
     read_log,
     read_tilt_series_set,
@@ -100,8 +101,9 @@ def test_geometry_is_refined_and_registered(fine_run):
         assert results[ts_id]["residual"] < 1.0
         # a 10 px slab in 320 px views shows no distinct surfaces: what levelled it is told
         assert results[ts_id]["offsetText"].startswith(
-            f"tilt angle offset {results[ts_id]['offset']:+.2f} deg (levels the plane of the "
-            "points; "), results[ts_id]
+            f"tilt angle offset {results[ts_id]['offset']:+.2f} +- "
+            f"{results[ts_id]['offsetError']:.2f} deg (levels the plane of the points; "), \
+            results[ts_id]
         assert "no distinct surfaces" in results[ts_id]["offsetText"]
         # tiltalign-style transforms: every view's rotation turns the axis onto Y
         np.testing.assert_allclose(rotation_angles_deg(record.transforms), -axis, atol=1e-6)
@@ -190,8 +192,8 @@ def test_viewer_shows_plot_table_and_geometry(fine_run):
     text = geometry.getMessage()
     results = json.loads(prot.fineResults.get())
     for ts_id in ("TS_1", "TS_2"):
-        assert (f"{ts_id}: tilt axis {results[ts_id]['axis']:.2f} deg, "
-                f"{results[ts_id]['offsetText']}, ") in text
+        assert (f"{ts_id}: tilt axis {results[ts_id]['axis']:.2f} +- "
+                f"{results[ts_id]['axisError']:.2f} deg, {results[ts_id]['offsetText']}, ") in text
         residuals = read_residual_table(str(Path(project.getPath(), prot._getExtraPath(),
                                                  f"{ts_id}_residuals.txt")))
         worst = residuals[np.nanargmax(residuals[:, 3])]
@@ -199,6 +201,49 @@ def test_viewer_shows_plot_table_and_geometry(fine_run):
     assert "TS_bad" not in text
 
 
+def test_standard_errors_are_registered_with_the_geometry(fine_run):
+    project, prot, _ = fine_run
+    records = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)
+    results = json.loads(reload_protocol(project, prot).fineResults.get())
+    for ts_id, record in records.items():
+        result = results[ts_id]
+        assert 0 < result["axisError"] < 1.0 and 0 < result["offsetError"] < 2.0, result
+        notes = record.acquisition_notes
+        assert notes["tiltAxisAngleError"] == pytest.approx(result["axisError"])
+        assert notes["tiltAngleOffsetError"] == pytest.approx(result["offsetError"])
+        assert notes["tiltAngleOffset"] == pytest.approx(result["offset"])
+        assert f"+- {result['axisError']:.2f} deg" in notes["alignmentNote"]
+        # flagged exactly when a standard error exceeds its target
+        uncertain = result["axisError"] > 0.1 or result["offsetError"] > 0.3
+        assert bool(result["uncertain"]) == uncertain, result
+        assert ("UNCERTAIN" in notes["alignmentNote"]) == uncertain
+    methods = " ".join(prot.methods())
+    assert "One-standard-error estimates of the tilt axis angle" in methods
+    assert f"TS_1 tilt axis {results['TS_1']['axis']:.2f} +- " in methods
+
+
+def test_summary_flags_a_tilt_series_less_certain_than_the_targets(tmp_path):
+    """A very noisy series: its tilt axis cannot be had within 0.1 degree, and it says so."""
+    write_simulated_tilt_series(tmp_path, "TS_noisy", seed=64,
+                                **{**SIM, "shape": (256, 256), "noise": 8.0})
+    project = create_project("fine_uncertain")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=NOMINAL_AXIS,
+                             sampling_rate=2.0)
+    prot = launch_and_wait(project, new_fine_alignment(project, imp))
+    result = json.loads(prot.fineResults.get())["TS_noisy"]
+    assert result["axisError"] > 0.1, result
+    assert result["uncertain"].startswith(f"tilt axis uncertainty {result['axisError']:.2f} deg "
+                                          "exceeds the 0.1 deg target"), result
+    summary = prot.summary()
+    assert any(line.startswith("Less certain than the targets (tilt axis 0.1 deg, offset 0.3 "
+                               "deg, one standard error): 1 tilt series (TS_noisy)")
+               for line in summary), summary
+    assert any(line.startswith(f"UNCERTAIN ({result['uncertain']}): TS_noisy: tilt axis ")
+               for line in summary), summary
+    notes = read_tilt_series_set(project, prot, cts.OUTPUT_TILT_SERIES)["TS_noisy"] \
+        .acquisition_notes
+    assert "UNCERTAIN: tilt axis uncertainty" in notes["alignmentNote"]
+    assert "UNCERTAIN" in read_log(prot)
 def test_imod_fiducial_alignment_finishes_on_our_landmark_models(fine_run, tmp_path,
                                                                  monkeypatch):
     """The models' tilt series are exactly the described ones (TS_bad failed: not there), so

@@ -123,6 +123,19 @@ class FiducialLessResult:
     levelling_note
         Why the points levelled the result although the surfaces were asked
         for (no slab stood out), else None.
+    tilt_axis_angle_error
+        One standard error of `tilt_axis_angle` in degrees, from the data
+        (`GeometrySolution.tilt_axis_angle_error`: the solve's curvature and
+        the spread of the measurements' influence, a linearised bootstrap over
+        blocks of patches and over views); NaN when the axis was not solved.
+    tilt_angle_offset_error
+        One standard error of `tilt_angle_offset` in degrees: of the slab's
+        tilt (`SlabFit.tilt_error`, a linearised bootstrap over the
+        back-projection's features) when levelled by the surfaces, else of
+        the plane of the points (`points_offset_error`).
+    points_offset_error
+        One standard error of `points_offset` in degrees (the points' scatter
+        about their plane, clustered by block of the view, `projection.error_blocks`).
     """
 
     tilt_axis_angle: float
@@ -149,6 +162,9 @@ class FiducialLessResult:
     levelling_note: str | None = None
     solve_shifts: torch.Tensor | None = None
     whole_view: TiltxcorrResult | None = None
+    tilt_axis_angle_error: float = float("nan")
+    tilt_angle_offset_error: float = float("nan")
+    points_offset_error: float = float("nan")
 
 
 def fiducialless_alignment(
@@ -266,12 +282,13 @@ def fiducialless_alignment(
                                **tracking)
         report(f"geometry solve, pass {round_index + 1} of {passes}")
         geometry = solve_geometry(tracks, angles, axis, initial_shifts=steering_shifts,
-                                  **solving)
+                                  estimate_errors=round_index == passes - 1, **solving)
         axis = geometry.tilt_axis_angle
         steering_shifts = geometry.shifts
         if float(geometry.tilt_angles.abs().max()) <= MAX_TILT_DEG:  # else keep nominal
             steering_angles = geometry.tilt_angles
     points_offset, slab, note = geometry.tilt_angle_offset, None, None
+    points_offset_error = geometry.tilt_angle_offset_error
     if level_by == "surfaces":
         report("slab surfaces")
         try:
@@ -291,7 +308,8 @@ def fiducialless_alignment(
     return _result(geometry, tracks, coarse, rotation_group_size is not None,
                    magnification_group_size is not None, level_specimen,
                    points_offset=points_offset, slab=slab, note=note,
-                   solve_shifts=solve_shifts, whole_view=whole_view)
+                   solve_shifts=solve_shifts, whole_view=whole_view,
+                   points_offset_error=points_offset_error)
 
 
 def _blended_shifts(geometry: GeometrySolution, whole_view: TiltxcorrResult,
@@ -320,7 +338,8 @@ def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrRe
             rotations_solved: bool, magnifications_solved: bool,
             level_specimen: bool, *, points_offset: float, slab: SlabFit | None,
             note: str | None, solve_shifts: torch.Tensor,
-            whole_view: TiltxcorrResult | None) -> FiducialLessResult:
+            whole_view: TiltxcorrResult | None, points_offset_error: float
+            ) -> FiducialLessResult:
     weights = geometry.weights
     present = torch.isfinite(weights)
     return FiducialLessResult(
@@ -350,4 +369,7 @@ def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrRe
         levelling_note=note,
         solve_shifts=solve_shifts.to(torch.float32),
         whole_view=whole_view,
+        tilt_axis_angle_error=geometry.tilt_axis_angle_error,
+        tilt_angle_offset_error=points_offset_error if slab is None else slab.tilt_error,
+        points_offset_error=points_offset_error,
     )

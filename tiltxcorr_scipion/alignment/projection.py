@@ -76,6 +76,7 @@ ROBUST_FLOOR = 0.05         # pixels: residual scales below this are numerical n
 ROBUST_MIN_SPREAD = 0.02    # smallest robust deviation of residual ratios (1 = a view's median)
 INITIAL_DAMPING = 1e-3
 MIN_PLANE_POINTS = 3
+ERROR_BLOCKS = 4            # the views' blocks per side that cluster the standard errors
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,18 @@ class GeometrySolution:
         `(h, w)` of the views (the centre `c` is `((h - 1) / 2, (w - 1) / 2)`).
     iterations
         Levenberg-Marquardt iterations run, all reweighting rounds together.
+    tilt_axis_angle_error
+        One standard error of `tilt_axis_angle` in degrees, from the data: the
+        solve's curvature with the spread of the tracks' gradients
+        (`_Problem.view_covariance`, a linearised bootstrap over blocks of patches and over views);
+        NaN when the axis was not solved.
+    tilt_angle_offset_error
+        One standard error in degrees of the offset that levels the plane of
+        the points (`tilt_angle_offset` as solved), from the points' scatter
+        about that plane (clustered by block of the view, `error_blocks`).
+        A common offset of all tilts
+        is not determined by the projections: this is the error of the
+        plane's tilt, i.e. of the specimen's level.
     """
 
     tilt_axis_angle: float
@@ -150,6 +163,8 @@ class GeometrySolution:
     reference_view: int
     image_shape: tuple[int, int]
     iterations: int
+    tilt_axis_angle_error: float = float("nan")
+    tilt_angle_offset_error: float = float("nan")
 
     def forward_matrices(self) -> torch.Tensor:
         """`(b, 2, 2)` linear part `R_i / m_i` of the raw -> aligned maps, `(row, col)` order."""
@@ -395,8 +410,13 @@ class _Problem:
     def cost(self, model: _Model, precision: torch.Tensor) -> float:
         return float((precision[..., None] * self.residuals(model).square()).sum())
 
-    def step(self, model: _Model, precision: torch.Tensor, damping: float):
-        """Damped Gauss-Newton step `(d_points (n, 3), d_views (width,))` by Schur complement."""
+    def normal_equations(self, model: _Model, precision: torch.Tensor):
+        """Gauss-Newton normal equations, the points' blocks per point.
+
+        Returns `(h_pp (n, 3, 3), g_p (n, 3), h_pv (n, 3, width), g_v (n, width),
+        h_vv (width, width))`: `g_v` holds each point's share of the views'
+        gradient (summed over the points, the gradient).
+        """
         r, j_points, j_views = self.residuals(model, with_jacobians=True)
         n, b, _, k = j_views.shape
         q_r = precision[..., None] * r
@@ -408,15 +428,19 @@ class _Problem:
         h_pv = torch.zeros(n, 3, self.width, dtype=torch.float64)
         h_pv.index_add_(2, self.columns.reshape(-1),
                         coupling.permute(0, 2, 1, 3).reshape(n, 3, b * k))
-        g_v = torch.zeros(self.width, dtype=torch.float64)
-        g_v.index_add_(0, self.columns.reshape(-1),
-                       torch.einsum("nkcq,nkc->kq", j_views, q_r).reshape(-1))
+        g_v = torch.zeros(n, self.width, dtype=torch.float64)
+        g_v.index_add_(1, self.columns.reshape(-1),
+                       torch.einsum("nkcq,nkc->nkq", j_views, q_r).reshape(n, -1))
         h_vv = torch.zeros(self.width * self.width, dtype=torch.float64)
         blocks = torch.einsum("nk,nkcp,nkcq->kpq", precision, j_views, j_views)  # (b, k, k)
         flat = self.columns[:, :, None] * self.width + self.columns[:, None, :]
         h_vv.index_add_(0, flat.reshape(-1), blocks.reshape(-1))
-        h_vv = h_vv.reshape(self.width, self.width)
+        return h_pp, g_p, h_pv, g_v, h_vv.reshape(self.width, self.width)
 
+    def step(self, model: _Model, precision: torch.Tensor, damping: float):
+        """Damped Gauss-Newton step `(d_points (n, 3), d_views (width,))` by Schur complement."""
+        h_pp, g_p, h_pv, g_v, h_vv = self.normal_equations(model, precision)
+        g_v = g_v.sum(dim=0)
         # Marquardt damping, and a whisper of ridge for directions nothing constrains
         h_pp = h_pp + damping * torch.diag_embed(torch.diagonal(h_pp, dim1=1, dim2=2)) \
             + 1e-9 * torch.eye(3, dtype=torch.float64)
@@ -431,6 +455,61 @@ class _Problem:
         d_views[free] = -torch.linalg.solve(schur[free][:, free], rhs[free])
         d_points = -(inverse_pp @ (g_p + h_pv @ d_views)[..., None])[..., 0]
         return d_points, d_views
+
+    def view_covariance(self, model: _Model, precision: torch.Tensor, clusters: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Covariances `(width, width)` of the per-view unknowns from the data (sandwiches).
+
+        The bread is the inverse curvature of the cost with the points
+        eliminated (the Schur complement `S`); the meat is the spread of the
+        gradient that the measurements contribute, each measurement's share
+        taken with its point re-fitted (the influence on the view unknowns):
+        `S^+ (sum_c g_c g_c^T) S^+`, a linearised bootstrap over clusters `c`
+        of measurements, the robust weights held fixed. Returned for three
+        clusterings: by patch (`clusters` `(n,)`, e.g. the block of the view the
+        contour was tracked from, `error_blocks`: the pieces of one track and
+        neighbouring patches share their errors), by view
+        (a view pair's correlation errs for all its patches alike), and by
+        single measurement (counted in both others). Each measurement's share
+        is inflated by `2L / (2L - 3)` in variance (its point's 3 unknowns
+        were fitted to its `L` views), and each sum by `C / (C - 1)` for `C`
+        clusters. Fixed unknowns get zero. Also returns the bread.
+        """
+        r, j_points, j_views = self.residuals(model, with_jacobians=True)
+        n, b, _, k = j_views.shape
+        h_pp, g_p, h_pv, _, h_vv = self.normal_equations(model, precision)
+        inverse_pp = torch.linalg.inv(h_pp + 1e-9 * torch.eye(3, dtype=torch.float64))
+        flat_pv = h_pv.reshape(-1, self.width)
+        schur = h_vv - flat_pv.T @ (inverse_pp @ h_pv).reshape(-1, self.width)
+        used = ((precision > 0) & self.present).sum(dim=1).to(torch.float64)
+        inflation = torch.where(used > 1.5, 2 * used / (2 * used - 3).clamp_min(1.0),
+                                torch.zeros_like(used)).sqrt()  # (n,)
+        q_r = precision[..., None] * r * inflation[:, None, None]  # (n, b, 2)
+        # each measurement's share: its own columns, less what its re-fitted point takes
+        own = torch.einsum("nkcq,nkc->nkq", j_views, q_r)  # (n, b, k)
+        point_share = torch.einsum("nkca,nkc->nka", j_points, q_r)  # (n, b, 3)
+        taken = torch.einsum("naw,nab,nkb->nkw", h_pv, inverse_pp, point_share)  # (n, b, width)
+        shares = -taken
+        shares.scatter_add_(2, self.columns[None].expand(n, -1, -1), own)
+        free = self.free
+
+        def meat(flat_shares: torch.Tensor) -> torch.Tensor:
+            count = int((flat_shares.abs().sum(dim=1) > 0).sum())
+            return flat_shares.T @ flat_shares * (count / max(count - 1, 1))
+
+        labels, index = torch.unique(clusters, return_inverse=True)
+        by_patch = torch.zeros(len(labels), self.width, dtype=torch.float64)
+        by_patch.index_add_(0, index, shares.sum(dim=1))
+        meats = (meat(by_patch), meat(shares.sum(dim=0)), meat(shares.reshape(-1, self.width)))
+        # pinv: the heights' gauge (points and shifts moved together) has no curvature
+        bread = torch.linalg.pinv(schur[free][:, free], hermitian=True, rtol=1e-12)
+        out = []
+        for one in (*meats, None):
+            covariance = torch.zeros(self.width, self.width, dtype=torch.float64)
+            block = bread if one is None else bread @ one[free][:, free] @ bread
+            covariance[free[:, None] & free[None, :]] = block.reshape(-1)
+            out.append(covariance)
+        return tuple(out)
 
     def moved(self, model: _Model, d_points, d_views) -> _Model:
         new = _Model(axis=model.axis,
@@ -597,6 +676,7 @@ def solve_geometry(
     robust: bool = FINE_DEFAULTS.robust,
     robust_k: float = FINE_DEFAULTS.robust_k,
     max_iterations: int = FINE_DEFAULTS.max_iterations,
+    estimate_errors: bool = True,
 ) -> GeometrySolution:
     """Solve the projection geometry from tracked points, as IMOD's tiltalign does.
 
@@ -623,6 +703,10 @@ def solve_geometry(
         Robust fitting and its Tukey constant; see `FineOptions`.
     max_iterations
         Levenberg-Marquardt iterations per fit (each reweighting round fits).
+    estimate_errors
+        Estimate the standard errors of the axis and of the points' plane
+        (`GeometrySolution.tilt_axis_angle_error`, `.tilt_angle_offset_error`);
+        False leaves them NaN (a solve that only steers the next one).
 
     Returns
     -------
@@ -638,8 +722,10 @@ def solve_geometry(
     """
     if isinstance(tracks, PatchTracks):
         positions, image_shape = tracks.positions, tracks.image_shape
+        clusters = error_blocks(tracks.patch_centres[tracks.patch_index].cpu(), image_shape)
     else:
         positions = tracks
+        clusters = None
     if isinstance(positions, torch.Tensor):
         positions = positions.detach().to(device="cpu", dtype=torch.float64)
     group_sizes = {"rotation_group_size": rotation_group_size,
@@ -683,8 +769,32 @@ def solve_geometry(
             iterations += more
             if change < ROBUST_TOLERANCE:
                 break
+    if clusters is None:
+        clusters = error_blocks(_first_positions(positions), image_shape)
     return _solution(problem, model, weights, track_weights, angles, reference,
-                     (int(image_shape[0]), int(image_shape[1])), iterations)
+                     (int(image_shape[0]), int(image_shape[1])), iterations,
+                     clusters if estimate_errors else None)
+
+
+def error_blocks(centres: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
+    """`(n,)` the block of the view (`ERROR_BLOCKS` x `ERROR_BLOCKS`) each `(row, col)` of
+    `centres` `(n, 2)` falls in: the clusters of the standard errors.
+
+    Tracking errs alike for neighbouring patches (they share content and the way it slides
+    with thickness, and the pieces of one track share everything): counted as independent
+    they would make the standard errors too small, so measurements are clustered by block.
+    """
+    h, w = image_shape
+    rows = (centres[:, 0] / h * ERROR_BLOCKS).floor().clamp(0, ERROR_BLOCKS - 1)
+    cols = (centres[:, 1] / w * ERROR_BLOCKS).floor().clamp(0, ERROR_BLOCKS - 1)
+    return (rows * ERROR_BLOCKS + cols).long()
+
+
+def _first_positions(positions: torch.Tensor) -> torch.Tensor:
+    """`(n, 2)` each contour's first finite position (in stack order)."""
+    present = torch.isfinite(positions[..., 0])
+    first = present.to(torch.int8).argmax(dim=1)
+    return positions[torch.arange(len(positions)), first]
 
 
 def _best_points(problem: _Problem, model: _Model) -> torch.Tensor:
@@ -696,10 +806,57 @@ def _best_points(problem: _Problem, model: _Model) -> torch.Tensor:
     return model.points - torch.linalg.solve(h_pp, g_p)
 
 
+def _axis_error(problem: _Problem, model: _Model, precision: torch.Tensor,
+                clusters: torch.Tensor) -> float:
+    """One standard error (degrees) of the reported tilt axis angle; NaN when not solved.
+
+    With rotation groups the reported angle is the solved one minus the
+    views' mean rotation (`_solution`), so its error is that contrast's.
+    """
+    if not problem.solve_axis:
+        return float("nan")
+    contrast = torch.zeros(problem.width, dtype=torch.float64)
+    contrast[problem.axis_column] = 1.0
+    group = problem.groups["rotation"]
+    if group is not None:
+        start = problem.group_start["rotation"]
+        contrast.index_add_(0, start + group, torch.full((problem.n_views,), -1.0 / problem.n_views,
+                                                         dtype=torch.float64))
+    by_patch, by_view, single, _ = (float(contrast @ c @ contrast) for c in
+                                    problem.view_covariance(model, precision, clusters))
+    # two-way clustering (patches and views, Cameron, Gelbach & Miller 2011), never below
+    # either one-way estimate
+    variance = max(by_patch + by_view - single, by_patch, by_view)
+    return math.degrees(math.sqrt(max(variance, 0.0)))
+
+
+def _plane_slope(points: torch.Tensor, weights: torch.Tensor, clusters: torch.Tensor | None
+                 ) -> tuple[float, float]:
+    """Slope of the weighted least-squares plane `z = slope x + b y + c` through `points`
+    `(n, 3)`, and its standard error from the points' scatter about the plane (sandwich,
+    clustered: the pieces of one track share their point's errors; NaN without clusters)."""
+    design = torch.stack([points[:, 0], points[:, 1], torch.ones(len(points),
+                          dtype=torch.float64)], dim=1)
+    root = weights.sqrt()[:, None]
+    fit = torch.linalg.lstsq(design * root, points[:, 2:3] * root).solution[:, 0]
+    if clusters is None:
+        return float(fit[0]), float("nan")
+    bread = torch.linalg.pinv(design.T @ (weights[:, None] * design), hermitian=True)
+    scores = design * (weights * (points[:, 2] - design @ fit))[:, None]  # (n, 3)
+    labels, index = torch.unique(clusters, return_inverse=True)
+    summed = torch.zeros(len(labels), 3, dtype=torch.float64).index_add_(0, index, scores)
+    n_clusters = len(labels)
+    meat = summed.T @ summed * (n_clusters / max(n_clusters - 3, 1))
+    variance = float((bread @ meat @ bread)[0, 0])
+    return float(fit[0]), math.sqrt(max(variance, 0.0))
+
+
 def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
               track_weights: torch.Tensor, angles: torch.Tensor, reference: int,
-              image_shape: tuple[int, int], iterations: int) -> GeometrySolution:
-    """Put the solution in the reported gauge and units; residuals and weights per point."""
+              image_shape: tuple[int, int], iterations: int,
+              clusters: torch.Tensor | None) -> GeometrySolution:
+    """Put the solution in the reported gauge and units; residuals and weights per point.
+    `clusters` None: no standard errors (NaN)."""
     tilt, turn, shrink = problem.view_terms(model)
     back = rotation_matrices(-torch.rad2deg(turn))  # R^-1 of the views as solved
     axis = model.axis
@@ -716,10 +873,8 @@ def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
     kept = track_weights > 0
     if int(kept.sum()) < MIN_PLANE_POINTS:
         kept = torch.ones_like(kept)
-    design = torch.stack([points[kept, 0], points[kept, 1], torch.ones(int(kept.sum()),
-                          dtype=torch.float64)], dim=1)
-    root = track_weights[kept].sqrt()[:, None]
-    slope = float(torch.linalg.lstsq(design * root, points[kept, 2:3] * root).solution[0, 0])
+    slope, slope_error = _plane_slope(points[kept], track_weights[kept],
+                                      None if clusters is None else clusters[kept])
     offset = math.atan(-slope)
     level = _turned(points, offset)  # projections do not change
 
@@ -747,4 +902,7 @@ def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
         reference_view=reference,
         image_shape=image_shape,
         iterations=iterations,
+        tilt_axis_angle_error=float("nan") if clusters is None else _axis_error(
+            problem, model, problem.precision(weights, track_weights), clusters),
+        tilt_angle_offset_error=math.degrees(slope_error / (1.0 + slope * slope)),
     )

@@ -72,6 +72,11 @@ class SlabFit:
         Fraction of the features that fit neither surface nor the inside.
     n_features
         Features the fit used.
+    tilt_error
+        One standard error of `tilt` in degrees, from the features: the
+        likelihood's curvature with the spread of the features' own gradients
+        (the sandwich, `_sandwich_error`: a linearised bootstrap over the
+        features, right also where the slab model is only near the truth).
     """
 
     tilt: float
@@ -81,6 +86,7 @@ class SlabFit:
     blur: float
     outlier_fraction: float
     n_features: int
+    tilt_error: float = float("nan")
 
 
 def find_slab(tilt_series: torch.Tensor, geometry: GeometrySolution) -> SlabFit:
@@ -218,13 +224,18 @@ def _fit(u, x, z, *, span: float, height_limit: float, min_blur: float) -> SlabF
                           dtype=torch.float64, requires_grad=True)
     root2 = math.sqrt(2.0)
 
-    def negative_log_likelihood() -> torch.Tensor:
-        slope_x, slope_u, centre, log_w, log_s, logit_out = params
+    def feature_costs(values: torch.Tensor) -> torch.Tensor:
+        """`(n,)` negative log likelihood of each feature's height; `values` `(6,)`, or
+        `(n, 6)`: one copy per feature."""
+        slope_x, slope_u, centre, log_w, log_s, logit_out = values.unbind(-1)
         thickness, blur, out = log_w.exp(), log_s.exp().clamp(min=min_blur), torch.sigmoid(logit_out)
         height = z - slope_x * x - slope_u * u - centre
         inside = 0.5 * (torch.erf((height + thickness / 2) / (root2 * blur))
                         - torch.erf((height - thickness / 2) / (root2 * blur))) / thickness
-        return -torch.log((1 - out) * inside + out / span + 1e-300).sum()
+        return -torch.log((1 - out) * inside + out / span + 1e-300)
+
+    def negative_log_likelihood() -> torch.Tensor:
+        return feature_costs(params).sum()
 
     optimiser = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-9)
@@ -237,9 +248,12 @@ def _fit(u, x, z, *, span: float, height_limit: float, min_blur: float) -> SlabF
 
     optimiser.step(closure)
     slope_x, slope_u, centre, log_w, log_s, logit_out = params.detach().tolist()
-    thickness = math.exp(log_w)
-    if not all(map(math.isfinite, (slope_x, slope_u, centre, thickness))):
+    # a fit that ran away (noise only: no slab) must not overflow the conversions below
+    if not all(map(math.isfinite, (slope_x, slope_u, centre, log_w, log_s, logit_out))) \
+            or max(abs(log_w), abs(log_s)) > 50:
         raise SlabNotFound("the slab fit did not converge")
+    slope_error = _sandwich_error(feature_costs, params.detach(), 0)
+    thickness = math.exp(log_w)
     blur = max(math.exp(log_s), min_blur)
     if thickness < MIN_THICKNESS_PER_BLUR * blur:
         raise SlabNotFound(f"the features lie in a layer {thickness:.1f} px thick whose heights "
@@ -248,6 +262,26 @@ def _fit(u, x, z, *, span: float, height_limit: float, min_blur: float) -> SlabF
         raise SlabNotFound(f"the slab ({thickness:.0f} px thick) reaches the edge of the "
                            f"searched height (+-{height_limit:.0f} px)")
     return SlabFit(tilt=math.degrees(math.atan(slope_x)),
+                   tilt_error=math.degrees(slope_error / (1.0 + slope_x * slope_x)),
                    along_axis_tilt=math.degrees(math.atan(slope_u)),
                    thickness=thickness, centre=centre, blur=blur,
-                   outlier_fraction=1 / (1 + math.exp(-logit_out)), n_features=len(z))
+                   outlier_fraction=float(torch.sigmoid(torch.tensor(logit_out))),
+                   n_features=len(z))
+
+
+def _sandwich_error(feature_costs, values: torch.Tensor, which: int) -> float:
+    """Standard error of parameter `which` of the fit minimising `feature_costs(values).sum()`.
+
+    `H^+ (sum_i g_i g_i^T) H^+` with `H` the Hessian of the total cost and
+    `g_i` each feature's gradient at the optimum (Huber-White); a parameter
+    held at a bound (the blur at its floor) has no curvature and drops out.
+    """
+    hessian = torch.autograd.functional.hessian(lambda v: feature_costs(v).sum(), values)
+    # every feature's own gradient in one backward pass: one copy of the values per feature
+    copies = values.detach()[None].repeat(len(feature_costs(values.detach())), 1)
+    copies.requires_grad_(True)
+    (scores,) = torch.autograd.grad(feature_costs(copies).sum(), copies)  # (n, k)
+    n = scores.shape[0]
+    bread = torch.linalg.pinv(hessian, hermitian=True, rtol=1e-10)
+    covariance = bread @ (scores.T @ scores) @ bread * (n / max(n - len(values), 1))
+    return math.sqrt(max(float(covariance[which, which]), 0.0))

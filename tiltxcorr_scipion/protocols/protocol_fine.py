@@ -10,6 +10,7 @@ Conventions (transforms, tilt angles, the model's frame) are in
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 
@@ -17,12 +18,19 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pwem.objects import Transform
 from pyworkflow import BETA
-from pyworkflow.object import Pointer, Set, String
+from pyworkflow.object import Float, Pointer, Set, String
 from tomo.objects import LandmarkModel, SetOfLandmarkModels, SetOfTiltSeries
 
 from .. import constants as cts
 from ..faults import pause_point
-from ..options import LEVEL_BY, FineOptions, OptionError
+from ..options import (
+    AXIS_TARGET_DEG,
+    LEVEL_BY,
+    OFFSET_TARGET_DEG,
+    FineOptions,
+    OptionError,
+    plus_minus,
+)
 from ..pipeline import (
     AlignmentOutcome,
     TiltSeriesViews,
@@ -100,11 +108,28 @@ def fine_options_from_form(values: Mapping) -> FineOptions:
 
 
 def fine_result_line(tsId: str, result: dict) -> str:
-    """One tilt series' geometry from the protocol's ``fineResults`` entry, for people."""
+    """One tilt series' geometry from the protocol's ``fineResults`` entry, for people.
+
+    A tilt series whose axis or offset is less certain than the targets
+    (``uncertain``, `options.uncertainty_warning`) is flagged first.
+    """
     offset = result.get("offsetText", f"tilt angle offset {result['offset']:+.2f} deg")
-    return (f"{tsId}: tilt axis {result['axis']:.2f} deg, {offset}, mean residual "
+    axis_error = result.get("axisError")
+    axis = f"tilt axis {result['axis']:.2f}{plus_minus(_number(axis_error))} deg"
+    flag = f"UNCERTAIN ({result['uncertain']}): " if result.get("uncertain") else ""
+    return (f"{flag}{tsId}: {axis}, {offset}, mean residual "
             f"{result['residual']:.2f} px, {result['contours']} tracks "
             f"({result['rejected']} rejected)")
+
+
+def _number(value) -> float:
+    """A stored standard error (None when not estimated) as a float (NaN)."""
+    return float("nan") if value is None else float(value)
+
+
+def _stored(value: float) -> float | None:
+    """A standard error for JSON and Scipion's Float (None when not estimated)."""
+    return float(value) if math.isfinite(value) else None
 
 
 #: Form parameters `fine_options_from_form` reads.
@@ -274,6 +299,9 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                 results[tsId] = {"axis": outcome.tilt_axis_angle,
                                  "offset": fine.tilt_angle_offset,
                                  "offsetText": fine.offset_text(),
+                                 "axisError": _stored(fine.tilt_axis_angle_error),
+                                 "offsetError": _stored(fine.tilt_angle_offset_error),
+                                 "uncertain": fine.uncertainty_warning(),
                                  "residual": fine.mean_residual, "contours": fine.n_contours,
                                  "rejected": fine.n_rejected_contours}
                 self.fineResults.set(json.dumps(results))
@@ -290,17 +318,31 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         registered = time.perf_counter()
         self.info(
             f"Tilt series {tsId}: aligned {int(views.enabled.sum())}/{views.n_views} views: "
-            f"tilt axis {outcome.tilt_axis_angle:.2f} deg, {fine.offset_text()}, mean residual "
+            f"{fine.axis_text(outcome.tilt_axis_angle)}, {fine.offset_text()}, mean residual "
             f"{fine.mean_residual:.2f} px, {fine.n_contours} tracks ({fine.n_rejected_contours} rejected). Time: read "
             f"{outcome.timings['read']:.2f} s, alignment engine {outcome.timings['engine']:.2f} s, "
             f"extra files {sum(fileSeconds.values()):.2f} s, registration "
             f"{registered - registering:.2f} s, total {registered - started:.2f} s")
+        if fine.uncertainty_warning():
+            self.warning(f"Tilt series {tsId}: UNCERTAIN: {fine.uncertainty_warning()}: check "
+                         "its geometry before using it")
 
     def _registerAligned(self, outcome: AlignmentOutcome, inTs, items):
         fine = outcome.fine
 
         def editTs(outTs):
-            outTs.getAcquisition().setTiltAxisAngle(outcome.tilt_axis_angle)
+            acquisition = outTs.getAcquisition()
+            acquisition.setTiltAxisAngle(outcome.tilt_axis_angle)
+            # the notes: standard errors of the refined geometry, and whether they exceed
+            # the targets (pyworkflow stores extra attributes of set items as columns)
+            acquisition.tiltAxisAngleError = Float(_stored(fine.tilt_axis_angle_error))
+            acquisition.tiltAngleOffsetError = Float(_stored(fine.tilt_angle_offset_error))
+            acquisition.tiltAngleOffset = Float(float(fine.tilt_angle_offset))
+            acquisition.alignmentNote = String(
+                f"fine alignment: {fine.axis_text(outcome.tilt_axis_angle)}, "
+                f"{fine.offset_text()}"
+                + (f"; UNCERTAIN: {fine.uncertainty_warning()}"
+                   if fine.uncertainty_warning() else ""))
             outTs.setAlignment2D()
 
         def editImage(i, outTi):
@@ -371,7 +413,14 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
 
     def _summary(self):
         summary = super()._summary()
-        for tsId, result in sorted(self._fineResults().items()):
+        results = self._fineResults()
+        uncertain = sorted(tsId for tsId, result in results.items() if result.get("uncertain"))
+        if uncertain:
+            summary.append(f"Less certain than the targets (tilt axis {AXIS_TARGET_DEG:g} deg, "
+                           f"offset {OFFSET_TARGET_DEG:g} deg, one standard error): "
+                           f"{len(uncertain)} tilt series ({', '.join(uncertain)}); check "
+                           "their geometry before using it.")
+        for tsId, result in sorted(results.items()):
             summary.append(fine_result_line(tsId, result))
         return summary
 
@@ -390,7 +439,21 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                "the specimen slab's surfaces, found by maximum likelihood among the features "
                "of a filtered back-projection (the plane of the solved points where no slab "
                "stood out)")
-            + "." + self._whole_view_method()]
+            + "." + self._whole_view_method() + self._uncertainty_method()]
+
+    def _uncertainty_method(self) -> str:
+        results = self._fineResults()
+        text = (" One-standard-error estimates of the tilt axis angle and of the offset were "
+                "taken from the data: for the axis, a linearised bootstrap of the solve over "
+                "the tracked patches and over the views; for the offset, over the "
+                "back-projection's features (surfaces) or the solved points (their plane).")
+        if results:
+            text += " Per tilt series: " + "; ".join(
+                f"{tsId} tilt axis {r['axis']:.2f}{plus_minus(_number(r.get('axisError')))} deg, "
+                f"offset {r['offset']:+.2f}{plus_minus(_number(r.get('offsetError')))} deg"
+                + (" (less certain than the 0.1/0.3 deg targets)" if r.get("uncertain") else "")
+                for tsId, r in sorted(results.items())) + "."
+        return text
 
     def _whole_view_method(self) -> str:
         weight = float(self.getAttributeValue("wholeViewWeight", 0.0) or 0.0)
