@@ -44,7 +44,8 @@ def test_protocol_is_found_by_plugin_discovery():
     assert set(cls._possibleOutputs) == {"TiltSeries", "FailedTiltSeries", "InterpolatedTiltSeries"}
     fine = protocols["ProtTiltxcorrFineAlignment"]
     assert fine._label == "tiltxcorr fiducial-less fine alignment"
-    assert set(fine._possibleOutputs) == {"TiltSeries", "FailedTiltSeries", "LandmarkModels"}
+    assert set(fine._possibleOutputs) == {"TiltSeries", "FailedTiltSeries", "LandmarkModels",
+                                          "LandmarkTiltSeries"}
 
 
 def test_form_parameters_keep_their_contract_names():
