@@ -1,15 +1,17 @@
-"""What every alignment protocol of the plugin shares: one step per tilt series.
+"""What every protocol of the plugin shares: one step per tilt series.
 
 `ProtTiltxcorrBase` follows its input set (closed, or still open in
 streaming), inserts one step per tilt series, keeps output sets, sets aside
-tilt series that cannot be aligned, and resumes after a crash. A subclass
-defines its form and `_alignOneTiltSeries`, which aligns one tilt series,
-writes its files and registers it (`_appendTiltSeries`).
+tilt series that cannot be processed, and resumes after a crash. A subclass
+defines its form and `_processOneTiltSeries`, which aligns (or reconstructs)
+one tilt series, writes its files and registers it (`_appendTiltSeries`,
+or its own registration into the output named by `_primaryOutput`).
 
 Rules the base keeps:
-- a tilt series is registered in `TiltSeries` only once all its files exist,
-  so Continue's "already done" (in `TiltSeries` or `FailedTiltSeries`) means
-  done;
+- a tilt series is registered in the primary output (`TiltSeries`, or
+  `Tomograms` for the reconstruction) only once all its files exist, so
+  Continue's "already done" (in the primary output or `FailedTiltSeries`)
+  means done;
 - output sets are written under the protocol's lock, one writer at a time;
 - the outputs are closed by whoever finishes last: the last tilt-series step,
   or the stream follower when the input closes with nothing left to do.
@@ -27,7 +29,7 @@ from pwem.protocols import EMProtocol
 from pyworkflow.object import Set, String
 from pyworkflow.protocol import STEPS_PARALLEL, ProtStreamingBase
 from pyworkflow.protocol.executor import StepExecutor, ThreadStepExecutor
-from tomo.objects import SetOfTiltSeries, TiltImage, TiltSeries
+from tomo.objects import TiltImage, TiltSeries
 from tomo.protocols import ProtTomoBase
 
 from .. import _plugin  # noqa: F401  (applies the sqlite fix in this process)
@@ -46,6 +48,14 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
 
     _label = None  # abstract: pyworkflow lists only protocols with a label
     stepsExecutionMode = STEPS_PARALLEL
+    #: The output whose tilt series are done (with FailedTiltSeries): Continue skips them.
+    _primaryOutput = cts.OUTPUT_TILT_SERIES
+    #: What the protocol does to a tilt series, for messages ("No tilt series could be ...").
+    _doneVerb = "aligned"
+    #: What its step per tilt series is called in the log ("alignment step queued").
+    _stepNoun = "alignment"
+    #: Enabled views beyond this |tilt| are refused (cosine stretching); None: no limit.
+    _maxTiltDeg: float | None = MAX_TILT_DEG
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -59,17 +69,18 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         return True
 
     # ------------------------------------------------------------------ form pieces
-    def _defineInputParams(self, form):
+    def _defineInputParams(self, form, inputHelp: str | None = None):
         form.addSection(label="Input")
         form.addParam("inputSetOfTiltSeries", params.PointerParam,
                       pointerClass="SetOfTiltSeries", important=True,
                       label="Tilt series",
-                      help="The tilt series to align. A set still being acquired (streaming) "
-                           "is followed: each tilt series is aligned once all its views have "
-                           "arrived. Excluded (disabled) views are kept in the output, "
-                           "unaligned. If the tilt series already carry an alignment, it is "
-                           "applied to the images first and the new alignment is composed "
-                           "with it.")
+                      help=inputHelp or (
+                          "The tilt series to align. A set still being acquired (streaming) "
+                          "is followed: each tilt series is aligned once all its views have "
+                          "arrived. Excluded (disabled) views are kept in the output, "
+                          "unaligned. If the tilt series already carry an alignment, it is "
+                          "applied to the images first and the new alignment is composed "
+                          "with it."))
         form.addParam("tiltAxisAngle", params.FloatParam, default=None, allowsNull=True,
                       label="Tilt axis angle (deg; empty = from input)",
                       help="Angle of the tilt axis in the raw images, from the Y axis, "
@@ -116,16 +127,16 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
     def _defineComputeParams(self, form):
         form.addHidden(params.USE_GPU, params.BooleanParam, default=False,
                        label="Use GPU?",
-                       help="Align on a CUDA GPU (each tilt series step books one GPU from "
+                       help="Compute on a CUDA GPU (each tilt series step books one GPU from "
                             "the list). Falls back to the CPU, with a log line, when CUDA is not "
                             "available.")
         form.addHidden(params.GPU_LIST, params.StringParam, default="0",
                        label="GPU IDs",
-                       help="Yes: align on CUDA GPUs, each tilt series step booking one GPU "
-                            "from this list, e.g. '0 1': N GPUs align N tilt series at a time. "
+                       help="Yes: compute on CUDA GPUs, each tilt series step booking one GPU "
+                            "from this list, e.g. '0 1': N GPUs process N tilt series at a time. "
                             "If torch sees no CUDA device the steps say so in the log and run "
                             "on the CPU. No: CPU only; the threads below set how many tilt "
-                            "series are aligned at a time.")
+                            "series are processed at a time.")
         form.addParallelSection(threads=3, mpi=0)
 
     # ------------------------------------------------------------------ steps
@@ -168,11 +179,11 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             self.info(f"Removed {len(removed)} partial file(s) left by an interrupted run: "
                       + ", ".join(removed))
         if streaming:
-            # One executor thread runs the stream follower; the others align.
+            # One executor thread runs the stream follower; the others do the work.
             self._setTorchThreads(max(1, nThreads - 2))
             if nThreads < 3:
                 self.warning("The input is still open (streaming): with fewer than 3 threads "
-                             "tilt series are aligned only after the input is closed.")
+                             f"tilt series are {self._doneVerb} only after the input is closed.")
             ProtStreamingBase._insertAllSteps(self)
             return
         tsIds = [tsId for tsId in tsIds if tsId not in done]
@@ -184,7 +195,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             self._insertFunctionStep(self.closeOutputSetsStep, needsGPU=False)
 
     def stepsGeneratorStep(self):
-        """Follow an open input: insert one alignment step per complete tilt series."""
+        """Follow an open input: insert one step per complete tilt series."""
         inSet = self.inputSetOfTiltSeries.get()
         queued = self._tsIdsInOutputs()
         lastSizes: dict[str, int] = {}
@@ -200,7 +211,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             for tsId in ready:
                 self._insertAlignStep(tsId)
                 queued.add(tsId)
-                self.info(f"Tilt series {tsId}: {sizes[tsId]} views, alignment step queued")
+                self.info(f"Tilt series {tsId}: {sizes[tsId]} views, {self._stepNoun} step queued")
             if closed and all(tsId in queued for tsId in sizes):
                 self.info("Input closed and every tilt series queued.")
                 with self._lock:
@@ -219,7 +230,11 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                                         needsGPU=self._useGpu())
 
     def alignTiltSeriesStep(self, tsId: str):
-        """Align, write and register one tilt series; a failure sends it to FailedTiltSeries."""
+        """Process (align or reconstruct), write and register one tilt series.
+
+        A failure sends it to FailedTiltSeries. (The name, kept in run databases and
+        logs, predates the reconstruction protocol, which runs the same step.)
+        """
         try:
             started = time.perf_counter()
             try:
@@ -228,8 +243,8 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                 self._fail(tsId, None, None, f"cannot read its metadata: {exc}")
                 return
             try:
-                self._alignOneTiltSeries(TiltSeriesViews.from_tilt_series(inTs, items), inTs,
-                                         items, started)
+                self._processOneTiltSeries(TiltSeriesViews.from_tilt_series(inTs, items),
+                                           inTs, items, started)
             except TiltSeriesFailure as exc:
                 self._fail(tsId, inTs, items, str(exc))
             except Exception as exc:  # unexpected: keep the traceback in the log
@@ -238,8 +253,8 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         finally:
             self._tiltSeriesDone(tsId)
 
-    def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
-        """Align one tilt series, write its files, then register it (subclasses)."""
+    def _processOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
+        """Align (reconstruct) one tilt series, write its files, then register it (subclasses)."""
         raise NotImplementedError
 
     def _tiltSeriesDone(self, tsId: str):
@@ -258,20 +273,25 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             self._closeOutputSet()
         failed = self._failureReasons()
         if failed:
-            self.warning(f"{len(failed)} tilt series could not be aligned: "
+            self.warning(f"{len(failed)} tilt series could not be {self._doneVerb}: "
                          + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-        if getattr(self, cts.OUTPUT_TILT_SERIES, None) is None and failed:
-            raise RuntimeError(f"No tilt series could be aligned ({len(failed)} failed); "
-                               "see the FailedTiltSeries output and the log for the causes.")
+        if getattr(self, self._primaryOutput, None) is None and failed:
+            raise RuntimeError(f"No tilt series could be {self._doneVerb} ({len(failed)} "
+                               "failed); see the FailedTiltSeries output and the log for the "
+                               "causes.")
 
     # ------------------------------------------------------------------ outputs
-    def _getOutputSet(self, name: str, suffix: str) -> SetOfTiltSeries:
-        """The output set ``name``, created (open, related to the input) on first use."""
+    def _getOutputSet(self, name: str, suffix: str, create=None) -> Set:
+        """The output set ``name``, created (open, related to the input) on first use.
+
+        `create(suffix=...)` makes the new set (default: a SetOfTiltSeries), which then
+        takes the input's information (`copyInfo`).
+        """
         outSet = getattr(self, name, None)
         if outSet is not None:
             outSet.enableAppend()
             return outSet
-        outSet = self._createSetOfTiltSeries(suffix=suffix)
+        outSet = (create or self._createSetOfTiltSeries)(suffix=suffix)
         outSet.copyInfo(self.inputSetOfTiltSeries.get())
         outSet.setStreamState(Set.STREAM_OPEN)
         self._defineOutputs(**{name: outSet})
@@ -361,7 +381,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
 
     def _tsIdsInOutputs(self) -> set[str]:
         done = set()
-        for name in (cts.OUTPUT_TILT_SERIES, cts.OUTPUT_FAILED_TILT_SERIES):
+        for name in (self._primaryOutput, cts.OUTPUT_FAILED_TILT_SERIES):
             outSet = getattr(self, name, None)
             if outSet is not None:
                 with self._lock:
@@ -392,19 +412,21 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             acq = ts.getAcquisition()
             if override is None and (acq is None or acq.getTiltAxisAngle() is None):
                 noAxis.append(ts.getTsId())
+            if self._maxTiltDeg is None:
+                continue
             angles = [ti.getTiltAngle() for ti in ts.iterItems() if ti.isEnabled()]
-            if angles and max(abs(a) for a in angles) > MAX_TILT_DEG:
+            if angles and max(abs(a) for a in angles) > self._maxTiltDeg:
                 tooHigh.append(ts.getTsId())
         if noAxis:
             errors.append(f"No tilt axis angle for {', '.join(noAxis[:5])}: enter it in the "
                           "form ('Tilt axis angle').")
         if tooHigh:
             errors.append(f"Tilt series {', '.join(tooHigh[:5])} have enabled views beyond "
-                          f"+-{MAX_TILT_DEG:g} deg, where cosine stretching is undefined: "
+                          f"+-{self._maxTiltDeg:g} deg, where cosine stretching is undefined: "
                           "exclude those views first.")
         if inSet.isStreamOpen() and (self.numberOfThreads.get() or 1) < 3:
             errors.append("The input is still being acquired (streaming): use at least 3 "
-                          "threads (one follows the input, the others align).")
+                          "threads (one follows the input, the others do the work).")
         return errors
 
     def _warnings(self):
@@ -426,9 +448,9 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
 
     def _summary(self):
         summary = []
-        aligned = getattr(self, cts.OUTPUT_TILT_SERIES, None)
-        if aligned is not None:
-            summary.append(f"Aligned tilt series: {aligned.getSize()}")
+        done = getattr(self, self._primaryOutput, None)
+        if done is not None:
+            summary.append(f"{self._doneVerb.capitalize()} tilt series: {done.getSize()}")
         failed = self._failureReasons()
         if failed:
             summary.append(f"Failed tilt series: {len(failed)} ({', '.join(sorted(failed))}); "

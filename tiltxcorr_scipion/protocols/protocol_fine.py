@@ -249,7 +249,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                                        for name in FORM_PARAMS})
 
     # ------------------------------------------------------------------ one tilt series
-    def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
+    def _processOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
         tsId = views.ts_id
         device, deviceMessage = select_device(self._useGpu(), self._bookedGpus())
         self.info(f"Tilt series {tsId}: {deviceMessage}")

@@ -289,7 +289,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         return coarse_options_from_form({name: self.getAttributeValue(name) for name in names})
 
     # ------------------------------------------------------------------ one tilt series
-    def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
+    def _processOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
         tsId = views.ts_id
         device, deviceMessage = select_device(self._useGpu(), self._bookedGpus())
         self.info(f"Tilt series {tsId}: {deviceMessage}")
