@@ -457,15 +457,20 @@ def reprojection_check_binned(binned: BinnedViews, transforms, tilt_angles,
     raw_lines = lines.sample(all_rows)  # (b, ny, n): the views themselves, stretched
     weighted = (torch.fft.rfft(raw_lines, dim=-1) * projector.weights[:, None, :]
                 ).permute(2, 0, 1).contiguous()  # (nk, b, ny)
-    gram = torch.bmm(projector.phases.mH, projector.phases)  # (nk, b, b)
+    phases = projector.phases
+    gram = torch.bmm(phases.mH, phases)  # (nk, b, b)
     gram = gram - nz * torch.eye(n_used, dtype=gram.dtype, device=gram.device)[None]
     reprojected = torch.fft.irfft(torch.bmm(gram, weighted).permute(1, 2, 0), n=lines.n,
                                   dim=-1)  # (b, ny, n)
-    # compare where the view has data and the tomogram's x range is
-    inside = lines.inside(all_rows) > 0.999
+    # compare where the view has data, within the tomogram's x range, along rays whose
+    # voxels every other view saw (elsewhere the tomogram is made of some views only)
+    seen = lines.inside(all_rows)  # (b, ny, n)
+    inside = seen > 0.999
     columns = torch.zeros(lines.n, dtype=torch.bool, device=inside.device)
     columns[lines.pad:lines.pad + nx] = True
     inside &= columns[None, None, :]
+    if COVERED_RAYS_ONLY:
+        inside &= _fully_seen_rays(gram, seen, nz)
     shifts, correlation = _correlate(raw_lines, reprojected, inside)
     # (dy, du) in binned samples -> stack pixels in the aligned frame
     along, across = axis_directions(tilt_axis_angle)
@@ -480,6 +485,30 @@ def reprojection_check_binned(binned: BinnedViews, transforms, tilt_angles,
     flagged = torch.isfinite(lengths) & (lengths > limit_px)
     return ReprojectionCheck(residual=full, residual_px=lengths, correlation=corr,
                              flagged=flagged, limit_px=float(limit_px), binning=f)
+
+
+#: The check compares a view only along rays through voxels that all other views saw.
+COVERED_RAYS_ONLY = True
+#: A ray counts as fully seen when it misses at most this many view-voxels (the masks are
+#: interpolated, and shifted in Fourier space, so they are not exactly 0 or 1).
+COVERAGE_TOLERANCE = 0.5
+
+
+def _fully_seen_rays(gram: torch.Tensor, seen: torch.Tensor, nz: int) -> torch.Tensor:
+    """`(b, ny, n)` bool: line samples of each view whose ray meets only voxels that every
+    other view saw. `gram` `(nk, b, b)`: the leave-one-out reprojection operator;
+    `seen` `(b, ny, n)`: where each view's lines hold data (0..1).
+
+    A view at the end of the tilt range is reprojected from views all on one side; where
+    its rays cross voxels only some views saw (near the tomogram's sides, at the top and
+    bottom of a thick one) the reprojection leans across the axis, by up to a pixel on
+    thick tomograms. Those rays are left out.
+    """
+    b = seen.shape[0]
+    n = seen.shape[-1]
+    spectra = torch.fft.rfft(seen, dim=-1).permute(2, 0, 1).contiguous()  # (nk, b, ny)
+    others = torch.fft.irfft(torch.bmm(gram, spectra).permute(1, 2, 0), n=n, dim=-1)
+    return nz * (b - 1) - others <= COVERAGE_TOLERANCE
 
 
 def _correlate(views: torch.Tensor, reprojected: torch.Tensor, inside: torch.Tensor
