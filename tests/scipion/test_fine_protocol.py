@@ -117,7 +117,8 @@ def test_geometry_is_refined_and_registered(fine_run):
                                    record.transforms[order], atol=2e-3)
         np.testing.assert_allclose(read_tlt(str(extra / f"{ts_id}.tlt")),
                                    record.tilt_angles[order], atol=0.006)
-        for name in (f"{ts_id}_residuals.txt", f"{ts_id}_alignment.png", f"{ts_id}.fid"):
+        for name in (f"{ts_id}_residuals.txt", f"{ts_id}_alignment.png", f"{ts_id}.fid",
+                     f"{ts_id}_preview.mrc"):
             assert (extra / name).stat().st_size > 0, name
 
 
@@ -133,6 +134,10 @@ def test_a_broken_tilt_series_fails_alone(fine_run):
     summary = " ".join(prot.summary())
     assert "TS_1: tilt axis" in summary and "mean residual" in summary
     assert "(levels the plane of the points; " in summary  # and why not the surfaces
+    # the preview tomogram (default Yes): its file and the worst reprojection residual
+    for ts_id in ("TS_1", "TS_2"):
+        assert (f"{ts_id}: preview tomogram {prot._getExtraPath(ts_id + '_preview.mrc')} "
+                "(binning 1); reprojection check: worst view ") in summary
     methods = " ".join(prot.methods())
     assert "the specimen slab's surfaces" in methods
     assert "whole-view cross-correlation run with the solved geometry (weight 0.5)" in methods
@@ -181,8 +186,12 @@ def test_viewer_shows_plot_table_and_geometry(fine_run):
     (plot,) = viewer._showFinePlot()
     assert isinstance(plot, FinePlotter)
     image = plot.getFigure().axes[0].get_images()[0].get_array()
-    assert image.shape[:2] == (500, 1000) and np.asarray(image)[..., :3].std() > 0.05
+    assert image.shape[:2] == (850, 1000) and np.asarray(image)[..., :3].std() > 0.05
     plot.close()
+    (preview,) = viewer._showPreview()  # the preview's slices and reprojection check
+    slices = [im.get_array().shape for a in preview.getFigure().axes for im in a.get_images()]
+    assert len(slices) == 2 and slices[0] == (320, 320), slices
+    preview.close()
     (table,) = viewer._showResidualTable()
     rows = table.getMessage().splitlines()
     assert rows[0].startswith("# view") and len(rows) == 1 + 41

@@ -24,9 +24,10 @@ import logging
 import time
 import traceback
 
+import numpy as np
 import pyworkflow.protocol.params as params
 from pwem.protocols import EMProtocol
-from pyworkflow.object import Set, String
+from pyworkflow.object import Float, Set, String
 from pyworkflow.protocol import STEPS_PARALLEL, ProtStreamingBase
 from pyworkflow.protocol.executor import StepExecutor, ThreadStepExecutor
 from tomo.objects import TiltImage, TiltSeries
@@ -36,7 +37,7 @@ from .. import _plugin  # noqa: F401  (applies the sqlite fix in this process)
 from .. import constants as cts
 from ..convert.files import remove_temporaries
 from ..options import MAX_TILT_DEG, MIN_ENABLED_VIEWS
-from ..pipeline import TiltSeriesFailure, TiltSeriesViews, available_cpus
+from ..pipeline import PREVIEW_MAX_WIDTH, TiltSeriesFailure, TiltSeriesViews, available_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         super().__init__(**kwargs)
         self.failureReasons = String()  # JSON {tsId: reason}, persisted for the summary
         self.unreliableKept = String()  # JSON {tsId: reason}: unreliable, kept as asked
+        self.previewResults = String()  # JSON {tsId: preview and reprojection check}
         self._pendingTsIds: set[str] = set()  # steps inserted, not finished
         self._inputClosed = False  # no further tilt series will be queued
 
@@ -123,6 +125,73 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
     def _unreliableKept(self) -> dict[str, str]:
         text = self.unreliableKept.get()
         return json.loads(text) if text else {}
+
+    # ------------------------------------------------------------------ preview tomogram
+    def _definePreviewParams(self, form):
+        form.addParam("previewTomogram", params.BooleanParam, default=True,
+                      label="Preview tomogram?",
+                      help="Yes: reconstruct a small tomogram from each aligned tilt series "
+                           f"(weighted back-projection, binned to at most {PREVIEW_MAX_WIDTH} "
+                           "voxels wide) into extra/<tsId>_preview.mrc, draw its central XY "
+                           "and XZ slices in the tilt series' plot, and check every view "
+                           "against it: the view is compared with the projection, at its "
+                           "geometry, of a tomogram made without it. The shift between them "
+                           "(the reprojection residual, in pixels of the tilt series) is "
+                           "stored on each tilt image, plotted, and the worst view of each "
+                           "tilt series is in the summary. Crescents around gold, doubled "
+                           "features or a tilted XZ slice show a bad alignment at a glance.")
+        form.addParam("previewThickness", params.IntParam, default=None, allowsNull=True,
+                      condition="previewTomogram",
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label="Preview thickness (px; empty = auto)",
+                      help="Thickness of the preview tomogram in pixels of the tilt series. "
+                           "Empty or 0: chosen by the engine (docs/reconstruction.md).")
+
+    def _wantsPreview(self) -> bool:
+        return bool(self.getAttributeValue("previewTomogram", False))
+
+    def _previewThickness(self) -> float | None:
+        """The form's preview thickness (stack pixels), None for the engine's default."""
+        thickness = self.getAttributeValue("previewThickness")
+        return float(thickness) if thickness and int(thickness) > 0 else None
+
+    def _recordPreview(self, views: TiltSeriesViews, preview):
+        """Keep what the summary says of a preview: worst view, flagged views, the file.
+
+        `preview` is `outcome.preview`, made by `write_outputs` (None: nothing to keep).
+        """
+        if preview is None:
+            return
+        check = preview.check
+        residual = np.asarray(check.residual_px, dtype=np.float64)
+        finite = np.isfinite(residual)
+        record = {"path": preview.path, "binning": int(preview.binning),
+                  "limit": float(check.limit_px),
+                  "flagged": sorted(int(v) for v in views.stack_positions[np.asarray(
+                      check.flagged, dtype=bool) & finite])}
+        if finite.any():
+            worst = int(np.nanargmax(np.where(finite, residual, np.nan)))
+            record.update(worstView=int(views.stack_positions[worst]),
+                          worstTilt=float(views.tilt_angles[worst]),
+                          worstResidual=float(residual[worst]))
+        self.info(f"Tilt series {views.ts_id}: {preview_line(record)}")
+        with self._lock:
+            results = self._previewResults()
+            results[views.ts_id] = record
+            self.previewResults.set(json.dumps(results))
+            self._store(self.previewResults)
+
+    def _previewResults(self) -> dict[str, dict]:
+        text = self.previewResults.get()
+        return json.loads(text) if text else {}
+
+    @staticmethod
+    def _reprojectionResidual(preview, i: int) -> Float:
+        """Item i's reprojection residual (px) for its tilt image; unset without one."""
+        if preview is None:
+            return Float(None)
+        value = float(preview.check.residual_px[i])
+        return Float(value if np.isfinite(value) else None)
 
     def _defineComputeParams(self, form):
         form.addHidden(params.USE_GPU, params.BooleanParam, default=False,
@@ -457,9 +526,22 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                            "see the FailedTiltSeries output and the log.")
         for tsId, reason in sorted(self._unreliableKept().items()):
             summary.append(f"{tsId}: UNRELIABLE alignment, kept as asked: {reason}")
+        for tsId, record in sorted(self._previewResults().items()):
+            summary.append(f"{tsId}: {preview_line(record)}")
         if not summary:
             summary.append("Output not ready yet.")
         axis = self.tiltAxisAngle.get()
         summary.append("Tilt axis angle: " + (f"{axis:g} deg (form)" if axis is not None
                                                else "from each tilt series' acquisition"))
         return summary
+
+
+def preview_line(record: dict) -> str:
+    """One tilt series' preview and reprojection check, from `previewResults`, for people."""
+    text = f"preview tomogram {record['path']} (binning {record['binning']}); reprojection check: "
+    if "worstView" in record:
+        text += (f"worst view {record['worstView']} ({record['worstTilt']:+.1f} deg) "
+                 f"{record['worstResidual']:.2f} px, ")
+    flagged = record.get("flagged") or []
+    return text + (f"flagged (> {record['limit']:g} px): {', '.join(map(str, flagged))}"
+                   if flagged else f"none above {record['limit']:g} px")

@@ -241,6 +241,8 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                             "with this weight (the points are then re-fitted): each chain of "
                             "view pairs drifts at random, and on most simulated series their "
                             "average drifted less than either. 0: the solve's shifts alone.")
+        form.addSection(label="Output")
+        self._definePreviewParams(form)
         self._defineReliabilityParams(form)
         self._defineComputeParams(form)
 
@@ -256,8 +258,11 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         outcome = align_views(views, self._options(), views.tilt_axis(self.tiltAxisAngle.get()),
                               device=device,
                               progress=lambda stage: self.info(f"Tilt series {tsId}: {stage}"))
-        paths = output_paths(self._getExtraPath(), tsId, fine=True)
-        fileSeconds = write_outputs(outcome, paths)
+        paths = output_paths(self._getExtraPath(), tsId, fine=True,
+                             preview=self._wantsPreview())
+        fileSeconds = write_outputs(outcome, paths, preview_thickness=self._previewThickness())
+        preview = outcome.preview
+        self._recordPreview(outcome.views, preview)
         pause_point("files written", tsId)
         if self._unreliableFailed(outcome, inTs, items):
             return
@@ -267,7 +272,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             # The landmark model first: TiltSeries is the "done" mark of a Continue.
             if not self._hasLandmarkModel(tsId):
                 self._registerLandmarkModel(outcome, paths)
-            self._registerAligned(outcome, inTs, items)
+            self._registerAligned(outcome, inTs, items, preview)
             results = self._fineResults()
             results[tsId] = {"axis": outcome.tilt_axis_angle, "offset": fine.tilt_angle_offset,
                              "offsetText": fine.offset_text(),
@@ -284,7 +289,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             f"extra files {sum(fileSeconds.values()):.2f} s, registration "
             f"{registered - registering:.2f} s, total {registered - started:.2f} s")
 
-    def _registerAligned(self, outcome: AlignmentOutcome, inTs, items):
+    def _registerAligned(self, outcome: AlignmentOutcome, inTs, items, preview=None):
         fine = outcome.fine
 
         def editTs(outTs):
@@ -294,6 +299,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         def editImage(i, outTi):
             outTi.setTransform(Transform(matrix=outcome.transforms[i].copy()))
             outTi.setTiltAngle(float(fine.tilt_angles[i]))
+            setattr(outTi, cts.REPROJECTION_ATTR, self._reprojectionResidual(preview, i))
 
         outSet = self._appendTiltSeries(cts.OUTPUT_TILT_SERIES, "", inTs, items, editTs=editTs,
                                         editImage=editImage)
