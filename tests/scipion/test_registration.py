@@ -90,3 +90,48 @@ def test_fine_form_parameters():
     assert chosen.size_of_patches == (100, 200)  # form X Y -> engine (rows, cols)
     assert chosen.rotation_group_size == 4 and chosen.magnification_group_size == 1
     assert chosen.level_specimen is False
+
+
+def test_reconstruction_is_in_the_tree_under_tomogram_reconstruction():
+    import pyworkflow as pw
+    from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
+
+    tree = ProtocolTreeConfig.load(pw.Config.getDomain(), pw.Config.SCIPION_PROTOCOLS)
+    found = []
+
+    def walk(node, path):
+        for child in node.childs:
+            text, value = (getattr(child, a) for a in ("text", "value"))
+            here = path + [str(text.get() if hasattr(text, "get") else text)]
+            if "ProtTiltxcorrReconstruct" in str(value.get() if hasattr(value, "get") else value):
+                found.append(here)
+            walk(child, here)
+
+    walk(tree["Tomography"], [])
+    assert found == [["Tomogram", "Reconstruction", "tiltxcorr reconstruction"]]
+
+
+def test_reconstruction_is_found_and_keeps_its_contract_names():
+    import pyworkflow as pw
+
+    protocols = pw.Config.getDomain().getProtocols()
+    cls = protocols["ProtTiltxcorrReconstruct"]
+    assert cls._label == "tiltxcorr reconstruction"
+    assert set(cls._possibleOutputs) == {"Tomograms", "FailedTiltSeries"}
+    prot = cls()
+    names = {name for name, _ in prot._definition.iterAllParams()}
+    assert {"inputSetOfTiltSeries", "tiltAxisAngle", "thickness", "binning", "zShift",
+            "tiltAngleOffset", "radialCutoff", "radialFalloff", "fakeSirtIterations", "useGpu",
+            "gpuList", "numberOfThreads"} <= names
+    assert prot.thickness.get() == 300 and prot.binning.get() == 1
+    assert prot.radialCutoff.get() == 0.35 and prot.radialFalloff.get() == 0.035
+
+
+def test_both_alignment_forms_offer_the_preview_on_by_default():
+    from tiltxcorr_scipion.protocols import ProtTiltxcorrFineAlignment, ProtTiltxcorrPrealignment
+
+    for cls in (ProtTiltxcorrPrealignment, ProtTiltxcorrFineAlignment):
+        prot = cls()
+        assert prot.previewTomogram.get() is True, cls
+        assert prot.previewThickness.get() is None, cls
+        assert prot._definition.getParam("previewThickness").isExpert()
