@@ -111,3 +111,26 @@ def test_path_describes_itself():
     assert PLAIN.describe() == "plain"
     assert Path(binning=4, adaptive=True, remove_pattern=True).describe() == (
         "adaptive, 4x binned, fixed pattern removed")
+
+
+def test_a_path_that_loses_a_view_is_not_better():
+    """Smaller corrections on the other views do not buy a view set aside (the outlier's own
+    links leave the error): the grid-barred series' 4x binned plain path misaligned its
+    60-degree view by 23 px and, on one CI machine, was kept with that view lost."""
+    from tiltxcorr_scipion.alignment.selfcheck import LinkCheck, _better
+
+    generator = torch.Generator().manual_seed(0)
+    n = 21
+    pairs = [(i, i + 1) for i in range(n - 1)]
+
+    def check(scale, outliers=()):
+        return LinkCheck(binning=1, pairs=pairs, held_out=torch.zeros(n - 1),
+                         agree=torch.ones(n - 1, dtype=torch.bool),
+                         correction=scale * (1 + torch.rand(n, 2, generator=generator)),
+                         ncc=torch.full((n - 1,), 0.9), lags=torch.ones(n - 1),
+                         outliers=outliers)
+
+    kept, challenger = check(1.0), check(0.2)
+    assert _better(challenger, kept)  # clearly smaller on every view
+    assert not _better(check(0.2, outliers=(20,)), kept)  # ...unless it loses a view
+    assert _better(check(0.2), check(1.0, outliers=(20,)))  # aligning a lost view is no loss

@@ -467,8 +467,13 @@ def _better(challenger: LinkCheck, kept: LinkCheck) -> bool:
     alone, nor hide a gain everywhere else). A judge level's own view of the
     shifts is not the truth either: a candidate correlated at the same band
     as the judge looks a little better to it than it is, so small gains do
-    not count.
+    not count. Nor does a challenger that sets aside a view the kept path
+    aligns: it would win by losing that view (a 4x binned plain path that
+    misaligned a grid-barred view at 60 degrees by 23 px looked smallest,
+    the view's own links aside).
     """
+    if set(challenger.outliers) - set(kept.outliers):
+        return False
     both = torch.isfinite(challenger.correction[:, 0]) & torch.isfinite(kept.correction[:, 0])
     both[list(set(challenger.outliers) | set(kept.outliers))] = False
     if int(both.sum()) < 3:
