@@ -45,13 +45,15 @@ def frame_tilt_axis(views: TiltSeriesViews, override: float | None = None) -> fl
 
     The raw images' angle (`override`, else the recorded one) plus the median
     rotation of the enabled views' transforms (`rotation_angles_deg`): a
-    transform that turns the image by theta turns the axis with it.
+    transform that turns the image by theta turns the axis with it. (The same
+    rule as `pipeline.frame_tilt_axis`, which takes an alignment's outcome.)
     """
     axis = views.tilt_axis(override)
     if views.previous is None:
         return axis
-    transforms = views.previous[views.enabled] if views.enabled.any() else views.previous
-    return axis + float(np.median(rotation_angles_deg(transforms)))
+    angles = rotation_angles_deg(views.previous[views.enabled])
+    angles = angles[np.isfinite(angles)]  # a broken transform is refused view by view later
+    return axis + (float(np.median(angles)) if angles.size else 0.0)
 
 
 class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
