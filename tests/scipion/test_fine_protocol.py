@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from pathlib import Path
 
 import imodmodel
 import numpy as np
 import pytest
 from scipion_helpers import (
-    append_tilt_series,
-    close_streaming_set,
     corrupt_file,
     create_project,
+    feed_stream,
     import_tilt_series,
     output_stream_state,
     read_log,
@@ -64,23 +61,11 @@ def fine_run(tmp_path_factory):
     stream.close()
     prot = new_fine_alignment(project, imp, numberOfThreads=3)
     project.launchProtocol(prot, wait=False)
-    errors: list[BaseException] = []
-
-    def producer():
-        try:
-            time.sleep(2.0)
-            for ts_id in ("TS_2", "TS_bad"):
-                append_tilt_series(stream, ts_id, later / f"{ts_id}.mrc",
-                                   sims[ts_id].tilt_angles.numpy(), tilt_axis_angle=NOMINAL_AXIS,
-                                   sampling_rate=2.0, template=template)
-                time.sleep(1.0)
-            time.sleep(4.0)
-            close_streaming_set(project, stream)
-        except BaseException as exc:  # surfaced in the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=producer, daemon=True)
-    thread.start()
+    thread, errors = feed_stream(project, stream, [
+        dict(ts_id=ts_id, stack_path=later / f"{ts_id}.mrc",
+             tilt_angles=sims[ts_id].tilt_angles.numpy(), tilt_axis_angle=NOMINAL_AXIS,
+             sampling_rate=2.0, template=template) for ts_id in ("TS_2", "TS_bad")],
+        close_delay=5.0)
     prot = wait_with_producer(project, prot, thread, errors)
     assert prot.isFinished(), f"{prot.getStatus()}: {prot.getErrorMessage()}\n{read_log(prot)}"
     return project, prot, sims

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def test_protocol_is_in_the_tomography_tree_under_tilt_series_alignment():
+def tree_paths(class_name: str) -> list[list[str]]:
+    """Where Scipion's protocol tree (Tomography view) lists a protocol class: the texts
+    from the section down to the protocol's own entry."""
     import pyworkflow as pw
     from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
 
@@ -14,24 +16,21 @@ def test_protocol_is_in_the_tomography_tree_under_tilt_series_alignment():
         for child in node.childs:
             text, value = (getattr(child, a) for a in ("text", "value"))
             here = path + [str(text.get() if hasattr(text, "get") else text)]
-            if "ProtTiltxcorrPrealignment" in str(value.get() if hasattr(value, "get") else value):
+            if class_name in str(value.get() if hasattr(value, "get") else value):
                 found.append(here)
             walk(child, here)
 
     walk(tree["Tomography"], [])
-    assert ["Tilt-series", "Alignment", "tiltxcorr coarse prealignment"] in found
-    fine = []
+    return found
 
-    def walk_fine(node, path):
-        for child in node.childs:
-            text, value = (getattr(child, a) for a in ("text", "value"))
-            here = path + [str(text.get() if hasattr(text, "get") else text)]
-            if "ProtTiltxcorrFineAlignment" in str(value.get() if hasattr(value, "get") else value):
-                fine.append(here)
-            walk_fine(child, here)
 
-    walk_fine(tree["Tomography"], [])
-    assert ["Tilt-series", "Alignment", "tiltxcorr fiducial-less fine alignment"] in fine
+def test_protocols_are_in_the_tomography_tree():
+    assert ["Tilt-series", "Alignment", "tiltxcorr coarse prealignment"] in tree_paths(
+        "ProtTiltxcorrPrealignment")
+    assert ["Tilt-series", "Alignment", "tiltxcorr fiducial-less fine alignment"] in tree_paths(
+        "ProtTiltxcorrFineAlignment")
+    assert tree_paths("ProtTiltxcorrReconstruct") == [
+        ["Tomogram", "Reconstruction", "tiltxcorr reconstruction"]]
 
 
 def test_protocol_is_found_by_plugin_discovery():
@@ -90,25 +89,6 @@ def test_fine_form_parameters():
     assert chosen.size_of_patches == (100, 200)  # form X Y -> engine (rows, cols)
     assert chosen.rotation_group_size == 4 and chosen.magnification_group_size == 1
     assert chosen.level_specimen is False
-
-
-def test_reconstruction_is_in_the_tree_under_tomogram_reconstruction():
-    import pyworkflow as pw
-    from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
-
-    tree = ProtocolTreeConfig.load(pw.Config.getDomain(), pw.Config.SCIPION_PROTOCOLS)
-    found = []
-
-    def walk(node, path):
-        for child in node.childs:
-            text, value = (getattr(child, a) for a in ("text", "value"))
-            here = path + [str(text.get() if hasattr(text, "get") else text)]
-            if "ProtTiltxcorrReconstruct" in str(value.get() if hasattr(value, "get") else value):
-                found.append(here)
-            walk(child, here)
-
-    walk(tree["Tomography"], [])
-    assert found == [["Tomogram", "Reconstruction", "tiltxcorr reconstruction"]]
 
 
 def test_reconstruction_is_found_and_keeps_its_contract_names():

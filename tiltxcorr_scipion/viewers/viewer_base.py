@@ -4,7 +4,6 @@ preview tomogram with its reprojection check, redrawn from the protocol's files.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,42 +12,9 @@ import pyworkflow.viewer as pwviewer
 from pyworkflow.gui.plotter import Plotter
 
 from .. import constants as cts
+from ..pipeline import Preview
 
 NO_OUTPUT = "(no aligned tilt series yet)"
-
-
-@dataclass(frozen=True)
-class PreviewData:
-    """A preview tomogram as the viewers draw it (`plots.draw_preview` reads these fields).
-
-    Attributes
-    ----------
-    ts_id
-        Tilt-series id.
-    path
-        The preview MRC (``extra/<tsId>_preview.mrc``).
-    binning, shape, voxel_size
-        Stack pixels per voxel, `(nz, ny, nx)`, angstrom per voxel (the MRC header's).
-    xy_slice, xz_slice
-        The central XY section `(ny, nx)` and XZ slice `(nz, nx)`, read from the MRC.
-    check
-        ``residual_px`` `(n,)` (the registered ``_tiltxcorrReprojection`` of each tilt
-        image, NaN where unset), ``flagged`` `(n,)` (above ``limit_px``), ``limit_px``.
-    tilt_angles, enabled, view_numbers
-        `(n,)` per tilt image, in stack order.
-    """
-
-    ts_id: str
-    path: str
-    binning: int
-    shape: tuple[int, int, int]
-    voxel_size: float
-    xy_slice: np.ndarray
-    xz_slice: np.ndarray
-    check: SimpleNamespace
-    tilt_angles: np.ndarray
-    enabled: np.ndarray
-    view_numbers: np.ndarray
 
 
 def registered_views(tilt_series) -> dict[str, np.ndarray]:
@@ -69,10 +35,15 @@ def registered_views(tilt_series) -> dict[str, np.ndarray]:
             "reprojection": np.array(columns[3], dtype=np.float64)}
 
 
-def read_preview(ts_id: str, path: str, record: dict, views: dict[str, np.ndarray]
-                 ) -> PreviewData:
-    """`PreviewData` from the preview MRC at `path`, the protocol's ``previewResults``
-    entry `record` (binning, limit) and `registered_views` of the tilt series."""
+def read_preview(path: str, record: dict, views: dict[str, np.ndarray]) -> Preview:
+    """The `pipeline.Preview` a protocol made, read back: its MRC at `path`, the protocol's
+    ``previewResults`` entry `record` (binning, limit) and `registered_views` of the tilt
+    series (stack order).
+
+    The check holds what `plots.draw_preview` reads and the tilt images keep:
+    ``residual_px`` (the registered ``_tiltxcorrReprojection``), ``flagged`` (above the
+    limit) and ``limit_px``.
+    """
     import mrcfile
 
     with mrcfile.open(path, permissive=True) as mrc:
@@ -85,14 +56,13 @@ def read_preview(ts_id: str, path: str, record: dict, views: dict[str, np.ndarra
     limit = float(record["limit"])
     check = SimpleNamespace(residual_px=residual, limit_px=limit,
                             flagged=np.nan_to_num(residual, nan=-1.0) > limit)
-    return PreviewData(ts_id=ts_id, path=path, binning=int(record["binning"]),
-                       shape=(nz, ny, nx), voxel_size=voxel_size, xy_slice=xy, xz_slice=xz,
-                       check=check, tilt_angles=views["tilt_angles"], enabled=views["enabled"],
-                       view_numbers=views["view_numbers"])
+    return Preview(path=path, binning=int(record["binning"]), shape=(nz, ny, nx),
+                   voxel_size=voxel_size, xy_slice=xy, xz_slice=xz, check=check)
 
 
-def preview_figure(preview: PreviewData, figure=None):
-    """The preview's XY and XZ slices and the reprojection check per view, in one figure."""
+def preview_figure(ts_id: str, preview: Preview, views: dict[str, np.ndarray], figure=None):
+    """The preview's XY and XZ slices and the reprojection check per view, in one figure
+    (`views`: `registered_views`, in the order of the check's arrays)."""
     from matplotlib.figure import Figure
 
     from ..plots import draw_preview
@@ -100,10 +70,10 @@ def preview_figure(preview: PreviewData, figure=None):
     if figure is None:
         figure = Figure(figsize=(11.0, 4.0), dpi=100)
     grid = figure.add_gridspec(1, 1)
-    draw_preview(figure, grid[0, 0], preview, preview.tilt_angles, preview.enabled,
-                 preview.view_numbers)
+    draw_preview(figure, grid[0, 0], preview, views["tilt_angles"], views["enabled"],
+                 views["view_numbers"])
     nz, ny, nx = preview.shape
-    figure.suptitle(f"{preview.ts_id}: preview tomogram {nx} x {ny} x {nz} (binning "
+    figure.suptitle(f"{ts_id}: preview tomogram {nx} x {ny} x {nz} (binning "
                     f"{preview.binning}, {preview.voxel_size:.2f} A/voxel)", fontsize=10)
     return figure
 
@@ -111,11 +81,12 @@ def preview_figure(preview: PreviewData, figure=None):
 class PreviewPlotter(Plotter):
     """A Scipion plot window holding one tilt series' preview tomogram figure."""
 
-    def __init__(self, preview: PreviewData, **kwargs) -> None:
+    def __init__(self, ts_id: str, preview: Preview, views: dict[str, np.ndarray],
+                 **kwargs) -> None:
         Plotter.__init__(self, figsize=(11, 4),
-                         windowTitle=f"tiltxcorr preview tomogram: {preview.ts_id}", **kwargs)
+                         windowTitle=f"tiltxcorr preview tomogram: {ts_id}", **kwargs)
         self.tightLayoutOn = False
-        preview_figure(preview, self.getFigure())
+        preview_figure(ts_id, preview, views, self.getFigure())
 
 
 class TiltSeriesResultsViewer(pwviewer.ProtocolViewer):
@@ -171,8 +142,9 @@ class TiltSeriesResultsViewer(pwviewer.ProtocolViewer):
             return path
         return os.path.join(self.protocol.getProject().getPath(), path)
 
-    def _previewData(self, tsId: str) -> PreviewData | None:
-        """The preview of `tsId` (its MRC and the registered residuals), or None."""
+    def _previewData(self, tsId: str) -> tuple[Preview, dict[str, np.ndarray]] | None:
+        """The preview of `tsId` (its MRC and the registered residuals) and the tilt
+        series' `registered_views`, or None."""
         record = self.protocol._previewResults().get(tsId)
         output = self._outputSet()
         if record is None or output is None:
@@ -186,11 +158,11 @@ class TiltSeriesResultsViewer(pwviewer.ProtocolViewer):
                 views = registered_views(ts)
                 break
         output.close()
-        return None if views is None else read_preview(tsId, path, record, views)
+        return None if views is None else (read_preview(path, record, views), views)
 
     def _showPreview(self, paramName=None) -> list:
         tsId = self._selectedTsId()
-        preview = None if tsId is None else self._previewData(tsId)
-        if preview is None:
+        found = None if tsId is None else self._previewData(tsId)
+        if found is None:
             return self._missing("preview tomogram" + (f" for {tsId}" if tsId else ""))
-        return [PreviewPlotter(preview)]
+        return [PreviewPlotter(tsId, *found)]

@@ -18,9 +18,10 @@ import pyworkflow.protocol.params as params
 from pyworkflow.gui.plotter import Plotter
 
 from .. import constants as cts
+from ..pipeline import Preview
 from ..plots import low_correlation_views, plot_alignment
 from ..protocols import ProtTiltxcorrPrealignment
-from .viewer_base import PreviewData, TiltSeriesResultsViewer
+from .viewer_base import TiltSeriesResultsViewer
 
 __all__ = ["AlignmentData", "TiltxcorrPrealignmentViewer", "alignment_data", "alignment_figure"]
 
@@ -102,7 +103,7 @@ def alignment_data(tilt_series) -> AlignmentData:
     )
 
 
-def alignment_figure(data: AlignmentData, figure=None, preview: PreviewData | None = None):
+def alignment_figure(data: AlignmentData, figure=None, preview: Preview | None = None):
     """`plot_alignment` of `data` (into `figure` if given), with the preview tomogram's row
     when `preview` is given (stack order, as `data`); returns the figure."""
     return plot_alignment(data.ts_id, data.tilt_angles, data.shifts, data.enabled,
@@ -115,7 +116,7 @@ def alignment_figure(data: AlignmentData, figure=None, preview: PreviewData | No
 class AlignmentPlotter(Plotter):
     """A Scipion plot window holding one tilt series' alignment figure (and its preview)."""
 
-    def __init__(self, data: AlignmentData, preview: PreviewData | None = None,
+    def __init__(self, data: AlignmentData, preview: Preview | None = None,
                  **kwargs) -> None:
         Plotter.__init__(self, figsize=(8, 6.5 if preview is None else 9.5),
                          windowTitle=f"tiltxcorr alignment: {data.ts_id}", **kwargs)
@@ -165,7 +166,8 @@ class TiltxcorrPrealignmentViewer(TiltSeriesResultsViewer):
         data = None if tsId is None else self._alignmentData(tsId)
         if data is None:
             return self._missing()
-        return [AlignmentPlotter(data, self._previewData(tsId))]
+        found = self._previewData(tsId)
+        return [AlignmentPlotter(data, None if found is None else found[0])]
 
     def _showLowViews(self, paramName=None) -> list:
         output = self._outputSet()

@@ -26,12 +26,11 @@ import mrcfile
 import numpy as np
 import pytest
 from scipion_helpers import (
-    append_tilt_series,
-    close_streaming_set,
     continue_protocol,
     corrupt_file,
     create_project,
     derive_tilt_series_set,
+    feed_stream,
     import_tilt_series,
     launch_and_wait,
     new_prealignment,
@@ -285,9 +284,6 @@ def test_continue_after_finish_reconstructs_nothing_again(runs):
 
 def test_an_open_input_is_followed_and_the_outputs_closed(runs):
     """Streaming: a tilt series appended while the protocol runs is reconstructed too."""
-    import threading
-    import time
-
     project, imp_a, coarse_data = runs.project, runs.imp_a, runs.coarse_data
     stream = reopen_for_streaming(project, imp_a)
     template = stream.getFirstItem().clone()
@@ -295,21 +291,10 @@ def test_an_open_input_is_followed_and_the_outputs_closed(runs):
     prot = new_reconstruction(project, imp_a, "outputTiltSeries", thickness=THICKNESS,
                               binning=4, numberOfThreads=3)
     project.launchProtocol(prot, wait=False)
-    errors: list[BaseException] = []
-
-    def producer():
-        try:
-            time.sleep(2.0)
-            append_tilt_series(stream, "TS_late", coarse_data / "TS_a.mrc",
-                               np.linspace(-60.0, 60.0, N_VIEWS), tilt_axis_angle=AXIS,
-                               sampling_rate=PIXEL, template=template)
-            time.sleep(4.0)
-            close_streaming_set(project, stream)
-        except BaseException as exc:  # surfaced in the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=producer, daemon=True)
-    thread.start()
+    thread, errors = feed_stream(project, stream, [dict(
+        ts_id="TS_late", stack_path=coarse_data / "TS_a.mrc",
+        tilt_angles=np.linspace(-60.0, 60.0, N_VIEWS), tilt_axis_angle=AXIS,
+        sampling_rate=PIXEL, template=template)])
     prot = wait_with_producer(project, prot, thread, errors)
     assert prot.isFinished(), f"{prot.getStatus()}: {prot.getErrorMessage()}\n{read_log(prot)}"
     found = read_tomograms(project, prot)
