@@ -19,8 +19,9 @@ padded sub-tilt-series, tile by tile; `pip install torch-tomogram==0.0.2`).
   the correlation of the residuals with those errors.
 - Speed (random views, 61 x 1024 x 1024, axis 85): the preview (binned 2, 128 sections,
   512 px wide) and the full tomogram (1024 x 1024 x 256), wall and process time (the
-  machine is shared: process time is the work, wall time what a user waits), peak resident
-  memory of a child process above its views; torch-tomogram's time per 128^3 tile,
+  machine is shared: process time is the work, wall time what a user waits), the peak
+  resident memory of a child process above what it held with its views loaded (its
+  high-water mark minus its resident size before the reconstruction); torch-tomogram's time per 128^3 tile,
   measured on `--anchor-tiles` tiles and multiplied by the tiles a full tomogram needs
   (measuring all 128 of them takes tens of minutes).
 """
@@ -191,7 +192,9 @@ def _speed_child(kind: str, queue) -> None:
     views = torch.randn(61, 1024, 1024)
     angles = torch.linspace(-60, 60, 61)
     transforms = shift_transforms(torch.randn(61, 2) * 3)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import psutil
+
+    before = psutil.Process().memory_info().rss / 2 ** 10  # KiB now, views in memory
     volume, wall, cpu = timed(reconstruct, views, transforms, angles, 85.0, thickness=256,
                               binning=2 if kind == "preview" else 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -227,7 +230,7 @@ def speed(anchor_tiles: int) -> None:
     print(f"\n## Speed: 61 x 1024 x 1024 views, {torch.get_num_threads()} threads "
           "(a shared machine: process time is the work)")
     print(f"{'run':>28} {'shape':>16} {'wall s':>8} {'process s':>10} {'peak GiB':>9} "
-          f"{'volume GiB':>10}")
+          f"{'volume GiB':>10}   (peak: above the views)")
     for kind in ("preview", "full"):
         shape, wall, cpu, peak, size = _in_child(_speed_child, kind)
         print(f"{'ours, ' + kind:>28} {str(shape):>16} {wall:8.2f} {cpu:10.2f} {peak:9.2f} "
@@ -240,6 +243,76 @@ def speed(anchor_tiles: int) -> None:
               f"{wall * tiles:8.0f} {cpu * tiles:10.0f}   (tiles measured: {anchor_tiles})")
 
 
+def figures(folder: str) -> None:
+    """docs/reconstruction*.png: XZ and XY slices of the truth, ours, torch-tomogram and ours
+    misaligned by 1 px RMS (seed 0, noise 1x); and the per-series plot with a preview."""
+    import os
+    import tempfile
+
+    import mrcfile
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tiltxcorr_scipion.convert.mrc import MrcStack
+    from tiltxcorr_scipion.options import CoarseOptions
+    from tiltxcorr_scipion.pipeline import (
+        TiltSeriesViews,
+        align_views,
+        output_paths,
+        write_outputs,
+    )
+
+    sim = simulate_volume_series(shape=(255, 255), n_views=41, tilt_axis_angle=0.0,
+                                 specimen="cell", thickness=50.0, contrast="stem", jumps="walk",
+                                 jump_size=2.0, noise=1.0, seed=0, keep_volume=True)
+    ours = reconstruct(sim.views, shift_transforms(sim.shifts), sim.tilt_angles, 0.0,
+                       thickness=63)
+    anchor = torch_tomogram(sim.views, sim.tilt_angles, sim.shifts, tuple(ours.shape))
+    error = torch.randn(sim.shifts.shape, generator=torch.Generator().manual_seed(0))
+    error = error / error.norm(dim=1).square().mean().sqrt()
+    off = reconstruct(sim.views, shift_transforms(sim.shifts + error), sim.tilt_angles, 0.0,
+                      thickness=63)
+    figure = Figure(figsize=(10, 5.2), dpi=100)
+    axes = figure.subplots(2, 4, gridspec_kw={"height_ratios": [1, 2.2]})
+    truth = common_boxes(ours, sim.volume, margin=0)[1]
+    for column, (title, volume) in enumerate((("truth", None), ("ours", ours),
+                                             ("torch-tomogram 0.0.2", anchor),
+                                             ("ours, 1 px RMS misaligned", off))):
+        a = truth if volume is None else common_boxes(volume, sim.volume, margin=0)[0]
+        a = lowpass(a, 1.0)
+        xz, xy = a[:, a.shape[1] // 2, :], a[a.shape[0] // 2]
+        for row, image in enumerate((xz, xy)):
+            low, high = np.percentile(image.numpy(), [0.5, 99.5])
+            axes[row, column].imshow(image.numpy(), cmap="gray", vmin=low, vmax=high,
+                                     origin="lower", interpolation="nearest")
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+        axes[0, column].set_title(title, fontsize=10)
+    axes[0, 0].set_ylabel("XZ", fontsize=9)
+    axes[1, 0].set_ylabel("XY (central section)", fontsize=9)
+    figure.suptitle("41 views +-60 deg, noise 1x, low-passed (sd 1 voxel); the slab's "
+                    "central 51 sections", fontsize=10)
+    figure.tight_layout()
+    FigureCanvasAgg(figure)
+    figure.savefig(os.path.join(folder, "reconstruction_slices.png"), dpi=100)
+
+    cryo = simulate_volume_series(shape=(512, 512), n_views=61, tilt_axis_angle=85.0,
+                                  specimen="cell", thickness=60.0, contrast="cryo",
+                                  jumps="walk", jump_size=2.0, noise=1.0, gold_beads=4, seed=0)
+    with tempfile.TemporaryDirectory() as work:
+        stack = os.path.join(work, "TS_01.st")
+        with mrcfile.new(stack) as mrc:
+            mrc.set_data(cryo.views.numpy())
+            mrc.set_image_stack()
+        views = TiltSeriesViews.from_stack(MrcStack.open(stack), cryo.tilt_angles.numpy())
+        outcome = align_views(views, CoarseOptions(), 85.0)
+        outcome.transforms[40, 0, 2] += 2.0  # view 41 moved by 2 px, for the figure
+        paths = output_paths(work, "TS_01", imod=False, preview=True)
+        write_outputs(outcome, paths, preview_thickness=128)
+        os.replace(paths["png"], os.path.join(folder, "reconstruction_plot.png"))
+    print(f"wrote {folder}/reconstruction_slices.png, {folder}/reconstruction_plot.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -247,11 +320,16 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--anchor-tiles", type=int, default=2)
+    parser.add_argument("--figures", metavar="FOLDER",
+                        help="only draw the figures of docs/reconstruction.md into FOLDER")
     args = parser.parse_args()
     import torch_tomogram  # noqa: F401  (the anchor must be there: fail before any work)
 
     print(f"# bench_reconstruct {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.node()}, "
           f"torch {torch.__version__}, python {sys.version.split()[0]}")
+    if args.figures:
+        figures(args.figures)
+        return
     if not args.skip_quality:
         quality(args.seeds)
     if not args.skip_check:
