@@ -36,7 +36,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "ruff"],
-        "bench": ["torch-tiltxcorr==0.6.0", "psutil", "h5py"],  # h5py: etspy's .hspy files
+X
     },
     entry_points={
         "pyworkflow.plugin": ["tiltxcorr_scipion = tiltxcorr_scipion"],

@@ -61,7 +61,7 @@ RADIAL = (0.35, 0.035)
 #: Slaney's weighting at 0).
 ZERO_WEIGHT = 0.2
 #: Working memory for one slab of rows (bytes); the slab holds every view's lines.
-SLAB_BYTES = 160 << 20
+SLAB_BYTES = 384 << 20
 #: The reprojection check bins the views so that their larger side is at most this.
 CHECK_SIDE = 384
 #: A view whose reprojection residual exceeds this many stack pixels is flagged.
@@ -156,11 +156,10 @@ class _Lines:
         reach = float(frame.heights().abs().max()) * float(self.tan.abs().max()) / f
         self.pad = math.ceil(reach) + 2
         self.n = next_fast_size(nx + 2 * self.pad)
-        # views: mean removed (IMOD fills outside with the mean; here that is 0), with a zero
-        # border so that sources outside the view (border-repeat sampling) read 0
-        views = binned.views
-        means = views.mean(dim=(1, 2), keepdim=True)
-        self.views = torch.nn.functional.pad(views - means, (2, 2, 2, 2))
+        # IMOD fills outside the views with their mean; the lines have it removed (so the
+        # fill is 0 and only the data ring after filtering)
+        self.views = binned.views
+        self.means = self.views.mean(dim=(1, 2))
         along, across = axis_directions(tilt_axis_angle)
         h, w = binned.full_shape
         centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
@@ -175,23 +174,30 @@ class _Lines:
         raw_j = (linear @ step_j[:, :, None])[..., 0]
         raw_0 = (linear @ start[:, :, None])[..., 0] + offset
         origin = torch.tensor(binned.origin, dtype=torch.float64)
-        # binned (padded by 2) coordinate of raw pixel r: (r - origin - (f - 1)/2) / f + 2
+        # binned coordinate of raw pixel r: (r - origin - (f - 1)/2) / f
         self.maps = torch.stack([raw_k / f, raw_j / f,
-                                 (raw_0 - origin - (f - 1) / 2) / f + 2.0], dim=-1)  # (b, 2, 3)
+                                 (raw_0 - origin - (f - 1) / 2) / f], dim=-1)  # (b, 2, 3)
 
-    def sample(self, rows: slice, views: torch.Tensor | None = None) -> torch.Tensor:
-        """Lines `(b, len(rows), n)` float32 of rows `rows` (of the tomogram's y)."""
+    def _maps(self, rows: slice) -> torch.Tensor:
         maps = self.maps.clone()
         maps[:, :, 2] += maps[:, :, 0] * rows.start
-        source = self.views if views is None else views
-        return warp_images(source, maps.to(self.device), fill_outside=False,
-                           out_shape=(rows.stop - rows.start, self.n))
+        return maps.to(self.device)
+
+    def sample(self, rows: slice) -> torch.Tensor:
+        """Lines `(b, len(rows), n)` float32 of rows `rows` (of the tomogram's y), each view's
+        mean removed (0 outside the view)."""
+        lines = warp_images(self.views, self._maps(rows), fill=self.means,
+                            out_shape=(rows.stop - rows.start, self.n))
+        return lines.sub_(self.means[:, None, None])
 
     def inside(self, rows: slice) -> torch.Tensor:
-        """`(b, len(rows), n)` float32: how much of each line sample comes from inside its view."""
-        ones = torch.nn.functional.pad(torch.ones_like(self.views[:, 2:-2, 2:-2]),
-                                       (2, 2, 2, 2))
-        return self.sample(rows, ones)
+        """`(b, len(rows), n)` float32: how much of each line sample comes from inside its view
+        (1 inside, 0 outside, bilinear in between)."""
+        b, h, w = self.views.shape
+        ones = torch.nn.functional.pad(torch.ones(b, h - 2, w - 2, device=self.device),
+                                       (1, 1, 1, 1))
+        return warp_images(ones, self._maps(rows), fill=torch.zeros(b, device=self.device),
+                           out_shape=(rows.stop - rows.start, self.n))
 
 
 class _Backprojector:
@@ -219,8 +225,10 @@ class _Backprojector:
         # shift of the line for section l: z_l tan t_i / f samples
         delay = frame.heights()[:, None] * lines.tan[None, :] / frame.binning  # (nz, b)
         index = torch.arange(len(k), dtype=torch.float64)
-        phase = 2 * math.pi * index[:, None, None] * delay[None] / n  # (nk, nz, b)
-        self.phases = torch.polar(torch.ones_like(phase), phase).to(torch.complex64).to(device)
+        # turns, reduced to [0, 1) in double precision, then the complex exponential in single
+        turns = torch.frac(index[:, None, None] * (delay / n)[None]).to(torch.float32)
+        angle = turns.mul_(2 * math.pi)
+        self.phases = torch.polar(torch.ones_like(angle), angle).to(device)  # (nk, nz, b)
         self.nz = nz
 
     def spectra(self, rows: slice) -> torch.Tensor:

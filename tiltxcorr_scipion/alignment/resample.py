@@ -29,7 +29,8 @@ _IDENTITY_TOLERANCE = 1e-6
 
 def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
                 mode: str = "bilinear", fill_outside: bool = True,
-                out_shape: tuple[int, int] | None = None) -> torch.Tensor:
+                out_shape: tuple[int, int] | None = None,
+                fill: torch.Tensor | None = None) -> torch.Tensor:
     """Resample images `(n, h, w)` through affine maps from output to input pixels.
 
     Parameters
@@ -47,6 +48,9 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
         pixels when the caller's window leaves those pixels out anyway.
     out_shape
         `(rows, cols)` of the output; default the input's `(h, w)`.
+    fill
+        `(n,)` values for sources outside the view instead of the views' means (a caller
+        that knows them saves a pass over the pixels).
 
     Returns
     -------
@@ -75,8 +79,8 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
     if not fill_outside:
         return out
     outside = (grid.abs() > 1.0 + _EDGE_TOLERANCE).any(dim=-1)  # (n, rows, cols)
-    means = images.to(torch.float32).mean(dim=(-2, -1))
-    return torch.where(outside, means[:, None, None], out)
+    means = images.to(torch.float32).mean(dim=(-2, -1)) if fill is None else fill
+    return torch.where(outside, means.to(out)[:, None, None], out)
 
 
 def imod_source_maps(transforms, shape: tuple[int, int]) -> torch.Tensor:
