@@ -267,6 +267,8 @@ def test_imod_fiducial_alignment_finishes_on_our_landmark_models(fine_run, tmp_p
     (stub / "etomo").write_text("#!/bin/sh\nexit 0\n")
     (stub / "etomo").chmod(0o755)
     monkeypatch.setenv("PATH", f"{stub}{os.pathsep}{os.environ['PATH']}")
+    import imod  # its plugin caches the etomo check: a test that loaded it earlier saw no etomo
+    monkeypatch.setattr(imod.Plugin, "_validationMsg", None)
     align = project.newProtocol(ProtImodFiducialAlignment, objLabel="imod fiducial alignment")
     align.inputSetOfLandmarkModels.set(prot)
     align.inputSetOfLandmarkModels.setExtended(cts.OUTPUT_LANDMARK_MODELS)
