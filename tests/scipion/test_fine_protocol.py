@@ -253,6 +253,8 @@ def test_imod_fiducial_alignment_finishes_on_our_landmark_models(fine_run, tmp_p
     from scipion_helpers import wait_for_protocol
 
     project, prot, _ = fine_run
+    # Scipion resolves sets' paths from the current folder: another test's project may own it
+    monkeypatch.chdir(project.getPath())
     prot = reload_protocol(project, prot)
     models = getattr(prot, cts.OUTPUT_LANDMARK_MODELS)
     described = models.getSetOfTiltSeries()
