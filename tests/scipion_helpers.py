@@ -304,6 +304,16 @@ def _trust_run_db(project, prot):
     return prot
 
 
+def _wait_until_stopped(project, prot, timeout: float, expect_finished: bool):
+    """Wait for a launched run; unless it finished, with ``expect_finished``, raise with its log."""
+    prot = wait_for_protocol(project, prot, timeout=timeout)
+    if expect_finished and not prot.isFinished():
+        raise AssertionError(
+            f"protocol {prot.getRunName()!r} ended {prot.getStatus()}: "
+            f"{prot.getErrorMessage()}\nLog tail:\n{read_log(prot)}")
+    return prot
+
+
 def launch_and_wait(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
                     expect_finished: bool = True):
     """Launch ``prot`` (a new run or a "continue") and wait for it to stop.
@@ -312,12 +322,7 @@ def launch_and_wait(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
     unless the run ends in status finished. Returns ``prot``, refreshed in place.
     """
     project.launchProtocol(prot, wait=False)
-    prot = wait_for_protocol(project, prot, timeout=timeout)
-    if expect_finished and not prot.isFinished():
-        raise AssertionError(
-            f"protocol {prot.getRunName()!r} ended {prot.getStatus()}: "
-            f"{prot.getErrorMessage()}\nLog tail:\n{read_log(prot)}")
-    return prot
+    return _wait_until_stopped(project, prot, timeout, expect_finished)
 
 
 def continue_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
@@ -337,12 +342,7 @@ def continue_protocol(project, prot, *, timeout: float = DEFAULT_TIMEOUT_S,
         if prot.getPid() and prot.getPid() != old_pid:
             break
         time.sleep(0.2)
-    prot = wait_for_protocol(project, prot, timeout=timeout)
-    if expect_finished and not prot.isFinished():
-        raise AssertionError(
-            f"protocol {prot.getRunName()!r} ended {prot.getStatus()}: "
-            f"{prot.getErrorMessage()}\nLog tail:\n{read_log(prot)}")
-    return prot
+    return _wait_until_stopped(project, prot, timeout, expect_finished)
 
 
 def launch_until_paused(project, prot, point: str, ts_id: str, marker: Path, *,
