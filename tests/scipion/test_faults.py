@@ -246,3 +246,38 @@ def test_a_full_disk_under_the_whole_run_loses_nothing(tmp_path, disk, files, re
         if files:
             subprocess.run(["umount", "-l", extra], check=False)
         subprocess.run(["umount", "-l", run_folder], check=False)
+
+
+def test_an_output_set_is_defined_only_once_its_file_holds_the_tilt_series(tmp_path,
+                                                                           monkeypatch):
+    """The disk fills while a new output set's file gets its first tilt series, and stays
+    full (the undo cannot write either): the run's database must not name that file as an
+    output, since its tables were never created and no reader could open it (CI's failure:
+    "no such table: Objects" reading InterpolatedTiltSeries)."""
+    import sqlite3
+
+    from tomo.objects import SetOfTiltSeries
+
+    from tiltxcorr_scipion.pipeline import TiltSeriesFailure
+
+    write_simulated_tilt_series(tmp_path, "TS_1", seed=31, **SIM)
+    project = create_project("setfile")
+    imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
+    prot = new_prealignment(project, imp)
+    project.saveProtocol(prot)
+    os.makedirs(prot._getExtraPath())
+    inTs, items = prot._readInputTiltSeries("TS_1")
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(SetOfTiltSeries, "write", disk_full)
+    monkeypatch.setattr(prot.mapper, "commit", disk_full)
+    name = cts.OUTPUT_INTERPOLATED_TILT_SERIES
+    with pytest.raises(TiltSeriesFailure, match=r"disk full writing \S+interpolated\.sqlite"):
+        prot._registerAtomically("TS_1", [(name, lambda: prot._appendTiltSeries(
+            name, "interpolated", inTs, items))])
+    monkeypatch.undo()
+    assert getattr(prot, name, None) is None
+    assert not [f for f in os.listdir(prot._getPath()) if f.endswith("interpolated.sqlite")]
+    assert getattr(reload_protocol(project, prot), name, None) is None

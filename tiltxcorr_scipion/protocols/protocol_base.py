@@ -35,6 +35,7 @@ from pwem.protocols import EMProtocol
 from pyworkflow.object import Set, String
 from pyworkflow.protocol import STEPS_PARALLEL, ProtStreamingBase
 from pyworkflow.protocol.executor import StepExecutor, ThreadStepExecutor
+from pyworkflow.utils import cleanPath
 from tomo.objects import SetOfTiltSeries, TiltImage, TiltSeries
 from tomo.protocols import ProtTomoBase
 
@@ -47,6 +48,14 @@ from ..pipeline import TiltSeriesFailure, TiltSeriesViews, available_cpus
 logger = logging.getLogger(__name__)
 
 FEW_VIEWS_WARNING = 10
+
+
+class NewOutputSetError(RuntimeError):
+    """Writing the first tilt series into a new output set's file failed (see __cause__)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"cannot write {path}")
+        self.path = path
 
 
 class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
@@ -282,17 +291,11 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                                "see the FailedTiltSeries output and the log for the causes.")
 
     # ------------------------------------------------------------------ outputs
-    def _getOutputSet(self, name: str, suffix: str) -> SetOfTiltSeries:
-        """The output set ``name``, created (open, related to the input) on first use."""
-        outSet = getattr(self, name, None)
-        if outSet is not None:
-            outSet.enableAppend()
-            return outSet
+    def _newOutputSet(self, suffix: str) -> SetOfTiltSeries:
+        """A new output set (open, with the input's info), not yet one of the run's outputs."""
         outSet = self._createSetOfTiltSeries(suffix=suffix)
         outSet.copyInfo(self.inputSetOfTiltSeries.get())
         outSet.setStreamState(Set.STREAM_OPEN)
-        self._defineOutputs(**{name: outSet})
-        self._defineSourceRelation(self.inputSetOfTiltSeries, outSet)
         return outSet
 
     def _hasTiltSeries(self, name: str, tsId: str) -> bool:
@@ -303,32 +306,54 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         outSet.close()
         return found
 
-    def _appendTiltSeries(self, name: str, suffix: str, inTs, items, *, editTs=None,
-                          editImage=None):
+    def _appendTiltSeries(self, name: str, suffix: str, inTs, items, *, editSet=None,
+                          editTs=None, editImage=None):
         """Copy a tilt series and its images into output `name`, with changes, and commit it.
 
-        `editTs(outTs)` changes the copied tilt series before it is added;
-        `editImage(i, outTi)` changes the copy of item i. The caller holds the lock.
+        `editSet(outSet)` changes the output set first (appending applies its
+        sampling rate); `editTs(outTs)` changes the copied tilt series before it
+        is added; `editImage(i, outTi)` changes the copy of item i. The caller
+        holds the lock. A set created here becomes an output only once its file
+        holds the tilt series: a full disk before that leaves no output naming
+        a file without tables (which no reader of the project could open).
         """
-        outSet = self._getOutputSet(name, suffix)
-        outTs = TiltSeries()
-        outTs.copyInfo(inTs)
-        if editTs is not None:
-            editTs(outTs)
-        outSet.append(outTs)
-        for i, ti in enumerate(items):
-            outTi = TiltImage()
-            outTi.copyInfo(ti, copyId=True)
-            outTi.setLocation(ti.getLocation())
-            outTi.setAcquisition(ti.getAcquisition())
-            outTi.setEnabled(ti.isEnabled())
-            if editImage is not None:
-                editImage(i, outTi)
-            outTs.append(outTi)
-        outTs.write()
-        outSet.update(outTs)
-        outSet.write()
-        self._store(outSet)
+        outSet = getattr(self, name, None)
+        created = outSet is None
+        if created:
+            outSet = self._newOutputSet(suffix)
+        else:
+            outSet.enableAppend()
+        try:
+            if editSet is not None:
+                editSet(outSet)
+            outTs = TiltSeries()
+            outTs.copyInfo(inTs)
+            if editTs is not None:
+                editTs(outTs)
+            outSet.append(outTs)
+            for i, ti in enumerate(items):
+                outTi = TiltImage()
+                outTi.copyInfo(ti, copyId=True)
+                outTi.setLocation(ti.getLocation())
+                outTi.setAcquisition(ti.getAcquisition())
+                outTi.setEnabled(ti.isEnabled())
+                if editImage is not None:
+                    editImage(i, outTi)
+                outTs.append(outTi)
+            outTs.write()
+            outSet.update(outTs)
+            outSet.write()
+        except Exception as error:
+            if not created:
+                raise
+            outSet.close()  # never an output: its half-written file goes
+            cleanPath(outSet.getFileName())
+            raise NewOutputSetError(outSet.getFileName()) from error
+        if created:
+            self._defineOutputs(**{name: outSet})
+            self._defineSourceRelation(self.inputSetOfTiltSeries, outSet)
+        else:
+            self._store(outSet)
         outSet.close()  # let other processes read it
         return outSet
 
@@ -400,6 +425,8 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         """What failed while writing `name`'s output (or the project's database), and where."""
         outSet = getattr(self, name, None) if name else None
         target = outSet.getFileName() if outSet is not None else self.getDbPath()
+        if isinstance(error, NewOutputSetError):
+            target, error = error.path, error.__cause__
         full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
             isinstance(error, sqlite3.OperationalError) and "full" in str(error))
         if full:

@@ -395,10 +395,8 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
             if items[i].hasOddEven():
                 outTi.setOddEven([])
 
-        # the set's sampling rate first: appending a tilt series applies it
-        self._getOutputSet(cts.OUTPUT_INTERPOLATED_TILT_SERIES, "interpolated").setSamplingRate(
-            samplingRate)
         self._appendTiltSeries(cts.OUTPUT_INTERPOLATED_TILT_SERIES, "interpolated", inTs, items,
+                               editSet=lambda outSet: outSet.setSamplingRate(samplingRate),
                                editTs=editTs, editImage=editImage)
 
     # ------------------------------------------------------------------ info
