@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tiltxcorr_scipion.alignment import fiducialless_alignment, solve_geometry
+from tiltxcorr_scipion.alignment.projection import _first_positions, error_blocks
 from tiltxcorr_scipion.alignment.slab import _fit
 from tiltxcorr_scipion.options import uncertainty_warning
 from tiltxcorr_scipion.simulate import simulate_tilt_series
@@ -69,6 +70,45 @@ def test_axis_and_offset_errors_are_calibrated_at_every_orientation(shape):
         ratios = torch.tensor(ratios)
         assert ratios.abs().max() < 3.0, (name, ratios)
         assert 0.3 < float(ratios.square().mean().sqrt()) < 1.7, (name, ratios)
+
+
+@pytest.mark.parametrize("axis", [-95.0, 45.0])
+def test_axis_error_matches_solving_without_each_block(axis):
+    """The by-block term is a jackknife: the spread of the axes solved with each block of the
+    view left out. Done explicitly here, it must agree with the reported standard error
+    (which adds the views' clustering, so it may be a little larger)."""
+    shape = (512, 512)
+    positions, nominal = projected_tracks(axis, 2.0, shape, 11, n_points=240)
+    solution = solve_geometry(positions, nominal, axis + 2.0, image_shape=shape, robust=False)
+    blocks = error_blocks(_first_positions(positions), shape)
+    axes = torch.tensor([solve_geometry(positions[blocks != block], nominal, axis + 2.0,
+                                        image_shape=shape, robust=False,
+                                        estimate_errors=False).tilt_axis_angle
+                         for block in blocks.unique().tolist()], dtype=torch.float64)
+    count = len(axes)
+    jackknife = math.sqrt((count - 1) / count * float((axes - axes.mean()).square().sum()))
+    assert 0.85 < solution.tilt_axis_angle_error / jackknife < 1.5, \
+        (solution.tilt_axis_angle_error, jackknife)
+
+
+def test_robust_axis_error_is_calibrated_with_heavy_tailed_errors():
+    """Robust fitting on measurement errors with heavy tails (Student's t, 3 degrees of
+    freedom, and its outliers): the standard error, from the robust fit's own curvature,
+    still holds the truth."""
+    ratios = []
+    for seed in range(12):
+        axis = ORIENTATIONS[seed % len(ORIENTATIONS)]
+        positions, nominal = projected_tracks(axis, 2.0, (512, 512), seed, noise=0.0)
+        generator = torch.Generator().manual_seed(1000 + seed)
+        normal = torch.randn(positions.shape, generator=generator, dtype=torch.float64)
+        chi = torch.randn(positions.shape[:2] + (3,), generator=generator,
+                          dtype=torch.float64).square().mean(dim=-1, keepdim=True)
+        solution = solve_geometry(positions + 0.3 * normal / chi.sqrt(), nominal, axis + 2.0,
+                                  image_shape=(512, 512))
+        ratios.append((solution.tilt_axis_angle - axis) / solution.tilt_axis_angle_error)
+    ratios = torch.tensor(ratios)
+    assert ratios.abs().max() < 3.0, ratios
+    assert 0.4 < float(ratios.square().mean().sqrt()) < 1.6, ratios
 
 
 def test_axis_error_grows_with_the_measurement_noise():

@@ -135,9 +135,9 @@ class GeometrySolution:
         Levenberg-Marquardt iterations run, all reweighting rounds together.
     tilt_axis_angle_error
         One standard error of `tilt_axis_angle` in degrees, from the data: the
-        solve's curvature with the spread of the tracks' gradients
-        (`_Problem.view_covariance`, a linearised bootstrap over blocks of patches and over views);
-        NaN when the axis was not solved.
+        robust fit's curvature with the spread of the tracks' gradients
+        (`_Problem.view_covariance`: a jackknife over blocks of patches and a
+        linearised bootstrap over views); NaN when the axis was not solved.
     tilt_angle_offset_error
         One standard error in degrees of the offset that levels the plane of
         the points (`tilt_angle_offset` as solved), from the points' scatter
@@ -456,28 +456,53 @@ class _Problem:
         d_points = -(inverse_pp @ (g_p + h_pv @ d_views)[..., None])[..., 0]
         return d_points, d_views
 
-    def view_covariance(self, model: _Model, precision: torch.Tensor, clusters: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Covariances `(width, width)` of the per-view unknowns from the data (sandwiches).
+    def curvature(self, j_points: torch.Tensor, j_views: torch.Tensor, bread: torch.Tensor):
+        """`(h_pp, h_pv, h_vv, blocks)` as `normal_equations`, each measurement weighted by
+        a `(n, b, 2, 2)` matrix `bread` instead of a number; `blocks` `(n, b, k, k)` are the
+        measurements' own shares of `h_vv` in their columns."""
+        n, b, _, k = j_views.shape
+        q_points = bread @ j_points  # (n, b, 2, 3)
+        h_pp = torch.einsum("nkca,nkcd->nad", j_points, q_points)
+        coupling = torch.einsum("nkca,nkcq->nkaq", q_points, j_views)  # (n, b, 3, k)
+        h_pv = torch.zeros(n, 3, self.width, dtype=torch.float64)
+        h_pv.index_add_(2, self.columns.reshape(-1),
+                        coupling.permute(0, 2, 1, 3).reshape(n, 3, b * k))
+        blocks = torch.einsum("nkcp,nkcd,nkdq->nkpq", j_views, bread, j_views)
+        h_vv = torch.zeros(self.width * self.width, dtype=torch.float64)
+        flat = self.columns[:, :, None] * self.width + self.columns[:, None, :]
+        h_vv.index_add_(0, flat.reshape(-1), blocks.sum(dim=0).reshape(-1))
+        return h_pp, h_pv, h_vv.reshape(self.width, self.width), blocks
+
+    def view_covariance(self, model: _Model, precision: torch.Tensor, clusters: torch.Tensor,
+                        bread_weights: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, ...]:
+        """Covariances `(width, width)` of the per-view unknowns from the data.
 
         The bread is the inverse curvature of the cost with the points
-        eliminated (the Schur complement `S`); the meat is the spread of the
-        gradient that the measurements contribute, each measurement's share
-        taken with its point re-fitted (the influence on the view unknowns):
-        `S^+ (sum_c g_c g_c^T) S^+`, a linearised bootstrap over clusters `c`
-        of measurements, the robust weights held fixed. Returned for three
-        clusterings: by patch (`clusters` `(n,)`, e.g. the block of the view the
-        contour was tracked from, `error_blocks`: the pieces of one track and
-        neighbouring patches share their errors), by view
-        (a view pair's correlation errs for all its patches alike), and by
-        single measurement (counted in both others). Each measurement's share
-        is inflated by `2L / (2L - 3)` in variance (its point's 3 unknowns
-        were fitted to its `L` views), and each sum by `C / (C - 1)` for `C`
-        clusters. Fixed unknowns get zero. Also returns the bread.
+        eliminated (the Schur complement `S`), each measurement weighted by
+        `bread_weights` `(n, b, 2, 2)` (the robust fit's own curvature,
+        `_robust_curvature`; default: its `precision`); the meat is the spread
+        of the gradient that the measurements contribute, each measurement's
+        share taken with its point re-fitted (the influence on the view
+        unknowns): `S^+ (sum_c g_c g_c^T) S^+`, a linearised bootstrap over
+        clusters `c` of measurements. Returned: by patch (`clusters` `(n,)`,
+        e.g. the block of the view the contour was tracked from,
+        `error_blocks`: the pieces of one track and neighbouring patches share
+        their errors) as a delete-one-cluster jackknife (`_block_jackknife`:
+        with 16 clusters of very unequal leverage the sandwich falls short), by
+        view (a view pair's correlation errs for all its patches alike), and by
+        single measurement (counted in both others), both sandwiches. Each
+        measurement's share is inflated by `2L / (2L - 3)` in variance (its
+        point's 3 unknowns were fitted to its `L` views), and each sandwich's
+        sum by `C / (C - 1)` for `C` clusters. Fixed unknowns get zero. Also
+        returns the bread.
         """
         r, j_points, j_views = self.residuals(model, with_jacobians=True)
         n, b, _, k = j_views.shape
-        h_pp, g_p, h_pv, _, h_vv = self.normal_equations(model, precision)
+        if bread_weights is None:
+            eye = torch.eye(2, dtype=torch.float64)
+            bread_weights = precision[..., None, None] * eye
+        h_pp, h_pv, h_vv, own_blocks = self.curvature(j_points, j_views, bread_weights)
         inverse_pp = torch.linalg.inv(h_pp + 1e-9 * torch.eye(3, dtype=torch.float64))
         flat_pv = h_pv.reshape(-1, self.width)
         schur = h_vv - flat_pv.T @ (inverse_pp @ h_pv).reshape(-1, self.width)
@@ -500,16 +525,50 @@ class _Problem:
         labels, index = torch.unique(clusters, return_inverse=True)
         by_patch = torch.zeros(len(labels), self.width, dtype=torch.float64)
         by_patch.index_add_(0, index, shares.sum(dim=1))
-        meats = (meat(by_patch), meat(shares.sum(dim=0)), meat(shares.reshape(-1, self.width)))
+        meats = (meat(shares.sum(dim=0)), meat(shares.reshape(-1, self.width)))
         # pinv: the heights' gauge (points and shifts moved together) has no curvature
         bread = torch.linalg.pinv(schur[free][:, free], hermitian=True, rtol=1e-12)
-        out = []
+        out = [self._block_jackknife(own_blocks, h_pv, inverse_pp, schur, by_patch, index,
+                                     len(labels))]
         for one in (*meats, None):
             covariance = torch.zeros(self.width, self.width, dtype=torch.float64)
             block = bread if one is None else bread @ one[free][:, free] @ bread
             covariance[free[:, None] & free[None, :]] = block.reshape(-1)
             out.append(covariance)
         return tuple(out)
+
+    def _block_jackknife(self, blocks, h_pv, inverse_pp, schur, by_patch, index,
+                         n_clusters) -> torch.Tensor:
+        """`(width, width)` delete-one-cluster jackknife covariance of the view unknowns.
+
+        Each cluster's solution without it, one Newton step from the full one (the robust
+        weights held): `delta_c = (S - S_c)^+ g_c`, `S_c` the cluster's own share of the
+        Schur complement (its points are its own, so the shares add up to `S`) and `g_c` its
+        share of the gradient; then `(C - 1) / C` times the spread of the `delta_c`. Unlike
+        the sandwich it sees how much a cluster pulls the solution where the rest of the
+        data hold it weakly (the leverage; Bell and McCaffrey's CR3).
+        """
+        free = self.free
+        flat = (self.columns[:, :, None] * self.width + self.columns[:, None, :]).reshape(-1)
+        size = self.width * self.width
+        own = torch.zeros(n_clusters * size, dtype=torch.float64)
+        where = (index[:, None] * size + flat[None, :]).reshape(-1)
+        own.index_add_(0, where, blocks.reshape(-1))
+        own = own.reshape(n_clusters, self.width, self.width)
+        solved = inverse_pp @ h_pv  # (n, 3, width)
+        deltas = []
+        for cluster in range(n_clusters):
+            mine = index == cluster
+            taken = h_pv[mine].reshape(-1, self.width).T @ solved[mine].reshape(-1, self.width)
+            rest = (schur - own[cluster] + taken)[free][:, free]
+            deltas.append(torch.linalg.pinv(rest, hermitian=True, rtol=1e-12)
+                          @ by_patch[cluster][free])
+        deltas = torch.stack(deltas)  # (C, n_free)
+        spread = deltas - deltas.mean(dim=0)
+        covariance = torch.zeros(self.width, self.width, dtype=torch.float64)
+        covariance[free[:, None] & free[None, :]] = (
+            spread.T @ spread * ((n_clusters - 1) / max(n_clusters, 1))).reshape(-1)
+        return covariance
 
     def moved(self, model: _Model, d_points, d_views) -> _Model:
         new = _Model(axis=model.axis,
@@ -583,14 +642,24 @@ def _tukey(values: torch.Tensor, k: float) -> torch.Tensor:
     The robust deviation (normalised median absolute deviation) is at least
     `ROBUST_MIN_SPREAD`: noiseless data must not be weighted by rounding.
     """
+    return _tukey_and_slope(values, k)[0]
+
+
+def _tukey_and_slope(values: torch.Tensor, k: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_tukey`'s weights and their derivatives with respect to `values` (the median and
+    the robust deviation held)."""
     median = values.median()
     spread = max(1.4826 * float((values - median).abs().median()), ROBUST_MIN_SPREAD)
     scaled = ((values - median) / (k * spread)).clamp_min(0.0)
-    return torch.where(scaled < 1.0, (1.0 - scaled.square()).square(), torch.zeros_like(values))
+    inside = scaled < 1.0
+    weights = torch.where(inside, (1.0 - scaled.square()).square(), torch.zeros_like(values))
+    slopes = torch.where(inside, -4.0 * scaled * (1.0 - scaled.square()) / (k * spread),
+                         torch.zeros_like(values))
+    return weights, slopes
 
 
-def _robust_weights(problem: _Problem, model: _Model, k: float
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def _robust_weights(problem: _Problem, model: _Model, k: float, *, slopes: bool = False
+                    ) -> tuple[torch.Tensor, ...]:
     """Point weights `(n, b)` and whole-track weights `(n,)` from the residuals.
 
     Residual lengths are divided by the median residual of their view,
@@ -611,9 +680,13 @@ def _robust_weights(problem: _Problem, model: _Model, k: float
     scale = smoothed[problem.view_rank]  # back to stack order
     ratios = lengths / scale.clamp_min(ROBUST_FLOOR)
     weights = torch.zeros_like(lengths)
-    weights[present] = _tukey(ratios[present], k)
+    point_slopes = torch.zeros_like(lengths)
+    weights[present], point_slopes[present] = _tukey_and_slope(ratios[present], k)
     track_ratio = (ratios * present).sum(dim=1) / present.sum(dim=1)
-    return weights, _tukey(track_ratio, k)
+    if not slopes:
+        return weights, _tukey(track_ratio, k)
+    # d(weight) / d(residual length): the ratio's scale held
+    return weights, _tukey(track_ratio, k), point_slopes / scale.clamp_min(ROBUST_FLOOR)
 
 
 def _check_solve_inputs(positions, tilt_angles, tilt_axis_angle, image_shape, initial_shifts,
@@ -773,7 +846,7 @@ def solve_geometry(
         clusters = error_blocks(_first_positions(positions), image_shape)
     return _solution(problem, model, weights, track_weights, angles, reference,
                      (int(image_shape[0]), int(image_shape[1])), iterations,
-                     clusters if estimate_errors else None)
+                     clusters if estimate_errors else None, robust_k if robust else None)
 
 
 def error_blocks(centres: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
@@ -806,8 +879,30 @@ def _best_points(problem: _Problem, model: _Model) -> torch.Tensor:
     return model.points - torch.linalg.solve(h_pp, g_p)
 
 
+def _robust_curvature(problem: _Problem, model: _Model, weights: torch.Tensor,
+                      track_weights: torch.Tensor, k: float) -> torch.Tensor:
+    """`(n, b, 2, 2)` each measurement's weight in the curvature of the robust fit.
+
+    The robust fit solves `sum w(|r|) r dr/dtheta = 0`, so its curvature weighs a residual
+    by `d(w(|r|) r) / dr`: `w` across `r` and `w + |r| w'(|r|)` along it (Huber's
+    sandwich for M-estimators), less than `w` where the weights fall with the residual.
+    Held at `w` the curvature is too large and the standard errors too small: a robust
+    fit leans on which points it trusts, and that choice moves with the data. Along `r`
+    the weight is kept >= 0 (a redescending weight's tail gives no curvature).
+    """
+    _, _, slopes = _robust_weights(problem, model, k, slopes=True)
+    r = problem.residuals(model)  # (n, b, 2)
+    length = r.norm(dim=-1)
+    unit = r / length.clamp_min(1e-12)[..., None]
+    along_r = (weights + length * slopes).clamp_min(0.0)
+    outer = unit[..., :, None] * unit[..., None, :]
+    eye = torch.eye(2, dtype=torch.float64)
+    matrices = weights[..., None, None] * (eye - outer) + along_r[..., None, None] * outer
+    return track_weights[:, None, None, None] * matrices * problem.present[..., None, None]
+
+
 def _axis_error(problem: _Problem, model: _Model, precision: torch.Tensor,
-                clusters: torch.Tensor) -> float:
+                clusters: torch.Tensor, bread_weights: torch.Tensor | None = None) -> float:
     """One standard error (degrees) of the reported tilt axis angle; NaN when not solved.
 
     With rotation groups the reported angle is the solved one minus the
@@ -823,7 +918,8 @@ def _axis_error(problem: _Problem, model: _Model, precision: torch.Tensor,
         contrast.index_add_(0, start + group, torch.full((problem.n_views,), -1.0 / problem.n_views,
                                                          dtype=torch.float64))
     by_patch, by_view, single, _ = (float(contrast @ c @ contrast) for c in
-                                    problem.view_covariance(model, precision, clusters))
+                                    problem.view_covariance(model, precision, clusters,
+                                                            bread_weights))
     # two-way clustering (patches and views, Cameron, Gelbach & Miller 2011), never below
     # either one-way estimate
     variance = max(by_patch + by_view - single, by_patch, by_view)
@@ -854,7 +950,7 @@ def _plane_slope(points: torch.Tensor, weights: torch.Tensor, clusters: torch.Te
 def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
               track_weights: torch.Tensor, angles: torch.Tensor, reference: int,
               image_shape: tuple[int, int], iterations: int,
-              clusters: torch.Tensor | None) -> GeometrySolution:
+              clusters: torch.Tensor | None, robust_k: float | None = None) -> GeometrySolution:
     """Put the solution in the reported gauge and units; residuals and weights per point.
     `clusters` None: no standard errors (NaN)."""
     tilt, turn, shrink = problem.view_terms(model)
@@ -903,6 +999,8 @@ def _solution(problem: _Problem, model: _Model, weights: torch.Tensor,
         image_shape=image_shape,
         iterations=iterations,
         tilt_axis_angle_error=float("nan") if clusters is None else _axis_error(
-            problem, model, problem.precision(weights, track_weights), clusters),
+            problem, model, problem.precision(weights, track_weights), clusters,
+            None if robust_k is None else _robust_curvature(problem, model, weights,
+                                                            track_weights, robust_k)),
         tilt_angle_offset_error=math.degrees(slope_error / (1.0 + slope * slope)),
     )
