@@ -143,8 +143,8 @@ def test_slab_tilt_error_is_calibrated():
 def test_fine_alignment_reports_its_uncertainty_at_any_orientation(axis):
     """End to end, a small series (256 px): the errors are there and of the right size.
 
-    Not a calibration: at this size the axis can carry an error that all patches share,
-    which no spread of the data shows (docs/fine-alignment.md, the family benchmark)."""
+    Not a calibration: at this size the tracks' errors can exceed what their spread shows
+    (docs/fine-alignment.md, how certain, and the family benchmark)."""
     sim = simulate_tilt_series(shape=(256, 320), n_views=41, tilt_axis_angle=axis,
                                thickness=20.0, noise=1.0, tilt_angle_offset=-2.0, seed=3)
     fine = fiducialless_alignment(sim.images, sim.tilt_angles, axis - 2.0)

@@ -125,9 +125,10 @@ class FiducialLessResult:
         for (no slab stood out), else None.
     tilt_axis_angle_error
         One standard error of `tilt_axis_angle` in degrees, from the data
-        (`GeometrySolution.tilt_axis_angle_error`: the solve's curvature and
-        the spread of the measurements' influence, a linearised bootstrap over
-        blocks of patches and over views); NaN when the axis was not solved.
+        (`GeometrySolution.tilt_axis_angle_error`: the robust solve's own
+        curvature and the spread of the measurements' influence, a jackknife
+        over blocks of patches and a linearised bootstrap over views); NaN
+        when the axis was not solved.
     tilt_angle_offset_error
         One standard error of `tilt_angle_offset` in degrees: of the slab's
         tilt (`SlabFit.tilt_error`, a linearised bootstrap over the

@@ -444,8 +444,9 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
     def _uncertainty_method(self) -> str:
         results = self._fineResults()
         text = (" One-standard-error estimates of the tilt axis angle and of the offset were "
-                "taken from the data: for the axis, a linearised bootstrap of the solve over "
-                "the tracked patches and over the views; for the offset, over the "
+                "taken from the data: for the axis, a jackknife of the robust solve over "
+                "blocks of the tracked patches and a linearised bootstrap over the views; for "
+                "the offset, a linearised bootstrap over the "
                 "back-projection's features (surfaces) or the solved points (their plane).")
         if results:
             text += " Per tilt series: " + "; ".join(
