@@ -110,7 +110,9 @@ def test_a_full_disk_fails_one_tilt_series_and_the_others_go_on(tmp_path):
     project = create_project("fulldisk")
     imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
     # aligned stacks: TS_small's 17 x 128 x 128 (1.1 MB) fits, TS_big's 21 x 256 x 256 does not
-    prot = new_prealignment(project, imp, numberOfThreads=1, writeAlignedStacks=True)
+    # (no preview tomogram: its 2 MB would not fit beside TS_small's stack either)
+    prot = new_prealignment(project, imp, numberOfThreads=1, writeAlignedStacks=True,
+                            previewTomogram=False)
     project.saveProtocol(prot)
     extra = prot._getExtraPath()
     os.makedirs(extra, exist_ok=True)
