@@ -24,6 +24,7 @@ import numpy as np
 
 from .options import (
     LEVEL_BY,
+    RECONSTRUCTION_WEIGHTINGS,
     CoarseOptions,
     FineOptions,
     OptionError,
@@ -510,6 +511,11 @@ def _add_reconstruct_parser(commands) -> None:
                           default=0,
                           help="a SIRT-like filter equal to N iterations (FakeSIRTiterations); "
                                "default: plain weighted back-projection")
+    geometry.add_argument("--weighting", choices=RECONSTRUCTION_WEIGHTINGS, default="exact",
+                          help="exact: each view weighted by the density of all views' lines "
+                               "for an object as thick as the tomogram (keeps a slab's broad "
+                               "density), then the radial filter; ramp: IMOD tilt's ramp as "
+                               "it is; default exact")
     geometry.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                           help="where to compute; default auto")
     outputs = rec.add_argument_group("output")
@@ -612,7 +618,7 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         reconstruct_views(views, transforms, angles, args.axis, thickness=thickness, binning=b,
                           path=out_path, z_shift=args.z_shift, tilt_angle_offset=args.offset,
                           radial=args.radial, fake_sirt_iterations=args.fake_sirt,
-                          device=device, progress=update)
+                          weighting=args.weighting, device=device, progress=update)
     except TiltSeriesFailure as failure:
         advice = (("repair it or leave it out with --exclude "
                    + ",".join(str(v) for v in failure.views)) if failure.views
@@ -905,10 +911,14 @@ def _report_preview(out: TextIO, outcome) -> None:
     if worst is None:
         return
     flagged = np.sort(views.stack_positions[check.flagged.numpy()])
-    out.write(f"reprojection check: worst view {views.stack_positions[worst]} "
-              f"{float(check.residual_px[worst]):.2f} px (limit {check.limit_px:g} px); "
-              + ("flagged: " + ", ".join(str(v) for v in flagged) if flagged.size
-                 else "no view flagged") + "\n")
+    unchecked = np.sort(views.stack_positions[check.unchecked.numpy()])
+    line = (f"reprojection check: worst view {views.stack_positions[worst]} "
+            f"{float(check.residual_px[worst]):.2f} px (limit {check.limit_px:g} px); "
+            + ("flagged: " + ", ".join(str(v) for v in flagged) if flagged.size
+               else "no view flagged"))
+    if unchecked.size:
+        line += "; unchecked (no ray all other views saw): " + ", ".join(map(str, unchecked))
+    out.write(line + "\n")
 
 
 def _write_excluded(out: TextIO, outcome) -> None:

@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from tiltxcorr_scipion.alignment import ViewError, reconstruct, reprojection_check
-from tiltxcorr_scipion.alignment.reconstruct import RADIAL, ZERO_WEIGHT, radial_weights
+from tiltxcorr_scipion.alignment.reconstruct import (
+    RADIAL,
+    ZERO_WEIGHT,
+    exact_weights,
+    radial_weights,
+)
 from tiltxcorr_scipion.simulate_volume import simulate_volume_series
 
 BEADS = torch.tensor([[30.0, -20.0, 15.0], [-40.0, 35.0, -10.0], [10.0, 5.0, -22.0]])  # x, y, z
@@ -166,6 +171,62 @@ def test_radial_weighting_is_imods():
     sirt = radial_weights(f, step, radial=RADIAL, line_pixels=1000, fake_sirt_iterations=10)
     assert (sirt[1:] <= w[1:] + 1e-12).all()
     assert sirt[-100:].max() < 0.05 * w[-100:].max()  # SIRT-like: flat, low at high frequency
+
+
+def test_exact_weights_are_the_ramp_at_high_frequency_and_level_off_at_low():
+    tilts = torch.deg2rad(torch.linspace(-60.0, 60.0, 41, dtype=torch.float64))
+    step = float(tilts[1] - tilts[0])
+    thickness = 63.0
+    f = torch.linspace(0.0, 0.5, 251, dtype=torch.float64)[None, :].expand(41, -1)
+    w = exact_weights(f, tilts, thickness)
+    assert w.shape == (41, 251)
+    # zero frequency: every view's line meets every other: one over n T
+    torch.testing.assert_close(w[:, 0], torch.full((41,), 1 / (41 * thickness),
+                                                   dtype=torch.float64))
+    # well above 1 / (T dt), where neighbouring lines no longer overlap: the ramp f dt
+    # (the central views; the range's ends have neighbours on one side only)
+    high = f[0] > 4 / (thickness * step)
+    ratio = w[15:26][:, high] / (f[15:26][:, high] * step)
+    assert ((ratio - 1).abs() < 0.1).all(), ratio
+    # low frequencies, where a ramp falls to zero: level
+    assert (w[:, 1] > 0.9 * w[:, 0]).all()
+
+
+def test_the_exact_weighting_keeps_a_slabs_broad_density():
+    """The same views, both weightings, against the volume they were projected from: the
+    lowest frequencies (what a low-passed slice shows) are kept better by the exact one
+    (docs/reconstruction.md, Benchmark, has the figures against torch-tomogram)."""
+    sim = simulate_volume_series(shape=(127, 127), n_views=41, tilt_axis_angle=0.0,
+                                 specimen="cell", thickness=30.0, contrast="stem", seed=2,
+                                 keep_volume=True)
+    nz, margin = 39, 16
+    truth = sim.volume.double()
+    shape = (nz, 127, 127)
+
+    def centred(n_here: int, n_other: int, inset: int) -> slice:  # odd sizes: centres meet
+        half = min(n_here, n_other) // 2 - inset
+        return slice((n_here - 1) // 2 - half, (n_here - 1) // 2 + half + 1)
+
+    insets = (0, margin, margin)
+    box_t = tuple(centred(t, r, m) for t, r, m in zip(truth.shape, shape, insets, strict=True))
+    box_r = tuple(centred(r, t, m) for t, r, m in zip(truth.shape, shape, insets, strict=True))
+    b = torch.fft.rfftn(truth[box_t] - truth[box_t].mean())
+    grid = torch.meshgrid(*[torch.fft.fftfreq(n, dtype=torch.float64) for n in b.shape[:2]],
+                          torch.fft.rfftfreq(truth[box_t].shape[2], dtype=torch.float64),
+                          indexing="ij")
+    radius = sum(g ** 2 for g in grid).sqrt()
+    low = (radius > 0) & (radius < 0.05)
+    scores = {}
+    for weighting in ("exact", "ramp"):
+        volume = reconstruct(sim.views, shift_transforms(sim.shifts), sim.tilt_angles, 0.0,
+                             thickness=nz, weighting=weighting)[box_r].double()
+        a = torch.fft.rfftn(volume - volume.mean())
+        scores[weighting] = float((a[low] * b[low].conj()).real.sum() / (
+            (a[low].abs() ** 2).sum() * (b[low].abs() ** 2).sum()).sqrt())
+    assert scores["exact"] > scores["ramp"] + 0.01, scores
+    with pytest.raises(ValueError, match="weighting must be one of exact, ramp"):
+        reconstruct(sim.views, shift_transforms(sim.shifts), sim.tilt_angles, 0.0,
+                    thickness=nz, weighting="sirt")
 
 
 def test_bad_geometry_names_the_view():

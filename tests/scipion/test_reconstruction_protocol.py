@@ -330,7 +330,14 @@ def test_coarse_alignment_writes_a_preview_and_checks_every_view(runs):
     # the residual of every enabled view is registered; well aligned, none flagged
     ts = read_tilt_series_set(project, coarse, cts.OUTPUT_TILT_SERIES)["TS_a"]
     residual = registered_reprojection(project, coarse, "TS_a")
-    assert np.isfinite(residual[ts.enabled]).all() and len(residual) == N_VIEWS
+    # (a view the check cannot compare is unchecked, NaN, and named: here the two ends of
+    # the tilt range, whose oblique rays through 48 px of a 96 px wide tomogram all meet
+    # voxels some view did not see)
+    unchecked = ts.enabled & ~np.isfinite(residual)
+    assert len(residual) == N_VIEWS and unchecked.sum() <= 2
+    assert record["unchecked"] == [int(v) + 1 for v in np.flatnonzero(unchecked)]
+    assert set(np.flatnonzero(unchecked)) <= {0, N_VIEWS - 1}  # the stack runs -60..60
+    residual = np.where(unchecked, 0.0, residual)
     assert residual.max() < record["limit"] and record["flagged"] == []
     worst = int(np.argmax(residual))
     assert record["worstResidual"] == pytest.approx(residual[worst])

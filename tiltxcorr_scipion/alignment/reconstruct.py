@@ -2,7 +2,8 @@
 
 Geometry (docs/conventions.md, docs/reconstruction.md). The tomogram is a float32 array
 `(nz, ny, nx)` (MRC `data[z, y, x]`), voxels `binning` stack pixels wide, centred on the
-view centre:
+view centre `((h - 1) / 2, (w - 1) / 2)` as IMOD's tilt is (the transforms rotate about
+`(h / 2, w / 2)`, as newstack applies them):
 
 - `x` runs across the tilt axis, along `across = (sin a, cos a)` of the transformed (aligned)
   views, `y` along the axis, `along = (cos a, -sin a)` (row, col), `a` the tilt axis angle in
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..options import RECONSTRUCTION_WEIGHTINGS
 from .binning import BinnedViews, bin_stack
 from .fourier import frequency_grid, imod_filter, next_fast_size, taper_mask
 from .geometry import axis_directions
@@ -136,6 +138,20 @@ def radial_weights(frequency: torch.Tensor, step: torch.Tensor | float, *, radia
     return torch.where(f < 0.5 * step, ZERO_WEIGHT * step * torch.ones_like(f), ramp)
 
 
+def exact_weights(frequency: torch.Tensor, tilts: torch.Tensor, thickness: float
+                  ) -> torch.Tensor:
+    """`(b, nk)` exact weights of views at tilts `(b,)` (radians) for an object `thickness`
+    binned pixels thick: one over the density of all views' central lines at each view's
+    line `frequency` `(b, nk)` (cycles per pixel), each line spread across by the object's
+    thickness: `1 / sum_j T sinc(T f sin(t_i - t_j))` (Radermacher's exact filter). At
+    high frequency it is the ramp `f dt`; at low ones, where neighbouring lines overlap,
+    it levels off at `1 / (n T)` instead of falling to zero, as a ramp does."""
+    gaps = torch.sin(tilts[:, None] - tilts[None, :]).to(torch.float64)  # (b, b)
+    spread = thickness * frequency.to(torch.float64)[:, None, :] * gaps[:, :, None]
+    density = thickness * torch.sinc(spread).sum(dim=1)
+    return 1.0 / density.clamp(min=float(thickness))
+
+
 class _Lines:
     """Every view resampled onto stretched lines across the tilt axis, slab by slab.
 
@@ -203,7 +219,8 @@ class _Lines:
 class _Backprojector:
     """The weighted back-projection as matrices in Fourier space along the lines."""
 
-    def __init__(self, lines: _Lines, *, radial, fake_sirt_iterations: int, line_pixels: int):
+    def __init__(self, lines: _Lines, *, radial, fake_sirt_iterations: int, line_pixels: int,
+                 weighting: str = "exact"):
         frame = lines.frame
         nz = frame.shape[0]
         self.lines = lines
@@ -217,11 +234,20 @@ class _Backprojector:
         weights = radial_weights(line_freq, step[:, None], radial=radial,
                                  line_pixels=line_pixels,
                                  fake_sirt_iterations=fake_sirt_iterations)
-        # the view's share of the angular integral (uniform: IMOD weights views equally)
-        tilts = torch.rad2deg(torch.atan(lines.tan))
-        spread = float(tilts.max() - tilts.min()) if len(tilts) > 1 else 0.0
-        per_view = math.radians(spread / (len(tilts) - 1)) if spread > 0 else 1.0
-        self.weights = (weights * per_view).to(torch.float32).to(device)  # (b, nk)
+        tilts = torch.atan(lines.tan)
+        if weighting not in RECONSTRUCTION_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(RECONSTRUCTION_WEIGHTINGS)}, "
+                             f"not {weighting!r}")
+        if weighting == "exact":
+            # RADIAL's cutoff and fall-off (and the SIRT-like filter) over the ramp
+            f = line_freq.expand_as(weights)
+            shape = torch.where(f > 0, weights / f.clamp(min=1e-300), torch.ones_like(weights))
+            weights = exact_weights(line_freq, tilts, nz) * shape
+        else:
+            # the view's share of the angular integral (uniform: IMOD weights views equally)
+            spread = float(tilts.max() - tilts.min()) if len(tilts) > 1 else 0.0
+            weights = weights * (spread / (len(tilts) - 1) if spread > 0 else 1.0)
+        self.weights = weights.to(torch.float32).to(device)  # (b, nk)
         # shift of the line for section l: z_l tan t_i / f samples
         delay = frame.heights()[:, None] * lines.tan[None, :] / frame.binning  # (nz, b)
         index = torch.arange(len(k), dtype=torch.float64)
@@ -302,8 +328,8 @@ def _checked_geometry(transforms, tilt_angles, b: int, enabled: torch.Tensor
 def reconstruct(views: torch.Tensor, transforms, tilt_angles, tilt_axis_angle: float, *,
                 thickness: float, binning: int = 1, z_shift: float = 0.0,
                 tilt_angle_offset: float = 0.0, radial=RADIAL, fake_sirt_iterations: int = 0,
-                enabled=None, progress: Callable[[int, int], None] | None = None
-                ) -> torch.Tensor:
+                weighting: str = "exact", enabled=None,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Weighted back-projection of raw views into a tomogram, as IMOD's `tilt` does.
 
     Parameters
@@ -330,6 +356,13 @@ def reconstruct(views: torch.Tensor, transforms, tilt_angles, tilt_axis_angle: f
         IMOD's RADIAL `(cutoff, fall-off)`, cycles per binned pixel.
     fake_sirt_iterations
         IMOD's FakeSIRTiterations (0: plain weighted back-projection).
+    weighting
+        ``"exact"`` (default): each view weighted by one over the density of all views'
+        central lines at its frequencies, for an object as thick as the tomogram
+        (`exact_weights`), then RADIAL's cutoff and fall-off; at high frequency it is
+        IMOD's ramp, at the lowest it does not fall to zero, which keeps a slab's broad
+        density (docs/reconstruction.md, Benchmark). ``"ramp"``: IMOD tilt's weighting as
+        it is (a ramp, 0.2 of its first step at zero frequency).
     enabled
         `(b,)` bool; disabled views are left out (never read).
     progress
@@ -347,12 +380,12 @@ def reconstruct(views: torch.Tensor, transforms, tilt_angles, tilt_axis_angle: f
     return reconstruct_binned(binned, t[use], angles[use], tilt_axis_angle, thickness=thickness,
                               z_shift=z_shift, tilt_angle_offset=tilt_angle_offset,
                               radial=radial, fake_sirt_iterations=fake_sirt_iterations,
-                              progress=progress)
+                              weighting=weighting, progress=progress)
 
 
 def reconstruct_binned(binned: BinnedViews, transforms, tilt_angles, tilt_axis_angle: float, *,
                        thickness: float, z_shift: float = 0.0, tilt_angle_offset: float = 0.0,
-                       radial=RADIAL, fake_sirt_iterations: int = 0,
+                       radial=RADIAL, fake_sirt_iterations: int = 0, weighting: str = "exact",
                        progress: Callable[[int, int], None] | None = None,
                        out: torch.Tensor | None = None) -> torch.Tensor:
     """`reconstruct` from views already binned (`bin_chunks`: a stack read chunk by chunk).
@@ -368,7 +401,7 @@ def reconstruct_binned(binned: BinnedViews, transforms, tilt_angles, tilt_axis_a
     nz, ny, nx = frame.shape
     lines = _Lines(binned, t, angles + float(tilt_angle_offset), tilt_axis_angle, frame)
     projector = _Backprojector(lines, radial=radial, fake_sirt_iterations=fake_sirt_iterations,
-                               line_pixels=nx)
+                               line_pixels=nx, weighting=weighting)
     volume = out if out is not None else torch.empty(frame.shape, dtype=torch.float32,
                                                     device=binned.views.device)
     rows = _slab_rows(b, lines.n, nz)
@@ -389,7 +422,8 @@ class ReprojectionCheck:
     residual
         `(b, 2)` float64 `(dy, dx)` stack pixels in the aligned (transformed) frame: how far
         the view's content lies from where the other views put it (moving the view's
-        content by `-residual` would lay it on the reprojection). NaN for disabled views.
+        content by `-residual` would lay it on the reprojection). NaN for disabled views and
+        for unchecked ones.
     residual_px
         `(b,)` float64 lengths of `residual`.
     correlation
@@ -401,6 +435,10 @@ class ReprojectionCheck:
         The limit, stack pixels.
     binning
         The binning the check ran at.
+    unchecked
+        `(b,)` bool: enabled views the check could not compare, no ray of theirs meeting
+        only voxels every other view saw (the ends of the tilt range on a tomogram thick
+        for its width; views thrown apart). Neither passed nor flagged.
     """
 
     residual: torch.Tensor
@@ -409,6 +447,7 @@ class ReprojectionCheck:
     flagged: torch.Tensor
     limit_px: float
     binning: int
+    unchecked: torch.Tensor
 
     @property
     def worst_view(self) -> int | None:
@@ -492,7 +531,8 @@ def reprojection_check_binned(binned: BinnedViews, transforms, tilt_angles,
     lengths = full.norm(dim=1)
     flagged = torch.isfinite(lengths) & (lengths > limit_px)
     return ReprojectionCheck(residual=full, residual_px=lengths, correlation=corr,
-                             flagged=flagged, limit_px=float(limit_px), binning=f)
+                             flagged=flagged, limit_px=float(limit_px), binning=f,
+                             unchecked=mask & ~torch.isfinite(lengths))
 
 
 #: The check compares a view only along rays through voxels that all other views saw.

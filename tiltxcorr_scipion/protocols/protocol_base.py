@@ -194,7 +194,9 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         record = {"path": preview.path, "binning": int(preview.binning),
                   "limit": float(check.limit_px),
                   "flagged": sorted(int(v) for v in views.stack_positions[np.asarray(
-                      check.flagged, dtype=bool) & finite])}
+                      check.flagged, dtype=bool) & finite]),
+                  "unchecked": sorted(int(v) for v in views.stack_positions[np.asarray(
+                      check.unchecked, dtype=bool)])}
         if finite.any():
             worst = int(np.nanargmax(np.where(finite, residual, np.nan)))
             record.update(worstView=int(views.stack_positions[worst]),
@@ -697,6 +699,8 @@ def preview_line(record: dict) -> str:
     if "worstView" in record:
         text += (f"worst view {record['worstView']} ({record['worstTilt']:+.1f} deg) "
                  f"{record['worstResidual']:.2f} px, ")
-    flagged = record.get("flagged") or []
-    return text + (f"flagged (> {record['limit']:g} px): {', '.join(map(str, flagged))}"
-                   if flagged else f"none above {record['limit']:g} px")
+    flagged, unchecked = record.get("flagged") or [], record.get("unchecked") or []
+    text += (f"flagged (> {record['limit']:g} px): {', '.join(map(str, flagged))}"
+             if flagged else f"none above {record['limit']:g} px")
+    return text + (f"; unchecked (no ray all other views saw): {', '.join(map(str, unchecked))}"
+                   if unchecked else "")

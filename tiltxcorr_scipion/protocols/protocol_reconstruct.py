@@ -29,6 +29,7 @@ from tomo.objects import SetOfTiltSeries, SetOfTomograms, Tomogram
 from .. import constants as cts
 from ..convert.transforms import identity_transforms
 from ..faults import pause_point
+from ..options import RECONSTRUCTION_WEIGHTINGS
 from ..pipeline import TiltSeriesViews, reconstruct_views, select_device, transformed_tilt_axis
 from .protocol_base import ProtTiltxcorrBase
 
@@ -103,6 +104,15 @@ class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
                               help="The weighting of the back-projection (IMOD tilt's RADIAL): "
                                    "linear in frequency up to the cutoff, then a Gaussian "
                                    "fall-off.")
+        group.addParam("weighting", params.EnumParam, choices=list(RECONSTRUCTION_WEIGHTINGS),
+                       default=0, display=params.EnumParam.DISPLAY_HLIST,
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Weighting",
+                       help="exact (default): each view weighted by one over the density of "
+                            "all views' lines for an object as thick as the tomogram, then "
+                            "the cutoff and fall-off below: as IMOD's ramp at high frequency, "
+                            "but the slab's broad density is kept. ramp: IMOD tilt's weighting "
+                            "as it is (docs/reconstruction.md).")
         group.addParam("radialCutoff", params.FloatParam, default=RADIAL_DEFAULTS[0],
                        validators=[params.GT(0), params.LE(0.5)],
                        expertLevel=params.LEVEL_ADVANCED,
@@ -126,6 +136,9 @@ class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
     def _binning(self) -> int:
         return int(self.getAttributeValue("binning", 1) or 1)
 
+    def _weighting(self) -> str:
+        return RECONSTRUCTION_WEIGHTINGS[int(self.getAttributeValue("weighting", 0) or 0)]
+
     def _tomogramPath(self, tsId: str) -> str:
         return self._getExtraPath(f"{tsId}.mrc")
 
@@ -148,6 +161,7 @@ class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
             radial=(float(self.getAttributeValue("radialCutoff", RADIAL_DEFAULTS[0])),
                     float(self.getAttributeValue("radialFalloff", RADIAL_DEFAULTS[1]))),
             fake_sirt_iterations=int(self.getAttributeValue("fakeSirtIterations", 0) or 0),
+            weighting=self._weighting(),
             device=device)
         pause_point("files written", tsId)
         reconstructed = time.perf_counter()
@@ -218,7 +232,11 @@ class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
             "Tomograms were reconstructed in tiltxcorr-scipion (PyTorch) by weighted "
             "back-projection of the aligned tilt series, as IMOD's tilt does "
             f"[Mastronarde2017], with binning {self._binning()}, a thickness of "
-            f"{self.getAttributeValue('thickness', 300)} pixels and a radial filter "
+            f"{self.getAttributeValue('thickness', 300)} pixels, "
+            + ("exact weighting (one over the density of the views' central lines for an "
+               "object as thick as the tomogram) " if self._weighting() == "exact" else
+               "IMOD's ramp weighting ")
+            + "and a radial filter "
             f"(cutoff {self.getAttributeValue('radialCutoff', RADIAL_DEFAULTS[0]):g}, fall-off "
             f"{self.getAttributeValue('radialFalloff', RADIAL_DEFAULTS[1]):g} cycles/pixel)"
             + (f" modified to mimic {sirt} SIRT iterations" if sirt else "") + "."]
