@@ -499,7 +499,10 @@ def reprojection_check_binned(binned: BinnedViews, transforms, tilt_angles,
     nz, ny, nx = frame.shape
     f = binned.factor
     lines = _Lines(binned, t, angles + float(tilt_angle_offset), tilt_axis_angle, frame)
-    projector = _Backprojector(lines, radial=RADIAL, fake_sirt_iterations=0, line_pixels=nx)
+    # IMOD's ramp: the check's band-pass leaves out the lowest frequencies, where the
+    # weightings differ, and its limit and figures (docs/reconstruction.md) were set so
+    projector = _Backprojector(lines, radial=RADIAL, fake_sirt_iterations=0, line_pixels=nx,
+                               weighting="ramp")
     all_rows = slice(0, ny)
     raw_lines = lines.sample(all_rows)  # (b, ny, n): the views themselves, stretched
     weighted = (torch.fft.rfft(raw_lines, dim=-1) * projector.weights[:, None, :]
