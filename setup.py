@@ -37,7 +37,8 @@ setup(
     extras_require={
         # scipion-em-imod: the chaining tests run its protocols up to their first IMOD binary
         "test": ["pytest>=7", "ruff", "scipion-em-imod"],
-        "bench": ["torch-tiltxcorr==0.6.0", "psutil", "h5py"],  # h5py: etspy's .hspy files
+        # h5py: etspy's .hspy files; torch-tomogram: the reconstruction benchmark's anchor
+        "bench": ["torch-tiltxcorr==0.6.0", "psutil", "h5py", "torch-tomogram==0.0.2"],
         # make peer-check: torch-tiltxcorr and what its tests simulate with
         "peer": ["torch-tiltxcorr==0.6.0", "torch-fourier-slice", "torch-fourier-shift",
                  "einops", "torch-affine-utils", "torch-image-interpolation"],

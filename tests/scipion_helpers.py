@@ -722,6 +722,36 @@ def close_streaming_set(project, the_set) -> None:
     the_set.close()
 
 
+def feed_stream(project, the_set, arrivals: list[dict], *, first_delay: float = 2.0,
+                gap: float = 1.0, close_delay: float = 4.0):
+    """Start a producer thread that appends tilt series to an open set, then closes it.
+
+    After `first_delay` s, each entry of `arrivals` (keyword arguments of
+    `append_tilt_series`: ``ts_id``, ``stack_path``, ``tilt_angles``...) is appended, `gap` s
+    apart; `close_delay` s after the last, the set is closed. Returns ``(thread, errors)``
+    for `wait_with_producer`: what the producer raised lands in ``errors``.
+    """
+    import threading
+
+    errors: list[BaseException] = []
+
+    def producer():
+        try:
+            time.sleep(first_delay)
+            for k, arrival in enumerate(arrivals):
+                if k:
+                    time.sleep(gap)
+                append_tilt_series(the_set, **arrival)
+            time.sleep(close_delay)
+            close_streaming_set(project, the_set)
+        except BaseException as exc:  # surfaced in the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    return thread, errors
+
+
 def corrupt_file(path: str | os.PathLike, how: str = "truncate") -> None:
     """Damage a stack after import: ``"truncate"`` (cut to half) or ``"garbage"`` (not MRC)."""
     path = Path(path).resolve()

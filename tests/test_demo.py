@@ -1,5 +1,6 @@
 """The README's first quick-start command, run for real (smaller series)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -19,3 +20,11 @@ def test_demo_aligns_the_built_in_example(tmp_path):
     extra = re.search(r"plots and IMOD files: (\S+)", run.stdout)[1]
     assert (folder / "user-data" / "projects").is_dir()
     assert extra.startswith(str(folder))
+    # the preview tomogram (default Yes): where it and its slices are
+    preview = re.search(r"^preview tomogram: (\S+)$", run.stdout, flags=re.M)[1]
+    assert preview == f"{extra}/TS_demo_preview.mrc" and os.path.getsize(preview) > 0
+    slices = re.search(r"^preview slices \(XY, XZ\) and reprojection check: (\S+)$",
+                       run.stdout, flags=re.M)[1]
+    assert slices == f"{extra}/TS_demo_alignment.png" and os.path.getsize(slices) > 0
+    assert re.search(r"^TS_demo: preview tomogram .*reprojection check: worst view \d+ ",
+                     run.stdout, flags=re.M)

@@ -61,6 +61,6 @@ def test_scipion_discovery_finds_the_plugin_and_applies_the_sqlite_fix():
         "    'close': sqlite_db.SqliteDb.close.__name__,\n"
         "}))")
     assert result["found"] and result["name"] == "tiltxcorr_scipion"
-    assert result["templates"] == 1
+    assert result["templates"] == 2  # import -> coarse alignment; ... -> tomogram
     assert result["fixed"] == "CursorClosingConnection"
     assert result["close"] == "_close_keeping_others_cached"

@@ -1,6 +1,7 @@
 """Command line: align a tilt series outside Scipion, with IMOD output files.
 
     tiltxcorr-scipion align STACK.mrc --tlt STACK.tlt --axis 85 [--out PREFIX] [--aligned]
+    tiltxcorr-scipion reconstruct STACK.mrc --xf STACK.xf --tlt STACK.tlt --axis 0
 
 Arguments are parsed and checked here, everything else is the shared
 per-tilt-series path (`tiltxcorr_scipion.pipeline`), then a table is printed.
@@ -23,6 +24,7 @@ import numpy as np
 
 from .options import (
     LEVEL_BY,
+    RECONSTRUCTION_WEIGHTINGS,
     CoarseOptions,
     FineOptions,
     OptionError,
@@ -30,7 +32,7 @@ from .options import (
     check_option,
 )
 
-__all__ = ["main", "parse_view_list"]
+__all__ = ["main", "parse_view_list", "reconstruct_command"]
 
 PROG = "tiltxcorr-scipion"
 #: Exit status when the self-check finds no self-consistent alignment (the files are written).
@@ -40,6 +42,8 @@ EXIT_TEXT = ("Exit status: 0 done, 2 bad input or unwritable output (a one-line 
              "alignment\n(a warning on stderr; the files are written), 130 interrupted.")
 DEFAULTS = CoarseOptions()
 FINE = FineOptions()
+#: The preview's largest width (pipeline.PREVIEW_MAX_WIDTH; not imported: parsing stays light).
+PREVIEW_WIDTH = 512
 
 #: Engine option -> its command-line flag (the name every message uses).
 OPTION_FLAGS = {
@@ -209,6 +213,14 @@ def _add_common_arguments(parser: argparse.ArgumentParser, *, plot_help: str) ->
                               "multiplied by N); default 1")
     outputs.add_argument("--plot", action="store_true",
                          help=f"also write PREFIX_alignment.png ({plot_help})")
+    outputs.add_argument("--preview", action="store_true",
+                         help="also write PREFIX_preview.mrc: a tomogram of the alignment at most "
+                              f"{PREVIEW_WIDTH} voxels wide, and check each view against the "
+                              "tomogram made without it (reported, and drawn in the plot)")
+    outputs.add_argument("--preview-thickness", metavar="PX",
+                         type=_positive_number(float, "a positive number"),
+                         help="preview thickness in stack pixels (default: a quarter of the "
+                              "larger side; 1.5 times the slab a fine alignment found)")
     outputs.add_argument("--overwrite", action="store_true",
                          help="replace existing output files (default: refuse)")
     outputs.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -435,7 +447,193 @@ def build_parser() -> argparse.ArgumentParser:
                             f"constant); default {FINE.robust_k:g}")
     solve.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="where to compute; default auto")
+    _add_reconstruct_parser(commands)
     return parser
+
+
+def _add_reconstruct_parser(commands) -> None:
+    rec = commands.add_parser(
+        "reconstruct", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="a tomogram from a stack and its transforms (weighted back-projection, as IMOD "
+             "tilt); write PREFIX.mrc",
+        description="Reconstruct a tomogram by weighted back-projection (IMOD tilt's method: "
+                    "radial filter,\noptional SIRT-like filter) straight from the raw stack and "
+                    "its transforms, and write\n"
+                    "  PREFIX.mrc  float32 volume: Z the beam direction, Y along the tilt axis, "
+                    "X across it,\n"
+                    "              voxel size = pixel size x binning (what IMOD's tilt and "
+                    "trimvol -rx\n"
+                    "              give; docs/reconstruction.md)\n"
+                    "The file appears only when complete.",
+        epilog="Sizes are in pixels of STACK; views are numbered by their 1-based position in "
+               "the stack.\n--axis is the tilt axis in the frame of the transformed views: the "
+               "acquisition's angle\nafter a pure-shift .prexg, 0 after a tiltalign-style .xf "
+               "that turns the axis onto Y.\n\nexample:\n"
+               f"  {PROG} reconstruct TS_01.st --xf TS_01.xf --tlt TS_01.tlt --axis 0 "
+               "--thickness 400 --binning 4\n"
+               f"  {PROG} reconstruct TS_01.st --xf TS_01.prexg --tlt TS_01.rawtlt --axis 85.3\n\n"
+               "Exit status: 0 done, 2 bad input or unwritable output (a one-line message), "
+               "130 interrupted.")
+    rec.add_argument("stack", metavar="STACK", help="MRC tilt-series stack (the raw views)")
+    inputs = rec.add_argument_group("input")
+    inputs.add_argument("--xf", metavar="FILE", required=True,
+                        help="IMOD transforms, one line A11 A12 A21 A22 DX DY per view in stack "
+                             "order (.xf, .prexg); required")
+    inputs.add_argument("--tlt", metavar="FILE", required=True,
+                        help="tilt angles in degrees, one per line in stack order; required")
+    inputs.add_argument("--axis", metavar="DEG", type=_finite_float, required=True,
+                        help="tilt axis angle in the transformed views, degrees from Y, "
+                             "counter-clockwise positive; required")
+    inputs.add_argument("--exclude", metavar="LIST", type=parse_view_list, default=(),
+                        help="views to leave out, 1-based stack positions like 1,4-6")
+    inputs.add_argument("--pixel-size", metavar="A",
+                        type=_positive_number(float, "a positive number"),
+                        help="pixel size in Angstrom (default: STACK's header, else 1)")
+    geometry = rec.add_argument_group("reconstruction (IMOD tilt's options)")
+    geometry.add_argument("--thickness", metavar="N",
+                          type=_positive_number(int, "an integer >= 1"),
+                          help="thickness in stack pixels (THICKNESS; default: a quarter of "
+                               "the views' larger side)")
+    geometry.add_argument("--binning", metavar="N", default=1,
+                          type=_positive_number(int, "an integer >= 1"),
+                          help="bin the views by N first (voxels N stack pixels wide); default 1")
+    geometry.add_argument("--z-shift", metavar="PX", type=_finite_float, default=0.0,
+                          help="move the specimen up by PX stack pixels (SHIFT's Z); default 0")
+    geometry.add_argument("--offset", metavar="DEG", type=_finite_float, default=0.0,
+                          help="degrees added to every tilt angle (OFFSET); default 0")
+    geometry.add_argument("--radial", metavar="CUTOFF,FALLOFF", type=_radial_pair,
+                          default=(0.35, 0.035),
+                          help="radial filter: linear to CUTOFF, then a Gaussian fall-off of sd "
+                               "FALLOFF, cycles/pixel (above 1: Fourier pixels); default "
+                               "0.35,0.035")
+    geometry.add_argument("--fake-sirt", metavar="N", type=_positive_number(int, "an integer "
+                                                                             ">= 1"),
+                          default=0,
+                          help="a SIRT-like filter equal to N iterations (FakeSIRTiterations); "
+                               "default: plain weighted back-projection")
+    geometry.add_argument("--weighting", choices=RECONSTRUCTION_WEIGHTINGS, default="exact",
+                          help="exact: each view weighted by the density of all views' lines "
+                               "for an object as thick as the tomogram (keeps a slab's broad "
+                               "density), then the radial filter; ramp: IMOD tilt's ramp as "
+                               "it is; default exact")
+    geometry.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                          help="where to compute; default auto")
+    outputs = rec.add_argument_group("output")
+    outputs.add_argument("--out", metavar="PREFIX",
+                         help="output path prefix: writes PREFIX.mrc (default: STACK without its "
+                              "extension plus _rec); a folder (ending in /) writes "
+                              "FOLDER/STACKNAME_rec.mrc")
+    outputs.add_argument("--overwrite", action="store_true",
+                         help="replace an existing output file (default: refuse)")
+    outputs.add_argument("--progress", dest="progress", action="store_true", default=None,
+                         help="draw a progress bar on stderr (default: when stderr is a terminal)")
+    outputs.add_argument("--no-progress", dest="progress", action="store_false",
+                         help="never draw a progress bar")
+    outputs.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+
+def _radial_pair(text: str) -> tuple[float, float]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(np.isfinite(v) and v >= 0 for v in values) or values[0] == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cutoff and fall-off like "
+                                         "0.35,0.035")
+    return values
+
+
+def _reconstruct_inputs(args: argparse.Namespace):
+    """The stack, transforms, angles and enabled views of ``reconstruct``; or a UserError."""
+    from .convert.imod import read_tlt, read_xf
+    from .convert.mrc import MrcStack, StackReadError
+
+    try:
+        source = MrcStack.open(args.stack)
+        for path in (args.xf, args.tlt):
+            if not os.path.isfile(path):
+                raise UserError(f"{path}: no such file")
+        transforms, angles = read_xf(args.xf), read_tlt(args.tlt)
+    except (StackReadError, ValueError) as error:
+        raise UserError(str(error)) from None
+    n = source.n_views
+    for path, count in ((args.xf, len(transforms)), (args.tlt, len(angles))):
+        if count != n:
+            raise UserError(f"{args.stack} has {n} views but {path} has {count} lines: give "
+                            "one per view, in stack order")
+    beyond = [span.stop - 1 for span in args.exclude if span.stop - 1 > n]
+    if beyond:
+        raise UserError(f"--exclude {beyond[0]}: {args.stack} has only {n} views")
+    enabled = np.ones(n, dtype=bool)
+    for span in args.exclude:
+        enabled[span.start - 1:span.stop - 1] = False
+    return source, transforms, angles, enabled
+
+
+def _reconstruct_output(args: argparse.Namespace) -> str:
+    """PREFIX.mrc, checked: its folder exists, it is not the input, it is new (or --overwrite)."""
+    from .convert.files import remove_temporaries
+
+    folder, name = _output_folder_and_name(args.stack, args.out)
+    if args.out is None or args.out.endswith(os.sep) or os.path.isdir(args.out):
+        name += "_rec"
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot write {name}.mrc: folder {folder} does not exist")
+    path = os.path.join(folder, name + ".mrc")
+    if _same_file(path, args.stack):
+        raise UserError(f"{path} is the input stack: choose another --out")
+    remove_temporaries(folder, [os.path.basename(path)])
+    if os.path.exists(path) and not args.overwrite:
+        raise UserError(f"{os.path.relpath(path)} already exists; use --overwrite to replace "
+                        "it, or choose another --out")
+    return path
+
+
+def reconstruct_command(args: argparse.Namespace) -> int:
+    """Run ``reconstruct``: check the inputs, back-project, write PREFIX.mrc (or nothing)."""
+    from .alignment.reconstruct import tomogram_frame
+    from .pipeline import (
+        PREVIEW_THICKNESS_FRACTION,
+        TiltSeriesFailure,
+        TiltSeriesViews,
+        reconstruct_views,
+    )
+
+    source, transforms, angles, enabled = _reconstruct_inputs(args)
+    h, w = source.view_shape
+    b = args.binning
+    if b > min(h, w):
+        raise UserError(f"--binning {b}: the views are only {h} x {w} pixels")
+    thickness = args.thickness or max(b, round(PREVIEW_THICKNESS_FRACTION * max(h, w)))
+    if thickness < b:
+        raise UserError(f"--thickness {thickness}: less than one voxel at --binning {b}")
+    out_path = _reconstruct_output(args)
+    views = TiltSeriesViews.from_stack(source, angles, enabled=enabled,
+                                       pixel_size=args.pixel_size)
+    device = _device(args.device)
+    show = bool(sys.stderr.isatty() if args.progress is None else args.progress) and not args.quiet
+    started = time.monotonic()
+    bar, update = _progress_bar("back-projecting", "rows", show, bool(args.progress))
+    try:
+        reconstruct_views(views, transforms, angles, args.axis, thickness=thickness, binning=b,
+                          path=out_path, z_shift=args.z_shift, tilt_angle_offset=args.offset,
+                          radial=args.radial, fake_sirt_iterations=args.fake_sirt,
+                          weighting=args.weighting, device=device, progress=update)
+    except TiltSeriesFailure as failure:
+        advice = (("repair it or leave it out with --exclude "
+                   + ",".join(str(v) for v in failure.views)) if failure.views
+                  else failure.advice)
+        raise UserError(f"{args.stack}: {failure.cause}"
+                        + (f"; {advice}" if advice else "")) from None
+    finally:
+        bar.close()
+    if not args.quiet:
+        nz, ny, nx = tomogram_frame((h, w), args.axis, thickness=thickness, binning=b).shape
+        sys.stdout.write(f"wrote {os.path.relpath(out_path)} ({nx} x {ny} x {nz} voxels of "
+                         f"{views.sampling_rate * b:g} A, binned by {b}) from "
+                         f"{int(enabled.sum())} of {len(enabled)} views in "
+                         f"{time.monotonic() - started:.1f} s on {device.type}\n")
+    return 0
 
 
 # --------------------------------------------------------------------------- the command
@@ -567,7 +765,8 @@ def _plan_outputs(args: argparse.Namespace, tlt_path: str, *, fine: bool
 
     folder, name = _output_folder_and_name(args.stack, args.out)
     try:
-        paths = output_paths(folder, name, plot=args.plot, aligned=args.aligned, fine=fine)
+        paths = output_paths(folder, name, plot=args.plot, aligned=args.aligned, fine=fine,
+                             preview=args.preview)
     except ValueError as error:
         raise UserError(f"cannot write {args.out or name}.*: {error}") from None
     keep_input_tlt = _same_file(paths["tlt"], tlt_path)
@@ -604,7 +803,8 @@ def _run(args: argparse.Namespace, views, options, paths: dict[str, str], progre
         bar.close()
         elapsed = time.monotonic() - started
         bar, update = _progress_bar("writing", "views", show, bool(args.progress))
-        write_outputs(outcome, paths, aligned_binning=args.aligned_binning, progress=update)
+        write_outputs(outcome, paths, aligned_binning=args.aligned_binning, progress=update,
+                      preview_thickness=args.preview_thickness)
     except TiltSeriesFailure as failure:
         if failure.views:  # say how, with this command
             advice = ("repair it or leave it out with --exclude "
@@ -695,6 +895,30 @@ def _report(out: TextIO, outcome, elapsed: float, paths: dict[str, str], keep_in
             out.write(f"wrote {os.path.relpath(paths[kind])}\n")
         elif kind == "tlt" and keep_input_tlt:
             out.write(f"wrote {os.path.relpath(tlt_path)} (the input, kept)\n")
+    _report_preview(out, outcome)
+
+
+def _report_preview(out: TextIO, outcome) -> None:
+    """The preview's file and size, and the reprojection check's verdict."""
+    preview = outcome.preview
+    if preview is None:
+        return
+    nz, ny, nx = preview.shape
+    out.write(f"wrote {os.path.relpath(preview.path)} (preview tomogram {nx} x {ny} x {nz}, "
+              f"binned by {preview.binning})\n")
+    check, views = preview.check, outcome.views
+    worst = check.worst_view
+    if worst is None:
+        return
+    flagged = np.sort(views.stack_positions[check.flagged.numpy()])
+    unchecked = np.sort(views.stack_positions[check.unchecked.numpy()])
+    line = (f"reprojection check: worst view {views.stack_positions[worst]} "
+            f"{float(check.residual_px[worst]):.2f} px (limit {check.limit_px:g} px); "
+            + ("flagged: " + ", ".join(str(v) for v in flagged) if flagged.size
+               else "no view flagged"))
+    if unchecked.size:
+        line += "; unchecked (no ray all other views saw): " + ", ".join(map(str, unchecked))
+    out.write(line + "\n")
 
 
 def _write_excluded(out: TextIO, outcome) -> None:
@@ -726,6 +950,7 @@ def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) ->
     for kind in ("xf", "tlt", "fid", "residuals", "landmarks", "png", "ali"):
         if kind in paths:
             out.write(f"wrote {os.path.relpath(paths[kind])}\n")
+    _report_preview(out, outcome)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -737,6 +962,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return align_command(args)
         if args.command == "fine":
             return fine_command(args)
+        if args.command == "reconstruct":
+            return reconstruct_command(args)
         parser.error(f"unknown command {args.command!r}")
     except UserError as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")

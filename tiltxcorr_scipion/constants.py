@@ -9,6 +9,9 @@ OUTPUT_LANDMARK_MODELS = "LandmarkModels"
 # ...the tilt series the landmark models describe, as the input had them (earlier alignment
 # included): the frame of the landmarks, exactly the series that have a model.
 OUTPUT_LANDMARK_TILT_SERIES = "LandmarkTiltSeries"
+# ...and of ProtTiltxcorrReconstruct (with FailedTiltSeries): the name scipion-em-imod's
+# reconstruction gives its SetOfTomograms.
+OUTPUT_TOMOGRAMS = "Tomograms"
 
 # Attribute stored on every output tilt image: the normalised cross-correlation
 # (-1..1) of the view with the one it was aligned to; unset (None) for the
@@ -23,6 +26,12 @@ UNUSABLE_ATTR = "_tiltxcorrUnusable"
 # the view in pixels (the median misfit of its links to its nearest views in tilt),
 # unset (None) where not measured.
 RESIDUAL_ATTR = "_tiltxcorrResidual"
+
+# Attribute stored on every output tilt image when the alignment protocol made a preview
+# tomogram: the reprojection check's residual of the view in pixels of the tilt series
+# (the shift between the view and the projection, at its geometry, of a tomogram
+# reconstructed without it), unset (None) for disabled views or without a preview.
+REPROJECTION_ATTR = "_tiltxcorrReprojection"
 
 # Attribute stored on an output tilt series kept although the self-check found no
 # self-consistent alignment ("Keep unreliable tilt series" = Yes): why; unset otherwise.

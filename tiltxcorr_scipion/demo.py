@@ -5,9 +5,10 @@
 Creates (or reuses) a local folder with its own Scipion configuration, writes a
 simulated tilt series with known shifts (MRC stack + IMOD .tlt), imports it
 with scipion-em-tomo's import protocol, runs ``ProtTiltxcorrPrealignment`` on
-it, and prints the per-view shifts and correlation scores read back from the
-project database, next to the simulated truth. Nothing is written outside the
-folder.
+it (with its default preview tomogram), and prints the per-view shifts and
+correlation scores read back from the project database, next to the simulated
+truth, and where the preview tomogram and its XY / XZ slices are. Nothing is
+written outside the folder.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tiltxcorr_scipion  # noqa: F401  (installs the sqlite fix in this process)
     from tiltxcorr_scipion.protocols import ProtTiltxcorrPrealignment
+    from tiltxcorr_scipion.protocols.protocol_base import preview_line
     from tiltxcorr_scipion.simulate import simulate_tilt_series
 
     data = folder / "data"
@@ -153,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nRMS error against the simulated truth: {rms:.3f} px; protocol run {elapsed:.1f} s")
     print(f"project folder: {project.getPath()}")
     print(f"plots and IMOD files: {os.path.abspath(align._getExtraPath())}")
+    for ts_id, record in sorted(align._previewResults().items()):
+        plot = os.path.abspath(align._getExtraPath(f"{ts_id}_alignment.png"))
+        print(f"preview tomogram: {os.path.abspath(record['path'])}")
+        print(f"preview slices (XY, XZ) and reprojection check: {plot}")
+        print(f"{ts_id}: {preview_line(record)}")
     print(f"open it in the Scipion GUI: SCIPION_USER_DATA={os.environ['SCIPION_USER_DATA']} "
           f"scipion3 project {name}")
     return 0

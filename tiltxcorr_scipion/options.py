@@ -26,6 +26,7 @@ __all__ = [
     "MIN_TILT_RANGE_DEG",
     "MIN_BINNED_SIZE",
     "MIN_ENABLED_VIEWS",
+    "RECONSTRUCTION_WEIGHTINGS",
     "FINE_DEFAULTS",
     "CoarseOptions",
     "FineOptions",
@@ -38,6 +39,10 @@ __all__ = [
     "tilt_range_problem",
 ]
 
+#: A tomogram's weighting (`alignment.reconstruct`): "exact" (the default: one over the
+#: density of all views' lines for an object as thick as the tomogram, then IMOD's RADIAL
+#: cutoff and fall-off) or "ramp" (IMOD tilt's ramp as it is).
+RECONSTRUCTION_WEIGHTINGS = ("exact", "ramp")
 #: IMOD refuses to stretch beyond this tilt (1 / cos(82 deg) is already 7.2).
 MAX_TILT_DEG = 82.0
 #: Pixels beyond this magnitude overflow float32 correlations and Fourier shifts (a corrupt

@@ -11,8 +11,13 @@ The protocol, the command line and the demo all go through here::
             v
     AlignmentOutcome         transforms and scores for every view, item order
             |
-    write_outputs()          IMOD files, plot, aligned stack: each file whole or
-                             not at all, all of a tilt series or none
+    write_outputs()          IMOD files, plot, aligned stack, preview tomogram
+                             (preview_tomogram: a binned tomogram and the
+                             reprojection check, drawn into the plot): each
+                             file whole or not at all, all of a tilt series or none
+
+    reconstruct_views()      a tomogram from any transforms (.xf, Scipion's):
+                             read the raw views chunk by chunk, back-project, write
 
 Callers keep only what is theirs: the protocol its form, steps and
 registration; the command line its arguments and printing.
@@ -60,11 +65,14 @@ if TYPE_CHECKING:  # torch is imported where used: Scipion imports the protocol 
 __all__ = [
     "AlignmentOutcome",
     "FineDetails",
+    "Preview",
     "TiltSeriesFailure",
     "TiltSeriesViews",
     "align_views",
     "available_cpus",
     "output_paths",
+    "preview_tomogram",
+    "reconstruct_views",
     "select_device",
     "write_outputs",
 ]
@@ -352,6 +360,9 @@ class AlignmentOutcome:
     warnings
         What the input looked wrong in without stopping the alignment (a stack
         header whose nz disagrees with its data).
+    preview
+        The preview tomogram and reprojection check (`Preview`), once `write_outputs`
+        made one; None otherwise.
     """
 
     views: TiltSeriesViews
@@ -375,6 +386,7 @@ class AlignmentOutcome:
     fine: FineDetails | None = None
     excluded: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    preview: Preview | None = None
 
     def __post_init__(self) -> None:
         n = self.views.n_views
@@ -417,11 +429,13 @@ class AlignmentOutcome:
 
 # --------------------------------------------------------------------------- reading
 def _raw_chunks(views: TiltSeriesViews, items: np.ndarray, stacks: dict[str, MrcStack],
-                view_shape: tuple[int, int]) -> Iterator[torch.Tensor]:
+                view_shape: tuple[int, int], *, apply_previous: bool = True
+                ) -> Iterator[torch.Tensor]:
     """Enabled views `items` (item indices) as float32 tensors, a few at a time, item order.
 
     Views carrying an earlier alignment are resampled into it (bilinear;
-    they are binned next, which hides the interpolation).
+    they are binned next, which hides the interpolation), unless not
+    `apply_previous` (the raw views, for a reconstruction from whole transforms).
     """
     import torch
 
@@ -437,7 +451,7 @@ def _raw_chunks(views: TiltSeriesViews, items: np.ndarray, stacks: dict[str, Mrc
             selected = files[block] == name
             chunk[selected] = stacks[name].read(views.stack_positions[block[selected]])
         tensor = torch.from_numpy(chunk)
-        if views.previous is not None:
+        if views.previous is not None and apply_previous:
             tensor = apply_imod_transforms(tensor, views.previous[block], mode="bilinear")
         yield tensor
 
@@ -728,18 +742,20 @@ def _spread(values: np.ndarray, items: np.ndarray, n: int, fill: float = np.nan)
 #: File name suffix of each kind of output file.
 SUFFIXES = {"prexf": ".prexf", "prexg": ".prexg", "xf": ".xf", "tlt": ".tlt", "fid": ".fid",
             "residuals": "_residuals.txt", "landmarks": "_landmarks.tsv",
-            "png": "_alignment.png", "ali": ".ali"}
+            "png": "_alignment.png", "ali": ".ali", "preview": "_preview.mrc"}
 
 
 def output_paths(folder: str, name: str, *, imod: bool = True, plot: bool = True,
-                 aligned: bool = False, fine: bool = False) -> dict[str, str]:
+                 aligned: bool = False, fine: bool = False, preview: bool = False
+                 ) -> dict[str, str]:
     """The files `write_outputs` writes as `folder/name...`, by kind.
 
     Kinds (`SUFFIXES`): the IMOD files, ``prexf``, ``prexg`` and ``tlt`` of a
     coarse alignment, or with `fine` ``xf`` (tiltalign-style transforms),
     ``tlt`` (refined angles), ``fid`` (the tracks as an IMOD model),
     ``residuals`` (a table per view) and ``landmarks`` (the tracks as tomo's
-    landmark table); ``png`` the plot; ``ali`` the aligned stack. `name` (a
+    landmark table); ``png`` the plot; ``ali`` the aligned stack; ``preview``
+    the preview tomogram (`preview_tomogram`, `<name>_preview.mrc`). `name` (a
     tilt-series id, a stack's base name) must be usable as a file name and
     `folder` must exist; a ValueError says which is not.
     """
@@ -756,17 +772,23 @@ def output_paths(folder: str, name: str, *, imod: bool = True, plot: bool = True
         kinds.append("png")
     if aligned:
         kinds.append("ali")
+    if preview:
+        kinds.append("preview")
     return {kind: os.path.join(folder, name + SUFFIXES[kind]) for kind in kinds}
 
 
 def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_binning: int = 1,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+                  progress: Callable[[int, int], None] | None = None,
+                  preview_thickness: float | None = None) -> dict[str, float]:
     """Write the files of `paths` (from `output_paths`) for one aligned tilt series.
 
     All or nothing: every file is written under a temporary name first and
     all are renamed into place once all are complete (`atomic_outputs`), so
     a tilt series never has a partial set of files, even when the process is
     killed. `progress(done, total)` follows the aligned stack's views.
+    With a ``preview`` path the preview tomogram is made first
+    (`preview_tomogram`, `preview_thickness` stack pixels or its default),
+    drawn into the plot and kept as `outcome.preview`.
 
     Returns the seconds spent on each kind of file.
 
@@ -780,11 +802,17 @@ def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_b
     seconds: dict[str, float] = {}
     try:
         with atomic_outputs(paths) as temporaries:
+            preview = None
+            if "preview" in paths:
+                started = time.perf_counter()
+                preview = preview_tomogram(views, outcome, temporaries["preview"],
+                                           thickness=preview_thickness)
+                seconds["preview"] = time.perf_counter() - started
             started = time.perf_counter()
             if outcome.fine is None:
-                _write_coarse_files(outcome, temporaries)
+                _write_coarse_files(outcome, temporaries, preview)
             else:
-                _write_fine_files(outcome, temporaries)
+                _write_fine_files(outcome, temporaries, preview)
             seconds["files"] = time.perf_counter() - started
             if "ali" in paths:
                 started = time.perf_counter()
@@ -792,10 +820,15 @@ def write_outputs(outcome: AlignmentOutcome, paths: dict[str, str], *, aligned_b
                 seconds["aligned stack"] = time.perf_counter() - started
     except (OutputError, StackReadError, ValueError) as error:
         raise views.fail(str(error)) from None
+    if "preview" in paths:
+        from dataclasses import replace
+
+        outcome.preview = replace(preview, path=paths["preview"])
     return seconds
 
 
-def _write_coarse_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> None:
+def _write_coarse_files(outcome: AlignmentOutcome, paths: dict[str, str],
+                        preview: Preview | None = None) -> None:
     from .convert.imod import write_imod_files
 
     views = outcome.views
@@ -810,10 +843,11 @@ def _write_coarse_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> Non
                             views.enabled, outcome.correlation,
                             view_numbers=views.stack_positions, unusable=outcome.unusable,
                             residual=outcome.residual,
-                            unreliable_reason=outcome.unreliable_reason)
+                            unreliable_reason=outcome.unreliable_reason, preview=preview)
 
 
-def _write_fine_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> None:
+def _write_fine_files(outcome: AlignmentOutcome, paths: dict[str, str],
+                      preview: Preview | None = None) -> None:
     """tiltalign's files: ``.xf``, refined ``.tlt``; the tracks as ``.fid`` and landmark table.
 
     The model's sections are the enabled views in stack order, as Scipion's
@@ -851,7 +885,8 @@ def _write_fine_files(outcome: AlignmentOutcome, paths: dict[str, str]) -> None:
                        fine.frame_tilt_axis_angle, fine.tilt_angle_offset, fine.mean_residual,
                        view_numbers=views.stack_positions,
                        tilt_axis_angle_error=fine.tilt_axis_angle_error,
-                       tilt_angle_offset_error=fine.tilt_angle_offset_error)
+                       tilt_angle_offset_error=fine.tilt_angle_offset_error,
+                       preview=preview)
 
 
 def _write_aligned_stack(outcome: AlignmentOutcome, path: str, binning: int,
@@ -873,6 +908,230 @@ def _write_aligned_stack(outcome: AlignmentOutcome, path: str, binning: int,
 
     write_aligned_stack(stack, path, outcome.transforms[views.stack_order], binning,
                         views.sampling_rate, progress=on_view)
+
+
+# --------------------------------------------------------------------------- tomograms
+#: The preview tomogram is binned so that it is at most this many voxels wide.
+PREVIEW_MAX_WIDTH = 512
+#: Default preview thickness, as a fraction of the views' larger side (stack pixels) when the
+#: specimen's thickness is not known; with a fine alignment that found the slab, this many
+#: times its thickness.
+PREVIEW_THICKNESS_FRACTION = 0.25
+PREVIEW_SLAB_MARGIN = 1.5
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A preview tomogram of one alignment, and the reprojection check made from it.
+
+    Attributes
+    ----------
+    path
+        The MRC file (`<name>_preview.mrc`).
+    binning
+        Stack pixels per voxel.
+    shape
+        `(nz, ny, nx)` voxels (docs/reconstruction.md: z the beam, y along the tilt axis).
+    voxel_size
+        Angstrom per voxel (the MRC header's).
+    xy_slice
+        `(ny, nx)` float32 central section (z in the middle).
+    xz_slice
+        `(nz, nx)` float32 central slice across the tilt axis (y in the middle).
+    check
+        `alignment.ReprojectionCheck`, its arrays in item order (`(n,)` as the views).
+    thickness
+        Stack pixels reconstructed.
+    """
+
+    path: str
+    binning: int
+    shape: tuple[int, int, int]
+    voxel_size: float
+    xy_slice: np.ndarray
+    xz_slice: np.ndarray
+    check: Any
+    thickness: float = 0.0
+
+
+def transformed_tilt_axis(tilt_axis_angle: float, transforms: np.ndarray,
+                          enabled: np.ndarray) -> float:
+    """The tilt axis angle (degrees) in the frame of views transformed by `transforms`.
+
+    The raw images' angle plus the median rotation of the enabled views' transforms
+    (`rotation_angles_deg`): a transform that turns the image by theta turns the axis
+    with it, so a pure-shift alignment keeps the acquisition's angle and a
+    tiltalign-style one, which turns the axis onto Y, gives 0.
+    """
+    angles = rotation_angles_deg(np.asarray(transforms)[np.asarray(enabled, dtype=bool)])
+    angles = angles[np.isfinite(angles)]  # a broken transform is refused view by view later
+    return float(tilt_axis_angle + (np.median(angles) if angles.size else 0.0))
+
+
+def frame_tilt_axis(outcome: AlignmentOutcome) -> float:
+    """The tilt axis in the frame of `outcome.transforms` (`transformed_tilt_axis`)."""
+    return transformed_tilt_axis(outcome.tilt_axis_angle, outcome.transforms,
+                                 outcome.views.enabled)
+
+
+def outcome_tilt_angles(outcome: AlignmentOutcome) -> np.ndarray:
+    """The tilt angles the transforms go with: refined (offset included) after a fine alignment."""
+    return outcome.views.tilt_angles if outcome.fine is None else outcome.fine.tilt_angles
+
+
+def preview_binning(view_shape: tuple[int, int], max_width: int = PREVIEW_MAX_WIDTH) -> int:
+    """The binning that makes a tomogram of views `(h, w)` at most `max_width` voxels wide."""
+    return max(1, math.ceil(max(view_shape) / max(1, int(max_width))))
+
+
+def preview_tomogram(views: TiltSeriesViews, outcome: AlignmentOutcome, path: str, *,
+                     max_width: int = PREVIEW_MAX_WIDTH, thickness: float | None = None,
+                     device: torch.device | str = "cpu",
+                     progress: Callable[[int, int], None] | None = None) -> Preview:
+    """Reconstruct a binned tomogram from an alignment, write it, and check every view.
+
+    The raw views are read chunk by chunk and binned so that the tomogram is at most
+    `max_width` voxels wide; `outcome.transforms` and tilt angles (refined ones after a fine
+    alignment) are back-projected (`alignment.reconstruct`) and the MRC written at `path`
+    whole or not at all (voxel size set). Each enabled view is then compared with the
+    reprojection of the tomogram made without it (`alignment.reprojection_check`, on the same
+    views binned to at most `CHECK_SIDE` pixels).
+
+    `thickness` (stack pixels) defaults to 1.5 times the slab a fine alignment found, else a
+    quarter of the views' larger side. Raises `TiltSeriesFailure` naming the tilt series,
+    the views and the cause.
+    """
+    from .alignment.reconstruct import CHECK_SIDE, reprojection_check_binned
+
+    items = np.flatnonzero(views.enabled)
+    stacks, view_shape = _open_stacks(views, items) if len(items) else ({}, (0, 0))
+    factor = preview_binning(view_shape, max_width)
+    if thickness is None:
+        slab = outcome.fine.slab_thickness if outcome.fine is not None else None
+        thickness = (PREVIEW_SLAB_MARGIN * slab if slab else
+                     PREVIEW_THICKNESS_FRACTION * max(view_shape))
+    thickness = max(float(factor), float(thickness))
+    axis = frame_tilt_axis(outcome)
+    angles = outcome_tilt_angles(outcome)
+    volume, binned = _tomogram(views, outcome.transforms, angles, axis, thickness=thickness,
+                               binning=factor, device=device, progress=progress,
+                               stacks=(stacks, view_shape))
+    voxel_size = views.sampling_rate * factor
+    _write_volume(views, volume, path, voxel_size, f"tiltxcorr-scipion preview {views.ts_id}")
+    nz, ny, nx = volume.shape
+    extra = max(1, math.ceil(max(binned.views.shape[1:]) / CHECK_SIDE))
+    coarse = binned.rebinned(extra) if extra > 1 else binned
+    try:
+        check = reprojection_check_binned(coarse, outcome.transforms[items], angles[items], axis,
+                                          thickness=thickness,
+                                          enabled=_as_tensor_mask(views.enabled))
+    except ValueError as error:
+        raise views.fail(f"reprojection check: {error}") from None
+    return Preview(path=path, binning=factor, shape=(nz, ny, nx), voxel_size=voxel_size,
+                   xy_slice=volume[nz // 2].cpu().numpy().copy(),
+                   xz_slice=volume[:, ny // 2, :].cpu().numpy().copy(), check=check,
+                   thickness=thickness)
+
+
+def reconstruct_views(views: TiltSeriesViews, transforms: np.ndarray, tilt_angles: np.ndarray,
+                      axis: float, *, thickness: float, binning: int, path: str,
+                      z_shift: float = 0.0, tilt_angle_offset: float = 0.0,
+                      radial: tuple[float, float] | None = None, fake_sirt_iterations: int = 0,
+                      weighting: str = "exact", device: torch.device | str = "cpu",
+                      progress: Callable[[int, int], None] | None = None) -> str:
+    """Reconstruct one tilt series from its raw views and write the tomogram at `path`.
+
+    `transforms` `(n, 3, 3)` (IMOD forward, raw -> aligned, item order: what Scipion holds
+    or a `.xf` gives), `tilt_angles` `(n,)` and `axis` (the tilt axis in the transformed
+    views' frame: 0 after a tiltalign-style `.xf`) go to `alignment.reconstruct` with the
+    other arguments (stack pixels); disabled views are left out. The raw views are read
+    chunk by chunk and binned as they arrive; the MRC (float32 volume, voxel size
+    `sampling_rate * binning`) appears whole or not at all. Returns `path`.
+
+    Raises `TiltSeriesFailure` naming the tilt series, the views (1-based stack positions)
+    and the cause: an unreadable stack, too few enabled views, a transform that cannot be
+    inverted, a tilt angle that is not finite, a full disk...
+    """
+    from .alignment.reconstruct import RADIAL
+
+    volume, _ = _tomogram(views, np.asarray(transforms, dtype=np.float64),
+                          np.asarray(tilt_angles, dtype=np.float64), float(axis),
+                          thickness=thickness, binning=int(binning), z_shift=z_shift,
+                          tilt_angle_offset=tilt_angle_offset, radial=radial or RADIAL,
+                          fake_sirt_iterations=fake_sirt_iterations, weighting=weighting,
+                          device=device, progress=progress)
+    _write_volume(views, volume, path, views.sampling_rate * int(binning),
+                  f"tiltxcorr-scipion tomogram {views.ts_id}")
+    return path
+
+
+def _as_tensor_mask(mask: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.asarray(mask, dtype=bool).copy())
+
+
+def _tomogram(views: TiltSeriesViews, transforms: np.ndarray, tilt_angles: np.ndarray,
+              axis: float, *, thickness: float, binning: int, device, progress,
+              stacks=None, **engine):
+    """Read the enabled raw views (binned as they arrive) and back-project them.
+
+    Returns the tomogram `(nz, ny, nx)` and the binned views; engine errors become
+    `TiltSeriesFailure`s naming the views by stack position.
+    """
+    import torch
+
+    from .alignment import ViewError, bin_chunks
+    from .alignment.reconstruct import reconstruct_binned
+
+    device = torch.device(device)
+    n = views.n_views
+    items = np.flatnonzero(views.enabled)
+    if len(items) < 2:
+        raise views.fail(f"only {len(items)} enabled view(s) of {n}; a tomogram needs at "
+                         "least 2 (re-enable views)")
+    transforms = np.asarray(transforms, dtype=np.float64)
+    tilt_angles = np.asarray(tilt_angles, dtype=np.float64).reshape(-1)
+    if transforms.shape != (n, 3, 3):
+        raise views.fail(f"{transforms.shape[0] if transforms.ndim else 0} transforms for {n} "
+                         "views: give one (3 x 3) transform per view")
+    if tilt_angles.shape != (n,):
+        raise views.fail(f"{tilt_angles.shape[0]} tilt angles for {n} views: give one angle "
+                         "per view")
+    if not math.isfinite(float(axis)):
+        raise views.fail("the tilt axis angle is not finite")
+    if int(binning) < 1:
+        raise views.fail(f"binning must be a whole number of at least 1, got {binning}")
+    number_of = lambda index: int(views.stack_positions[items[index]])  # noqa: E731
+    try:
+        stacks, view_shape = stacks if stacks is not None else _open_stacks(views, items)
+        if thickness is None or not float(thickness) >= binning:
+            raise ValueError(f"the thickness ({thickness} px) must be at least the binning "
+                             f"({binning} px)")
+        binned = bin_chunks(_raw_chunks(views, items, stacks, view_shape, apply_previous=False),
+                            len(items), view_shape, int(binning), device=device)
+        volume = reconstruct_binned(binned, transforms[items], tilt_angles[items], axis,
+                                    thickness=float(thickness), progress=progress, **engine)
+    except ViewError as error:
+        raise views.fail_views(error, number_of) from None
+    except (StackReadError, ValueError) as error:
+        raise views.fail(str(error)) from None
+    return volume, binned
+
+
+def _write_volume(views: TiltSeriesViews, volume, path: str, voxel_size: float,
+                  label: str) -> None:
+    """Write a `(nz, ny, nx)` tomogram as a float32 MRC volume at `path`, all or nothing."""
+    from .convert.files import atomic_output
+    from .convert.mrc import StackWriter
+
+    try:
+        with atomic_output(path) as temporary, StackWriter(
+                temporary, tuple(volume.shape), voxel_size, label, volume=True) as writer:
+            for section in volume:
+                writer.write(section.cpu().numpy())
+    except OutputError as error:
+        raise views.fail(str(error)) from None
 
 
 # --------------------------------------------------------------------------- resources

@@ -7,6 +7,11 @@ to, with low scores in red and labelled with their view number. Excluded
 (disabled) views are drawn as grey marks in both panels; the reference view
 is a star.
 
+With a preview tomogram (`pipeline.Preview`) both figures gain a row: its
+central XY section, its central XZ slice across the tilt axis, and the
+reprojection check per view (the residual of each view against the tomogram
+made without it; views above the limit in red, labelled with their number).
+
 The figures are built with `matplotlib.figure.Figure` (no pyplot state, no
 display), so they render headless; `save_alignment_plot` writes a PNG.
 """
@@ -23,7 +28,7 @@ from matplotlib.lines import Line2D
 from .convert.files import atomic_output
 from .options import plus_minus, uncertainty_warning
 
-__all__ = ["correlation_threshold", "low_correlation_views", "plot_alignment",
+__all__ = ["correlation_threshold", "draw_preview", "low_correlation_views", "plot_alignment",
            "plot_fine_alignment", "save_alignment_plot", "save_fine_plot"]
 
 #: A view is flagged when its score lies this many robust standard deviations
@@ -151,7 +156,8 @@ def low_correlation_views(tilt_angles: np.ndarray, correlation: np.ndarray,
 def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enabled: np.ndarray,
                    correlation: np.ndarray, *, view_numbers: np.ndarray | None = None,
                    unusable: np.ndarray | None = None, residual: np.ndarray | None = None,
-                   unreliable_reason: str = "", figure: Figure | None = None) -> Figure:
+                   unreliable_reason: str = "", figure: Figure | None = None,
+                   preview=None) -> Figure:
     """Plot one tilt series' alignment: shifts and correlation against tilt angle.
 
     Parameters
@@ -183,7 +189,10 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
         under the title.
     figure
         Figure to draw into (e.g. one made by pyplot for an interactive
-        window); a new 8 x 6.5 inch `Figure` if None.
+        window); a new 8 x 6.5 inch `Figure` if None (8 x 9.5 with a preview).
+    preview
+        A `pipeline.Preview` (arrays in the same order as `tilt_angles`): its
+        slices and reprojection check are drawn in a third row.
 
     Returns
     -------
@@ -211,9 +220,16 @@ def plot_alignment(ts_id: str, tilt_angles: np.ndarray, shifts: np.ndarray, enab
     threshold = correlation_threshold(angles, correlation, enabled)
 
     if figure is None:
-        figure = Figure(figsize=(8.0, 6.5), dpi=100)
-    axes_shift, axes_corr = figure.subplots(2, 1, sharex=True,
-                                            gridspec_kw={"height_ratios": [3, 2]})
+        figure = Figure(figsize=(8.0, 6.5 if preview is None else 9.5), dpi=100)
+    if preview is None:
+        axes_shift, axes_corr = figure.subplots(2, 1, sharex=True,
+                                                gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        grid = figure.add_gridspec(3, 3, height_ratios=[3, 2, 2.6])
+        axes_shift = figure.add_subplot(grid[0, :])
+        axes_corr = figure.add_subplot(grid[1, :], sharex=axes_shift)
+        axes_shift.tick_params(labelbottom=False)
+        draw_preview(figure, grid[2, :], preview, angles, enabled, views)
 
     # ---- shifts
     on = order[enabled[order]]
@@ -329,8 +345,9 @@ def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: 
                         enabled: np.ndarray, correlation: np.ndarray, *,
                         view_numbers: np.ndarray | None = None,
                         unusable: np.ndarray | None = None, residual: np.ndarray | None = None,
-                        unreliable_reason: str = "") -> str:
-    """Write `plot_alignment`'s figure as a PNG (800 x 650 pixels) and return its path.
+                        unreliable_reason: str = "", preview=None) -> str:
+    """Write `plot_alignment`'s figure as a PNG (800 x 650 pixels, 800 x 950 with a
+    preview) and return its path.
 
     Uses matplotlib's Agg canvas directly: no display, no pyplot state. The
     file appears whole or not at all (`atomic_output`). Arguments as in
@@ -343,7 +360,7 @@ def save_alignment_plot(path: str, ts_id: str, tilt_angles: np.ndarray, shifts: 
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
     figure = plot_alignment(ts_id, tilt_angles, shifts, enabled, correlation,
                             view_numbers=view_numbers, unusable=unusable, residual=residual,
-                            unreliable_reason=unreliable_reason)
+                            unreliable_reason=unreliable_reason, preview=preview)
     FigureCanvasAgg(figure)
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
@@ -357,7 +374,8 @@ def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarr
                         *, view_numbers: np.ndarray | None = None,
                         figure: Figure | None = None,
                         tilt_axis_angle_error: float = float("nan"),
-                        tilt_angle_offset_error: float = float("nan")) -> Figure:
+                        tilt_angle_offset_error: float = float("nan"),
+                        preview=None) -> Figure:
     """Plot one tilt series' fine alignment: residual per view, and the tracks with the axis.
 
     Parameters
@@ -379,6 +397,8 @@ def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarr
         One standard error (degrees) of the axis and the offset, shown after
         them (NaN: not estimated); one beyond its target
         (`options.uncertainty_warning`) is named under the title, in red.
+    preview
+        A `pipeline.Preview` (same order): slices and reprojection check in a second row.
     """
     angles = np.asarray(tilt_angles, dtype=np.float64).reshape(-1)
     residuals = np.asarray(residuals, dtype=np.float64).reshape(-1)
@@ -388,8 +408,14 @@ def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarr
         raise ValueError(f"residuals and enabled need one value per view ({n})")
     views = np.arange(1, n + 1) if view_numbers is None else np.asarray(view_numbers)
     if figure is None:
-        figure = Figure(figsize=(10.0, 5.0), dpi=100)
-    axes_res, axes_img = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        figure = Figure(figsize=(10.0, 5.0 if preview is None else 8.5), dpi=100)
+    if preview is None:
+        axes_res, axes_img = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        grid = figure.add_gridspec(2, 5, height_ratios=[5, 3.5])
+        axes_res = figure.add_subplot(grid[0, :3])
+        axes_img = figure.add_subplot(grid[0, 3:])
+        draw_preview(figure, grid[1, :], preview, angles, enabled, views)
 
     order = np.argsort(angles, kind="stable")
     on = order[enabled[order] & np.isfinite(residuals[order])]
@@ -448,7 +474,8 @@ def plot_fine_alignment(ts_id: str, tilt_angles: np.ndarray, residuals: np.ndarr
 
 
 def save_fine_plot(path: str, ts_id: str, *args, **kwargs) -> str:
-    """Write `plot_fine_alignment`'s figure as a PNG (1000 x 500 pixels) and return its path."""
+    """Write `plot_fine_alignment`'s figure as a PNG (1000 x 500 pixels, 1000 x 850 with a
+    preview) and return its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     figure = plot_fine_alignment(ts_id, *args, **kwargs)
@@ -456,3 +483,56 @@ def save_fine_plot(path: str, ts_id: str, *args, **kwargs) -> str:
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
     return path
+
+
+def draw_preview(figure: Figure, area, preview, angles: np.ndarray, enabled: np.ndarray,
+                 views: np.ndarray) -> list:
+    """Draw a preview's XY and XZ slices and its reprojection check into `area` (a
+    gridspec cell of `figure`); returns the three axes.
+
+    The slices are shown as IMOD displays them (Y and Z up), grey levels clipped at the
+    0.5 and 99.5 percentiles; the check plots each view's residual (pixels) against its
+    tilt angle, views above the limit in red with their number, the limit dashed.
+    """
+    inner = area.subgridspec(1, 3, width_ratios=[1, 1, 1.3])
+    axes_xy, axes_xz, axes_check = (figure.add_subplot(inner[0, k]) for k in range(3))
+    for axes, image, title, ylabel in (
+            (axes_xy, preview.xy_slice, "XY (central section)", "Y"),
+            (axes_xz, preview.xz_slice, "XZ (across the tilt axis)", "Z")):
+        low, high = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
+        axes.imshow(image, cmap="gray", vmin=low, vmax=high, origin="lower",
+                    interpolation="nearest", aspect="equal")
+        axes.set_title(title, fontsize=9)
+        axes.set_xlabel("X", fontsize=8)
+        axes.set_ylabel(ylabel, fontsize=8)
+        axes.tick_params(labelsize=7)
+    nz, ny, nx = preview.shape
+    axes_xy.text(0.02, 0.02, f"{nx} x {ny} x {nz}, bin {preview.binning}",
+                 transform=axes_xy.transAxes, fontsize=7, color="yellow", va="bottom")
+    check = preview.check
+    residual = np.asarray(check.residual_px, dtype=np.float64).reshape(-1)
+    flagged = np.asarray(check.flagged, dtype=bool).reshape(-1)
+    order = np.argsort(angles, kind="stable")
+    measured = order[np.isfinite(residual[order]) & enabled[order]]
+    axes_check.plot(angles[measured], residual[measured], "-", color=_OK_COLOUR, marker="o",
+                    markersize=3, linewidth=1.0)
+    bad = np.flatnonzero(flagged)
+    axes_check.plot(angles[bad], residual[bad], "o", color=_LOW_COLOUR, markersize=6)
+    for index in bad:
+        axes_check.annotate(f"{views[index]}", (angles[index], residual[index]),
+                            textcoords="offset points", xytext=(0, 5), ha="center",
+                            fontsize=8, color=_LOW_COLOUR, fontweight="bold")
+    axes_check.axhline(check.limit_px, color=_LOW_COLOUR, linestyle="--", linewidth=0.9,
+                       label=f"limit {check.limit_px:g} px")
+    top = float(residual[measured].max()) if measured.size else 0.0
+    axes_check.set_ylim(0.0, max(1.3 * check.limit_px, 1.1 * top))
+    axes_check.set_xlabel("tilt angle (degrees)", fontsize=8)
+    axes_check.set_ylabel("reprojection residual (px)", fontsize=8)
+    axes_check.tick_params(labelsize=7)
+    axes_check.grid(True, alpha=0.3)
+    worst = f"worst {top:.2f} px" if measured.size else "no view checked"
+    axes_check.set_title(f"each view vs the tomogram without it: {worst}, "
+                         f"{len(bad)} flagged", fontsize=8,
+                         color=_LOW_COLOUR if len(bad) else "black")
+    axes_check.legend(loc="upper center", fontsize=7)
+    return [axes_xy, axes_xz, axes_check]

@@ -78,6 +78,13 @@ class VolumeTiltSeries:
         `+shifts[i]` aligns it. `(0, 0)` for the lowest-|tilt| view.
     description
         One line saying what world this is.
+    volume
+        With ``keep_volume=True``: the specimen `(nz, na, nc)` float32 density, centred on
+        the tilt axis at the reference view's centre: z the height, a along the axis, c
+        across it (a tomogram's z, y, x; docs/reconstruction.md), `voxel_size` pixels per
+        voxel. None otherwise.
+    voxel_size
+        Camera pixels per voxel of `volume`.
     """
 
     views: torch.Tensor
@@ -85,6 +92,8 @@ class VolumeTiltSeries:
     tilt_axis_angle: float
     shifts: torch.Tensor
     description: str = ""
+    volume: torch.Tensor | None = None
+    voxel_size: float = 1.0
 
     @property
     def reference_view(self) -> int:
@@ -128,6 +137,7 @@ def simulate_volume_series(
     ctf_first_zero: float = 0.14,
     voxel_size: float | None = None,
     seed: int = 0,
+    keep_volume: bool = False,
 ) -> VolumeTiltSeries:
     """Project a simulated 3-D specimen into a tilt series with known shifts.
 
@@ -167,6 +177,9 @@ def simulate_volume_series(
         Camera pixels per voxel (default 1, or 2 for views over 600 px).
     seed
         Everything random (specimen, shifts, noise) follows from it.
+    keep_volume
+        Return the rendered specimen too (`VolumeTiltSeries.volume`), e.g. to score a
+        reconstruction against it.
 
     Returns
     -------
@@ -195,8 +208,9 @@ def simulate_volume_series(
 
     with _one_thread():  # thousands of small blocks: threads only wait on each other
         if specimen == "cell":
-            projector = _slab_projector(reach_along, reach_across, float(angles.abs().max()),
-                                        thickness, voxel, gold_beads, (h, w), generator)
+            projector, volume = _slab_projector(reach_along, reach_across,
+                                                float(angles.abs().max()), thickness, voxel,
+                                                gold_beads, (h, w), generator)
         else:
             volume_along = reach_along + 8.0
             if specimen == "needle":
@@ -221,7 +235,8 @@ def simulate_volume_series(
                    + (f", dose {dose:g}/px" if dose else ""))
     return VolumeTiltSeries(views=views.to(torch.float32), tilt_angles=angles.to(torch.float32),
                             tilt_axis_angle=float(tilt_axis_angle),
-                            shifts=shifts.to(torch.float32), description=description)
+                            shifts=shifts.to(torch.float32), description=description,
+                            volume=volume if keep_volume else None, voxel_size=voxel)
 
 
 @contextmanager
@@ -592,13 +607,14 @@ class _CompactProjector:
 
 def _slab_projector(reach_along: float, reach_across: float, max_tilt: float, thickness: float,
                     voxel: float, gold: int, shape: tuple[int, int], generator
-                    ) -> _ShearProjector:
-    """The cell slab, wide enough that no view at up to `max_tilt` sees its edge."""
+                    ) -> tuple[_ShearProjector, torch.Tensor]:
+    """The cell slab, wide enough that no view at up to `max_tilt` sees its edge, and its
+    volume."""
     tilt = math.radians(max_tilt)
     half_c = reach_across / math.cos(tilt) + thickness / 2 * math.tan(tilt) + 8.0
     grid = _Grid.covering(thickness / 2, reach_along + 8.0, half_c, voxel)
     volume = _cell_volume(grid, thickness, gold, shape[0] * shape[1], generator)
-    return _ShearProjector(volume, voxel, max_tilt)
+    return _ShearProjector(volume, voxel, max_tilt), volume
 
 
 # ---- image formation and noise ---------------------------------------------------------

@@ -12,11 +12,13 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+import torch
 
 from tiltxcorr_scipion.alignment import align_tilt_series
 from tiltxcorr_scipion.cli import build_parser, parse_view_list
-from tiltxcorr_scipion.convert.imod import read_tlt, read_xf
+from tiltxcorr_scipion.convert.imod import read_tlt, read_xf, write_tlt, write_xf
 from tiltxcorr_scipion.simulate import simulate_tilt_series
+from tiltxcorr_scipion.simulate_volume import simulate_volume_series
 
 COMMAND = Path(sys.executable).parent / "tiltxcorr-scipion"
 N_VIEWS = 21
@@ -246,7 +248,7 @@ def test_cuda_without_a_gpu_is_a_user_error(workdir):
 
 def test_help_documents_every_option(tmp_path):
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == {"align", "fine"}
+    assert set(commands) == {"align", "fine", "reconstruct"}
     for name, command in commands.items():
         result = run(name, "--help", cwd=tmp_path)
         assert result.returncode == 0
@@ -353,3 +355,114 @@ def test_fine_writes_imod_files_and_reports_the_geometry(tmp_path):
     (tmp_path / "F.rawtlt").rename(tmp_path / "F.tlt")
     assert_user_error(run("fine", "F.st", "--axis", "87", "--overwrite", cwd=tmp_path),
                       "refined tilt angles would replace the input")
+
+
+# --------------------------------------------------------------------------- reconstruct, --preview
+
+REC_AXIS = 85.0
+BEAD = (20.0, -12.0, 9.0)  # x across the axis, y along it, z height (stack pixels)
+REC_PIXEL = 2.0
+
+
+def shift_transforms(shifts: np.ndarray) -> np.ndarray:
+    t = np.tile(np.eye(3), (len(shifts), 1, 1))
+    t[:, 0, 2], t[:, 1, 2] = shifts[:, 1], shifts[:, 0]
+    return t
+
+
+def write_stack(path, views) -> None:
+    with mrcfile.new(str(path)) as mrc:
+        mrc.set_data(views.numpy())
+        mrc.set_image_stack()
+        mrc.voxel_size = REC_PIXEL
+
+
+@pytest.fixture(scope="module")
+def bead_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rec_cli")
+    sim = simulate_volume_series(shape=(128, 160), n_views=31, tilt_axis_angle=REC_AXIS,
+                                 specimen="beads", bead_positions=torch.tensor([BEAD]),
+                                 contrast="stem", jumps="walk", jump_size=2.0, seed=2)
+    write_stack(folder / "B.st", sim.views)
+    write_xf(str(folder / "B.prexg"), shift_transforms(sim.shifts.double().numpy()))
+    write_tlt(str(folder / "B.tlt"), sim.tilt_angles.double().numpy())
+    return folder, sim
+
+
+def test_reconstruct_writes_prefix_mrc_with_the_bead_in_place(bead_files):
+    folder, _ = bead_files
+    result = run("reconstruct", "B.st", "--xf", "B.prexg", "--tlt", "B.tlt", "--axis", "85",
+                 "--thickness", "48", "--binning", "2", "--out", "tomo", "--progress",
+                 cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert "back-projecting" in result.stderr and "rows" in result.stderr
+    assert "wrote tomo.mrc (64 x 80 x 24 voxels of 4 A, binned by 2)" in result.stdout
+    with mrcfile.open(str(folder / "tomo.mrc")) as mrc:
+        data = mrc.data.copy()
+        assert mrc.header.ispg == 1 and float(mrc.voxel_size.x) == pytest.approx(2 * REC_PIXEL)
+    nz, ny, nx = data.shape
+    x, y, z = BEAD
+    expected = np.array([z / 2 + (nz - 1) / 2, y / 2 + (ny - 1) / 2, x / 2 + (nx - 1) / 2])
+    found = np.array(np.unravel_index(np.argmax(data), data.shape))
+    assert np.abs(found - expected).max() <= 1.0, (found, expected)
+    # the default name, and an existing output is refused
+    result = run("reconstruct", "B.st", "--xf", "B.prexg", "--tlt", "B.tlt", "--axis", "85",
+                 "--binning", "4", "-q", cwd=folder)
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    with mrcfile.open(str(folder / "B_rec.mrc")) as mrc:
+        assert mrc.data.shape == (160 // 4 // 4, 160 // 4, 128 // 4)  # a quarter of 160 thick
+    assert_user_error(run("reconstruct", "B.st", "--xf", "B.prexg", "--tlt", "B.tlt", "--axis",
+                          "85", "--binning", "4", cwd=folder),
+                      "B_rec.mrc already exists", "--overwrite")
+
+
+def test_reconstruct_errors_are_one_line(bead_files, tmp_path):
+    folder, sim = bead_files
+    for name in ("B.st", "B.prexg", "B.tlt"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    base = ["reconstruct", "B.st", "--tlt", "B.tlt", "--axis", "85"]
+    assert_user_error(run(*base, "--xf", "missing.xf", cwd=tmp_path), "missing.xf: no such file")
+    transforms = shift_transforms(sim.shifts.double().numpy())
+    write_xf(str(tmp_path / "short.xf"), transforms[:5])
+    assert_user_error(run(*base, "--xf", "short.xf", cwd=tmp_path),
+                      "has 31 views but short.xf has 5 lines")
+    transforms[6, :2, :2] = 0.0
+    write_xf(str(tmp_path / "bad.xf"), transforms)
+    assert_user_error(run(*base, "--xf", "bad.xf", cwd=tmp_path),
+                      "view 7", "not invertible", "--exclude 7")
+    result = run(*base, "--xf", "bad.xf", "--exclude", "7", "--binning", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "from 30 of 31 views" in result.stdout
+    assert_user_error(run(*base, "--xf", "B.prexg", "--binning", "500", cwd=tmp_path),
+                      "--binning 500")
+    assert_user_error(run(*base, "--xf", "B.prexg", "--out", "nowhere/x", cwd=tmp_path),
+                      "folder", "does not exist")
+    assert_user_error(run(*base, "--xf", "B.prexg", "--exclude", "40", cwd=tmp_path),
+                      "has only 31 views")
+    bad = run(*base, "--xf", "B.prexg", "--radial", "0.35", cwd=tmp_path)
+    assert bad.returncode == 2 and "cutoff and fall-off" in bad.stderr
+
+
+def test_align_and_fine_write_a_preview_and_report_the_check(tmp_path):
+    sim = simulate_volume_series(shape=(256, 256), n_views=41, tilt_axis_angle=REC_AXIS,
+                                 specimen="cell", thickness=40.0, contrast="cryo",
+                                 jumps="walk", jump_size=2.0, gold_beads=6, noise=0.5, seed=3)
+    write_stack(tmp_path / "C.st", sim.views)
+    write_tlt(str(tmp_path / "C.rawtlt"), sim.tilt_angles.double().numpy())
+    result = run("align", "C.st", "--axis", "85", "--preview", "--plot", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "wrote C_preview.mrc (preview tomogram 256 x 256 x 64, binned by 1)" in result.stdout
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("reprojection check"))
+    assert "limit 1 px" in line
+    with mrcfile.open(str(tmp_path / "C_preview.mrc")) as mrc:
+        assert mrc.data.shape == (64, 256, 256) and float(mrc.voxel_size.z) == pytest.approx(REC_PIXEL)
+    result = run("fine", "C.st", "--axis", "87", "--preview", "--preview-thickness", "80",
+                 "--out", "fine/", cwd=tmp_path)
+    assert_user_error(result, "does not exist")  # the folder must exist
+    (tmp_path / "fine").mkdir()
+    result = run("fine", "C.st", "--axis", "87", "--preview", "--preview-thickness", "80",
+                 "--out", "fine/", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "wrote fine/C_preview.mrc (preview tomogram 256 x 256 x 80, binned by 1)" \
+        in result.stdout
+    assert "reprojection check: worst view" in result.stdout

@@ -110,7 +110,9 @@ def test_a_full_disk_fails_one_tilt_series_and_the_others_go_on(tmp_path):
     project = create_project("fulldisk")
     imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
     # aligned stacks: TS_small's 17 x 128 x 128 (1.1 MB) fits, TS_big's 21 x 256 x 256 does not
-    prot = new_prealignment(project, imp, numberOfThreads=1, writeAlignedStacks=True)
+    # (no preview tomogram: its 2 MB would not fit beside TS_small's stack either)
+    prot = new_prealignment(project, imp, numberOfThreads=1, writeAlignedStacks=True,
+                            previewTomogram=False)
     project.saveProtocol(prot)
     extra = prot._getExtraPath()
     os.makedirs(extra, exist_ok=True)
@@ -191,7 +193,10 @@ def test_a_full_disk_under_the_whole_run_loses_nothing(tmp_path, disk, files, re
                                     **{**SIM, "shape": (192, 192), "n_views": 21})
     project = create_project("fullrun")
     imp = import_tilt_series(project, tmp_path, "*.mrc", tilt_axis_angle=AXIS)
-    prot = new_prealignment(project, imp, numberOfThreads=3, writeAlignedStacks=True)
+    # no preview tomogram: the disk sizes put the failure at the stacks and the database
+    # (a preview that does not fit fails its tilt series naming the .mrc, as a stack does)
+    prot = new_prealignment(project, imp, numberOfThreads=3, writeAlignedStacks=True,
+                            previewTomogram=False)
     project.saveProtocol(prot)
     run_folder = os.path.abspath(prot._getPath())  # absolute: the test changes folder later
     os.makedirs(run_folder, exist_ok=True)
@@ -221,7 +226,7 @@ def test_a_full_disk_under_the_whole_run_loses_nothing(tmp_path, disk, files, re
             reasons = json.loads(prot.failureReasons.get() or "{}")
             for ts_id in failed:
                 assert "full" in reasons[ts_id], reasons[ts_id]
-                assert re.search(r"\S+\.(ali|prexf|prexg|tlt|png|sqlite|db)\b", reasons[ts_id])
+                assert re.search(r"\S+\.(ali|prexf|prexg|tlt|png|mrc|sqlite|db)\b", reasons[ts_id])
             return aligned, failed
 
         aligned, failed = outcome()

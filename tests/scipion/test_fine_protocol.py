@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from pathlib import Path
 
 import imodmodel
 import numpy as np
 import pytest
 from scipion_helpers import (
-    append_tilt_series,
-    close_streaming_set,
     corrupt_file,
     create_project,
+    feed_stream,
     import_tilt_series,
     launch_and_wait,
     output_stream_state,
@@ -65,23 +62,11 @@ def fine_run(tmp_path_factory):
     stream.close()
     prot = new_fine_alignment(project, imp, numberOfThreads=3)
     project.launchProtocol(prot, wait=False)
-    errors: list[BaseException] = []
-
-    def producer():
-        try:
-            time.sleep(2.0)
-            for ts_id in ("TS_2", "TS_bad"):
-                append_tilt_series(stream, ts_id, later / f"{ts_id}.mrc",
-                                   sims[ts_id].tilt_angles.numpy(), tilt_axis_angle=NOMINAL_AXIS,
-                                   sampling_rate=2.0, template=template)
-                time.sleep(1.0)
-            time.sleep(4.0)
-            close_streaming_set(project, stream)
-        except BaseException as exc:  # surfaced in the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=producer, daemon=True)
-    thread.start()
+    thread, errors = feed_stream(project, stream, [
+        dict(ts_id=ts_id, stack_path=later / f"{ts_id}.mrc",
+             tilt_angles=sims[ts_id].tilt_angles.numpy(), tilt_axis_angle=NOMINAL_AXIS,
+             sampling_rate=2.0, template=template) for ts_id in ("TS_2", "TS_bad")],
+        close_delay=5.0)
     prot = wait_with_producer(project, prot, thread, errors)
     assert prot.isFinished(), f"{prot.getStatus()}: {prot.getErrorMessage()}\n{read_log(prot)}"
     return project, prot, sims
@@ -119,7 +104,8 @@ def test_geometry_is_refined_and_registered(fine_run):
                                    record.transforms[order], atol=2e-3)
         np.testing.assert_allclose(read_tlt(str(extra / f"{ts_id}.tlt")),
                                    record.tilt_angles[order], atol=0.006)
-        for name in (f"{ts_id}_residuals.txt", f"{ts_id}_alignment.png", f"{ts_id}.fid"):
+        for name in (f"{ts_id}_residuals.txt", f"{ts_id}_alignment.png", f"{ts_id}.fid",
+                     f"{ts_id}_preview.mrc"):
             assert (extra / name).stat().st_size > 0, name
 
 
@@ -135,6 +121,10 @@ def test_a_broken_tilt_series_fails_alone(fine_run):
     summary = " ".join(prot.summary())
     assert "TS_1: tilt axis" in summary and "mean residual" in summary
     assert "(levels the plane of the points; " in summary  # and why not the surfaces
+    # the preview tomogram (default Yes): its file and the worst reprojection residual
+    for ts_id in ("TS_1", "TS_2"):
+        assert (f"{ts_id}: preview tomogram {prot._getExtraPath(ts_id + '_preview.mrc')} "
+                "(binning 1); reprojection check: worst view ") in summary
     methods = " ".join(prot.methods())
     assert "the specimen slab's surfaces" in methods
     assert "whole-view cross-correlation run with the solved geometry (weight 0.5)" in methods
@@ -183,8 +173,12 @@ def test_viewer_shows_plot_table_and_geometry(fine_run):
     (plot,) = viewer._showFinePlot()
     assert isinstance(plot, FinePlotter)
     image = plot.getFigure().axes[0].get_images()[0].get_array()
-    assert image.shape[:2] == (500, 1000) and np.asarray(image)[..., :3].std() > 0.05
+    assert image.shape[:2] == (850, 1000) and np.asarray(image)[..., :3].std() > 0.05
     plot.close()
+    (preview,) = viewer._showPreview()  # the preview's slices and reprojection check
+    slices = [im.get_array().shape for a in preview.getFigure().axes for im in a.get_images()]
+    assert len(slices) == 2 and slices[0] == (320, 320), slices
+    preview.close()
     (table,) = viewer._showResidualTable()
     rows = table.getMessage().splitlines()
     assert rows[0].startswith("# view") and len(rows) == 1 + 41

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def test_protocol_is_in_the_tomography_tree_under_tilt_series_alignment():
+def tree_paths(class_name: str) -> list[list[str]]:
+    """Where Scipion's protocol tree (Tomography view) lists a protocol class: the texts
+    from the section down to the protocol's own entry."""
     import pyworkflow as pw
     from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
 
@@ -14,24 +16,21 @@ def test_protocol_is_in_the_tomography_tree_under_tilt_series_alignment():
         for child in node.childs:
             text, value = (getattr(child, a) for a in ("text", "value"))
             here = path + [str(text.get() if hasattr(text, "get") else text)]
-            if "ProtTiltxcorrPrealignment" in str(value.get() if hasattr(value, "get") else value):
+            if class_name in str(value.get() if hasattr(value, "get") else value):
                 found.append(here)
             walk(child, here)
 
     walk(tree["Tomography"], [])
-    assert ["Tilt-series", "Alignment", "tiltxcorr coarse prealignment"] in found
-    fine = []
+    return found
 
-    def walk_fine(node, path):
-        for child in node.childs:
-            text, value = (getattr(child, a) for a in ("text", "value"))
-            here = path + [str(text.get() if hasattr(text, "get") else text)]
-            if "ProtTiltxcorrFineAlignment" in str(value.get() if hasattr(value, "get") else value):
-                fine.append(here)
-            walk_fine(child, here)
 
-    walk_fine(tree["Tomography"], [])
-    assert ["Tilt-series", "Alignment", "tiltxcorr fiducial-less fine alignment"] in fine
+def test_protocols_are_in_the_tomography_tree():
+    assert ["Tilt-series", "Alignment", "tiltxcorr coarse prealignment"] in tree_paths(
+        "ProtTiltxcorrPrealignment")
+    assert ["Tilt-series", "Alignment", "tiltxcorr fiducial-less fine alignment"] in tree_paths(
+        "ProtTiltxcorrFineAlignment")
+    assert tree_paths("ProtTiltxcorrReconstruct") == [
+        ["Tomogram", "Reconstruction", "tiltxcorr reconstruction"]]
 
 
 def test_protocol_is_found_by_plugin_discovery():
@@ -91,3 +90,29 @@ def test_fine_form_parameters():
     assert chosen.size_of_patches == (100, 200)  # form X Y -> engine (rows, cols)
     assert chosen.rotation_group_size == 4 and chosen.magnification_group_size == 1
     assert chosen.level_specimen is False
+
+
+def test_reconstruction_is_found_and_keeps_its_contract_names():
+    import pyworkflow as pw
+
+    protocols = pw.Config.getDomain().getProtocols()
+    cls = protocols["ProtTiltxcorrReconstruct"]
+    assert cls._label == "tiltxcorr reconstruction"
+    assert set(cls._possibleOutputs) == {"Tomograms", "FailedTiltSeries"}
+    prot = cls()
+    names = {name for name, _ in prot._definition.iterAllParams()}
+    assert {"inputSetOfTiltSeries", "tiltAxisAngle", "thickness", "binning", "zShift",
+            "tiltAngleOffset", "radialCutoff", "radialFalloff", "fakeSirtIterations", "useGpu",
+            "gpuList", "numberOfThreads"} <= names
+    assert prot.thickness.get() == 300 and prot.binning.get() == 1
+    assert prot.radialCutoff.get() == 0.35 and prot.radialFalloff.get() == 0.035
+
+
+def test_both_alignment_forms_offer_the_preview_on_by_default():
+    from tiltxcorr_scipion.protocols import ProtTiltxcorrFineAlignment, ProtTiltxcorrPrealignment
+
+    for cls in (ProtTiltxcorrPrealignment, ProtTiltxcorrFineAlignment):
+        prot = cls()
+        assert prot.previewTomogram.get() is True, cls
+        assert prot.previewThickness.get() is None, cls
+        assert prot._definition.getParam("previewThickness").isExpert()

@@ -30,6 +30,7 @@ from scipion_helpers import (
 )
 
 TEMPLATE_ID = "tiltxcorr_scipion-import_tiltxcorr"
+TOMOGRAM_TEMPLATE_ID = "tiltxcorr_scipion-import_tiltxcorr_tomogram"
 N_VIEWS = 21
 SHAPE = (128, 128)
 TILT_AXIS = -12.5  # not the template's default (85): it must come from the filled field
@@ -46,20 +47,22 @@ def _plugin_templates() -> list:
     return plugin._pluginInstance.getTemplates()
 
 
-def test_plugin_lists_the_template() -> None:
+def test_plugin_lists_the_templates() -> None:
     templates = {t.getObjId(): t for t in _plugin_templates()}
-    assert TEMPLATE_ID in templates, f"Plugin.getTemplates() lists {sorted(templates)}"
-    description = templates[TEMPLATE_ID].description
-    assert "tiltxcorr" in description and "Import" in description, description
+    for template_id in (TEMPLATE_ID, TOMOGRAM_TEMPLATE_ID):
+        assert template_id in templates, f"Plugin.getTemplates() lists {sorted(templates)}"
+        description = templates[template_id].description
+        assert "tiltxcorr" in description and "Import" in description, description
+    assert "tomogram" in templates[TOMOGRAM_TEMPLATE_ID].description
 
 
-def _resolve_template(values: dict[str, str]):
+def _resolve_template(values: dict[str, str], template_id: str = TEMPLATE_ID):
     """Find, parse and fill the template as kickoff does; return (template, json path)."""
     from pyworkflow.template import TemplateList
 
     found = TemplateList()
-    found.addPluginTemplates(TEMPLATE_ID)
-    assert [t.getObjId() for t in found.templates] == [TEMPLATE_ID]
+    found.addPluginTemplates(template_id)
+    assert [t.getObjId() for t in found.templates] == [template_id]
     template = found.templates[0]
     template.replaceEnvVariables()
     template.parseContent()
@@ -72,23 +75,16 @@ def _resolve_template(values: dict[str, str]):
     return template, Path(template.createTemplateFile())
 
 
-def test_template_workflow_aligns_simulated_data(tmp_path: Path) -> None:
+def _project_from_template(values: dict[str, str], tmp_path: Path,
+                           template_id: str = TEMPLATE_ID):
+    """Resolve the template and create its project as kickoff does; chdir into it.
+
+    Returns (project, the previous working directory).
+    """
     import pyworkflow as pw
     from pyworkflow.project import Manager
 
-    data = tmp_path / "acquisition"
-    sims = {
-        ts_id: write_simulated_tilt_series(
-            data, ts_id, ext=".st", pixel_size=PIXEL_SIZE, shape=SHAPE, n_views=N_VIEWS,
-            tilt_axis_angle=TILT_AXIS, max_shift=8.0, thickness=10.0, noise=0.3, seed=seed)
-        for seed, ts_id in enumerate(("grid1_ts03", "grid1_ts07"), start=40)
-    }
-    values = {
-        "folder": str(data), "pattern": "{TS}.st", "voltage": "300", "cs": "2.7",
-        "sampling": str(PIXEL_SIZE), "axis": str(TILT_AXIS), "dose": "2.5",
-        "lowpass": "0.25", "binning": "1", "threads": "3",
-    }
-    template, workflow = _resolve_template(values)
+    template, workflow = _resolve_template(values, template_id)
     try:
         protocols = json.loads(workflow.read_text())  # valid JSON, every field replaced
     finally:
@@ -96,8 +92,8 @@ def test_template_workflow_aligns_simulated_data(tmp_path: Path) -> None:
         workflow.unlink()
     assert "~" not in workflow_text
     by_class = {p["object.className"]: p for p in protocols}
-    assert by_class["ProtImportTs"]["filesPath"] == str(data)
-    assert by_class["ProtImportTs"]["tiltAxisAngle"] == TILT_AXIS
+    assert by_class["ProtImportTs"]["filesPath"] == values["folder"]
+    assert by_class["ProtImportTs"]["tiltAxisAngle"] == float(values["axis"])
 
     # Create the project from the workflow as kickoff does: pyworkflow's
     # create.py in its own process (a fresh plugin discovery resolves the
@@ -111,10 +107,26 @@ def test_template_workflow_aligns_simulated_data(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(create), name, str(tmp_path / "workflow.json")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"create.py failed:\n{done.stdout}\n{done.stderr}"
-
     cwd = os.getcwd()
     project = Manager().loadProject(name)
     os.chdir(project.getPath())
+    return project, cwd
+
+
+def test_template_workflow_aligns_simulated_data(tmp_path: Path) -> None:
+    data = tmp_path / "acquisition"
+    sims = {
+        ts_id: write_simulated_tilt_series(
+            data, ts_id, ext=".st", pixel_size=PIXEL_SIZE, shape=SHAPE, n_views=N_VIEWS,
+            tilt_axis_angle=TILT_AXIS, max_shift=8.0, thickness=10.0, noise=0.3, seed=seed)
+        for seed, ts_id in enumerate(("grid1_ts03", "grid1_ts07"), start=40)
+    }
+    values = {
+        "folder": str(data), "pattern": "{TS}.st", "voltage": "300", "cs": "2.7",
+        "sampling": str(PIXEL_SIZE), "axis": str(TILT_AXIS), "dose": "2.5",
+        "lowpass": "0.25", "binning": "1", "threads": "3",
+    }
+    project, cwd = _project_from_template(values, tmp_path)
     try:
         runs = sorted(project.getRuns(), key=lambda p: p.getObjId())
         classes = [p.getClassName() for p in runs]
@@ -137,3 +149,34 @@ def test_template_workflow_aligns_simulated_data(tmp_path: Path) -> None:
         worst = float(np.abs(shift_errors_px(record, sims[ts_id])).max())
         assert worst < TOLERANCE_PX, (
             f"{ts_id}: largest shift error {worst:.2f} px (limit {TOLERANCE_PX} px)")
+
+
+def test_tomogram_template_workflow_reconstructs(tmp_path: Path) -> None:
+    """Import -> coarse alignment (preview) -> tomogram, on one small tilt series."""
+    data = tmp_path / "acquisition"
+    write_simulated_tilt_series(data, "grid2_ts01", pixel_size=PIXEL_SIZE, shape=SHAPE,
+                                n_views=N_VIEWS, tilt_axis_angle=TILT_AXIS, max_shift=8.0,
+                                thickness=10.0, noise=0.3, seed=45)
+    values = {"folder": str(data), "pattern": "{TS}.mrc", "voltage": "300", "cs": "2.7",
+              "sampling": str(PIXEL_SIZE), "axis": str(TILT_AXIS), "dose": "2.5",
+              "threads": "2", "thickness": "32", "tomobinning": "2"}
+    project, cwd = _project_from_template(values, tmp_path, TOMOGRAM_TEMPLATE_ID)
+    try:
+        runs = sorted(project.getRuns(), key=lambda p: p.getObjId())
+        classes = [p.getClassName() for p in runs]
+        assert classes == ["ProtImportTs", "ProtTiltxcorrPrealignment",
+                           "ProtTiltxcorrReconstruct"], classes
+        for run in runs:
+            launch_and_wait(project, run, timeout=RUN_TIMEOUT_S)
+        reconstruction = runs[2]
+        assert reconstruction.inputSetOfTiltSeries.getObjValue().getObjId() == \
+            runs[1].getObjId()
+        assert reconstruction.binning.get() == 2 and reconstruction.thickness.get() == 32
+        tomograms = reconstruction.Tomograms
+        found = {t.getTsId(): (t.getSamplingRate(), t.getDim()) for t in tomograms.iterItems()}
+        tomograms.close()
+        assert runs[1].previewTomogram.get() is True
+    finally:
+        os.chdir(cwd)
+    nx, ny = SHAPE[1] // 2, SHAPE[0] // 2
+    assert found == {"grid2_ts01": (pytest.approx(2 * PIXEL_SIZE), (nx, ny, 16))}, found

@@ -85,12 +85,14 @@ def test_protocol_viewer_builds_the_plot_and_the_report(run):
     assert viewer._choices == ["TS_01"]
     (plot,) = viewer._showAlignmentPlot()
     assert isinstance(plot, AlignmentPlotter)
-    assert len(plot.getFigure().axes) == 3  # shifts, correlation and its residual twin
+    # shifts, correlation and its residual twin; the preview's XY, XZ and reprojection check
+    assert len(plot.getFigure().axes) == 6
     plot.close()
     (message,) = viewer._showLowViews()
-    first, check = message.getMessage().split("\n")
+    first, *more = message.getMessage().splitlines()
     assert first == "TS_01: none  (1 excluded)"
-    assert check.startswith("    self-check: held-out residual median ")  # every run is measured
+    assert [line.split(", worst view")[0] for line in more] == [
+        "    self-check: held-out residual median 0.00 px"]
 
 
 def test_extra_files_written_by_the_protocol(run):
@@ -108,7 +110,7 @@ def test_extra_files_written_by_the_protocol(run):
     np.testing.assert_allclose(read_tlt(str(extra / "TS_01.tlt")),
                                record.by_stack_index(record.tilt_angles), atol=0.005)
     image = matplotlib.image.imread(str(extra / f"TS_01{cts.PLOT_SUFFIX}"))
-    assert image.shape[:2] == (650, 800) and image[..., :3].std() > 0.05
+    assert image.shape[:2] == (950, 800) and image[..., :3].std() > 0.05  # with the preview
 
 
 # --------------------------------------------------------------------------- the real GUI
@@ -181,6 +183,6 @@ def test_viewer_opens_in_scipions_gui(run, x_display, tmp_path):
         raise seen["error"]
     assert seen["choice"] == "TS_01"
     assert seen["labels"]["showAlignmentPlot"] == "Show shifts and correlation per view"
-    assert seen["figures"] == [3]  # one plot window: shifts, correlation, residual twin
+    assert seen["figures"] == [6]  # one plot window: shifts, correlation, twin; the preview
     image = matplotlib.image.imread(str(shot))
     assert image.shape[:2] == (700, 1420) and image[..., :3].std() > 0.05

@@ -23,6 +23,10 @@ Fiducial-less fine alignment (IMOD's patch tracking + tiltalign):
 or step by step: `track_patches` (tracks in raw pixels), `solve_geometry`
 (axis, shifts, tilt offset, optional rotations and magnifications), `find_slab`
 (the specimen slab's surfaces in a back-projection, to level it by them).
+
+Tomograms: `reconstruct` (weighted back-projection from raw views and their
+transforms, as IMOD's tilt) and `reprojection_check` (each view against the
+tomogram made without it), docs/reconstruction.md.
 """
 
 from ..options import FINE_DEFAULTS, CoarseOptions, FineOptions, OptionError
@@ -31,6 +35,7 @@ from .core import align_binned_views, align_tilt_series, chain_pairs, tiltxcorr
 from .fine import FiducialLessResult, fiducialless_alignment
 from .patches import PatchTracks, track_patches
 from .projection import GeometrySolution, relevel, solve_geometry
+from .reconstruct import ReprojectionCheck, reconstruct, reprojection_check
 from .result import TiltxcorrResult
 from .slab import SlabFit, SlabNotFound, find_slab
 from .validation import ViewError
@@ -44,6 +49,7 @@ __all__ = [
     "GeometrySolution",
     "OptionError",
     "PatchTracks",
+    "ReprojectionCheck",
     "SlabFit",
     "SlabNotFound",
     "TiltxcorrResult",
@@ -54,7 +60,9 @@ __all__ = [
     "chain_pairs",
     "fiducialless_alignment",
     "find_slab",
+    "reconstruct",
     "relevel",
+    "reprojection_check",
     "solve_geometry",
     "tiltxcorr",
     "track_patches",

@@ -29,7 +29,9 @@ _IDENTITY_TOLERANCE = 1e-6
 
 
 def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
-                mode: str = "bilinear", fill_outside: bool = True) -> torch.Tensor:
+                mode: str = "bilinear", fill_outside: bool = True,
+                out_shape: tuple[int, int] | None = None,
+                fill: torch.Tensor | None = None) -> torch.Tensor:
     """Resample images `(n, h, w)` through affine maps from output to input pixels.
 
     Parameters
@@ -45,12 +47,18 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
         Give sources outside the view the view's mean (IMOD's rule); False
         repeats the border pixels there instead, which saves a pass over the
         pixels when the caller's window leaves those pixels out anyway.
+    out_shape
+        `(rows, cols)` of the output; default the input's `(h, w)`.
+    fill
+        `(n,)` values for sources outside the view instead of the views' means (a caller
+        that knows them saves a pass over the pixels).
 
     Returns
     -------
-    `(n, h, w)` float32; sources outside the view get the view's mean.
+    `(n, rows, cols)` float32; sources outside the view get the view's mean.
     """
     n, h, w = images.shape
+    out_h, out_w = out_shape or (h, w)
     device = images.device
     maps = source_maps.to(device=device, dtype=torch.float64)
     # Normalised grid coordinates (align_corners=True: -1 and 1 are the edge
@@ -58,22 +66,22 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
     # several times faster on CPU than F.affine_grid's batched matmul.
     to_norm = torch.tensor([2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)], dtype=torch.float64,
                            device=device)
-    rows = torch.arange(h, dtype=torch.float32, device=device)
-    cols = torch.arange(w, dtype=torch.float32, device=device)
-    grid = torch.empty(n, h, w, 2, dtype=torch.float32, device=device)
+    rows = torch.arange(out_h, dtype=torch.float32, device=device)
+    cols = torch.arange(out_w, dtype=torch.float32, device=device)
+    grid = torch.empty(n, out_h, out_w, 2, dtype=torch.float32, device=device)
     for plane, axis in ((0, 1), (1, 0)):  # grid x = source col, grid y = source row
         coeff = maps[:, axis] * to_norm[axis]  # (n, 3)
-        along_cols = coeff[:, 1, None, None].float() * cols[None, None, :]  # (n, 1, w)
+        along_cols = coeff[:, 1, None, None].float() * cols[None, None, :]  # (n, 1, cols)
         along_rows = (coeff[:, 0, None].float() * rows[None, :]
-                      + (coeff[:, 2] - 1.0)[:, None].float())  # (n, h)
+                      + (coeff[:, 2] - 1.0)[:, None].float())  # (n, rows)
         torch.add(along_cols, along_rows[:, :, None], out=grid[..., plane])
     out = F.grid_sample(images[:, None].to(torch.float32), grid, mode=mode,
                         padding_mode="border", align_corners=True)[:, 0]
     if not fill_outside:
         return out
-    outside = (grid.abs() > 1.0 + _EDGE_TOLERANCE).any(dim=-1)  # (n, h, w)
-    means = images.to(torch.float32).mean(dim=(-2, -1))
-    return torch.where(outside, means[:, None, None], out)
+    outside = (grid.abs() > 1.0 + _EDGE_TOLERANCE).any(dim=-1)  # (n, rows, cols)
+    means = images.to(torch.float32).mean(dim=(-2, -1)) if fill is None else fill
+    return torch.where(outside, means.to(out)[:, None, None], out)
 
 
 def imod_source_maps(transforms, shape: tuple[int, int]) -> torch.Tensor:

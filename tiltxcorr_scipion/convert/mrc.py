@@ -8,9 +8,10 @@ memory for the views asked for, not for the file. As IMOD does, every file is
 a stack of ``nz`` sections, whatever its space group says (a volume, or an
 ``ispg 401`` volume stack with ``mz = 1`` or ``mz = nz``).
 
-Writing (`StackWriter`): a float32 (mode 2) image stack written view by view
-with plain writes, so a full disk is an ``OSError`` (never a crash), and
-statistics filled in at the end.
+Writing (`StackWriter`): a float32 (mode 2) image stack (or, with
+``volume=True``, a volume: a tomogram, ``ispg 1``, ``mz = nz``) written
+section by section with plain writes, so a full disk is an ``OSError``
+(never a crash), and statistics filled in at the end.
 
 Views are numbered by their 1-based position in the stack (Scipion's tilt
 image index, IMOD's section number + 1).
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import mrcfile
+import mrcfile.constants
 import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
@@ -189,7 +191,9 @@ class StackWriter:
     readers from seeing a partial stack).
     """
 
-    def __init__(self, path: str, shape: tuple[int, int, int], voxel_size: float, label: str):
+    def __init__(self, path: str, shape: tuple[int, int, int], voxel_size: float, label: str,
+                 *, volume: bool = False):
+        self.volume = bool(volume)
         self.path = path
         self.shape = shape
         self.voxel_size = float(voxel_size)
@@ -220,10 +224,15 @@ class StackWriter:
         n, h, w = self.shape
         header = np.zeros((), dtype=HEADER_DTYPE).view(np.recarray)
         header.nx, header.ny, header.nz = w, h, n
-        header.mx, header.my, header.mz = w, h, 1  # image stack: mz = 1
         header.mode = 2
-        header.ispg = mrcfile.utils.IMAGE_STACK_SPACEGROUP
-        header.cella = (w * self.voxel_size, h * self.voxel_size, 1.0 * self.voxel_size)
+        if self.volume:  # a volume: sections are slices of one 3-D map
+            header.mx, header.my, header.mz = w, h, n
+            header.ispg = mrcfile.constants.VOLUME_SPACEGROUP
+            header.cella = (w * self.voxel_size, h * self.voxel_size, n * self.voxel_size)
+        else:  # image stack: mz = 1
+            header.mx, header.my, header.mz = w, h, 1
+            header.ispg = mrcfile.utils.IMAGE_STACK_SPACEGROUP
+            header.cella = (w * self.voxel_size, h * self.voxel_size, 1.0 * self.voxel_size)
         header.cellb = (90.0, 90.0, 90.0)
         header.mapc, header.mapr, header.maps = 1, 2, 3
         header.map = b"MAP "

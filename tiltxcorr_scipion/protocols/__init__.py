@@ -2,5 +2,6 @@
 
 from .protocol_fine import ProtTiltxcorrFineAlignment
 from .protocol_prealignment import ProtTiltxcorrPrealignment
+from .protocol_reconstruct import ProtTiltxcorrReconstruct
 
-__all__ = ["ProtTiltxcorrFineAlignment", "ProtTiltxcorrPrealignment"]
+__all__ = ["ProtTiltxcorrFineAlignment", "ProtTiltxcorrPrealignment", "ProtTiltxcorrReconstruct"]

@@ -1,21 +1,25 @@
-"""What every alignment protocol of the plugin shares: one step per tilt series.
+"""What every protocol of the plugin shares: one step per tilt series.
 
 `ProtTiltxcorrBase` follows its input set (closed, or still open in
 streaming), inserts one step per tilt series, keeps output sets, sets aside
-tilt series that cannot be aligned, and resumes after a crash. A subclass
-defines its form and `_alignOneTiltSeries`, which aligns one tilt series,
-writes its files and registers it (`_appendTiltSeries`).
+tilt series that cannot be processed, and resumes after a crash. A subclass
+defines its form and `_processOneTiltSeries`, which aligns (or reconstructs)
+one tilt series, writes its files and registers it (`_appendTiltSeries`,
+or its own registration into the output named by `_primaryOutput`).
 
 Rules the base keeps:
-- a tilt series is registered in `TiltSeries` only once all its files exist,
-  so Continue's "already done" (in `TiltSeries` or `FailedTiltSeries`) means
-  done;
+- a tilt series is registered in the primary output (`TiltSeries`, or
+  `Tomograms` for the reconstruction) only once all its files exist, so
+  Continue's "already done" (in the primary output or `FailedTiltSeries`)
+  means done;
 - output sets are written under the protocol's lock, one writer at a time;
 - one tilt series is registered in all its outputs or in none
   (`_registerAtomically`): a full disk undoes what was appended and forgets
   an output set created for it, ids included, and fails that tilt series
   naming the file; if even the undo cannot write, the run fails saying the
   project database cannot be written (Continue then completes the rest);
+- a new output set becomes an output only once its file holds its first
+  tilt series (`_appendToOutput`), so no output names a file without tables;
 - the outputs are closed by whoever finishes last: the last tilt-series step,
   or the stream follower when the input closes with nothing left to do.
 """
@@ -30,20 +34,21 @@ import sqlite3
 import time
 import traceback
 
+import numpy as np
 import pyworkflow.protocol.params as params
 from pwem.protocols import EMProtocol
-from pyworkflow.object import Set, String
+from pyworkflow.object import Float, Set, String
 from pyworkflow.protocol import STEPS_PARALLEL, ProtStreamingBase
 from pyworkflow.protocol.executor import StepExecutor, ThreadStepExecutor
 from pyworkflow.utils import cleanPath
-from tomo.objects import SetOfTiltSeries, TiltImage, TiltSeries
+from tomo.objects import TiltImage, TiltSeries
 from tomo.protocols import ProtTomoBase
 
 from .. import _plugin  # noqa: F401  (applies the sqlite fix in this process)
 from .. import constants as cts
 from ..convert.files import remove_temporaries
 from ..options import MAX_TILT_DEG, MIN_ENABLED_VIEWS, tilt_range_problem
-from ..pipeline import TiltSeriesFailure, TiltSeriesViews, available_cpus
+from ..pipeline import PREVIEW_MAX_WIDTH, TiltSeriesFailure, TiltSeriesViews, available_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +68,18 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
 
     _label = None  # abstract: pyworkflow lists only protocols with a label
     stepsExecutionMode = STEPS_PARALLEL
+    #: The output whose tilt series are done (with FailedTiltSeries): Continue skips them.
+    _primaryOutput = cts.OUTPUT_TILT_SERIES
+    #: What the protocol does to a tilt series, for messages ("No tilt series could be ...").
+    _doneVerb = "aligned"
+    #: What its step per tilt series is called in the log ("alignment step queued").
+    _stepNoun = "alignment"
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.failureReasons = String()  # JSON {tsId: reason}, persisted for the summary
         self.unreliableKept = String()  # JSON {tsId: reason}: unreliable, kept as asked
+        self.previewResults = String()  # JSON {tsId: preview and reprojection check}
         self._pendingTsIds: set[str] = set()  # steps inserted, not finished
         self._inputClosed = False  # no further tilt series will be queued
 
@@ -76,17 +88,18 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         return True
 
     # ------------------------------------------------------------------ form pieces
-    def _defineInputParams(self, form):
+    def _defineInputParams(self, form, inputHelp: str | None = None):
         form.addSection(label="Input")
         form.addParam("inputSetOfTiltSeries", params.PointerParam,
                       pointerClass="SetOfTiltSeries", important=True,
                       label="Tilt series",
-                      help="The tilt series to align. A set still being acquired (streaming) "
-                           "is followed: each tilt series is aligned once all its views have "
-                           "arrived. Excluded (disabled) views are kept in the output, "
-                           "unaligned. If the tilt series already carry an alignment, it is "
-                           "applied to the images first and the new alignment is composed "
-                           "with it.")
+                      help=inputHelp or (
+                          "The tilt series to align. A set still being acquired (streaming) "
+                          "is followed: each tilt series is aligned once all its views have "
+                          "arrived. Excluded (disabled) views are kept in the output, "
+                          "unaligned. If the tilt series already carry an alignment, it is "
+                          "applied to the images first and the new alignment is composed "
+                          "with it."))
         form.addParam("tiltAxisAngle", params.FloatParam, default=None, allowsNull=True,
                       label="Tilt axis angle (deg; empty = from input)",
                       help="Angle of the tilt axis in the raw images, from the Y axis, "
@@ -139,19 +152,88 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         text = self.unreliableKept.get()
         return json.loads(text) if text else {}
 
+    # ------------------------------------------------------------------ preview tomogram
+    def _definePreviewParams(self, form):
+        form.addParam("previewTomogram", params.BooleanParam, default=True,
+                      label="Preview tomogram?",
+                      help="Yes: reconstruct a small tomogram from each aligned tilt series "
+                           f"(weighted back-projection, binned to at most {PREVIEW_MAX_WIDTH} "
+                           "voxels wide) into extra/<tsId>_preview.mrc, draw its central XY "
+                           "and XZ slices in the tilt series' plot, and check every view "
+                           "against it: the view is compared with the projection, at its "
+                           "geometry, of a tomogram made without it. The shift between them "
+                           "(the reprojection residual, in pixels of the tilt series) is "
+                           "stored on each tilt image, plotted, and the worst view of each "
+                           "tilt series is in the summary. Crescents around gold, doubled "
+                           "features or a tilted XZ slice show a bad alignment at a glance.")
+        form.addParam("previewThickness", params.IntParam, default=None, allowsNull=True,
+                      condition="previewTomogram",
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label="Preview thickness (px; empty = auto)",
+                      help="Thickness of the preview tomogram in pixels of the tilt series. "
+                           "Empty or 0: chosen by the engine (docs/reconstruction.md).")
+
+    def _wantsPreview(self) -> bool:
+        return bool(self.getAttributeValue("previewTomogram", False))
+
+    def _previewThickness(self) -> float | None:
+        """The form's preview thickness (stack pixels), None for the engine's default."""
+        thickness = self.getAttributeValue("previewThickness")
+        return float(thickness) if thickness and int(thickness) > 0 else None
+
+    def _recordPreview(self, views: TiltSeriesViews, preview):
+        """Keep what the summary says of a preview: worst view, flagged views, the file.
+
+        `preview` is `outcome.preview`, made by `write_outputs` (None: nothing to keep).
+        """
+        if preview is None:
+            return
+        check = preview.check
+        residual = np.asarray(check.residual_px, dtype=np.float64)
+        finite = np.isfinite(residual)
+        record = {"path": preview.path, "binning": int(preview.binning),
+                  "limit": float(check.limit_px),
+                  "flagged": sorted(int(v) for v in views.stack_positions[np.asarray(
+                      check.flagged, dtype=bool) & finite]),
+                  "unchecked": sorted(int(v) for v in views.stack_positions[np.asarray(
+                      check.unchecked, dtype=bool)])}
+        if finite.any():
+            worst = int(np.nanargmax(np.where(finite, residual, np.nan)))
+            record.update(worstView=int(views.stack_positions[worst]),
+                          worstTilt=float(views.tilt_angles[worst]),
+                          worstResidual=float(residual[worst]))
+        self.info(f"Tilt series {views.ts_id}: {preview_line(record)}")
+        with self._lock:
+            results = self._previewResults()
+            results[views.ts_id] = record
+            self.previewResults.set(json.dumps(results))
+            self._store(self.previewResults)
+
+    def _previewResults(self) -> dict[str, dict]:
+        text = self.previewResults.get()
+        return json.loads(text) if text else {}
+
+    @staticmethod
+    def _reprojectionResidual(preview, i: int) -> Float:
+        """Item i's reprojection residual (px) for its tilt image; unset without one."""
+        if preview is None:
+            return Float(None)
+        value = float(preview.check.residual_px[i])
+        return Float(value if np.isfinite(value) else None)
+
     def _defineComputeParams(self, form):
         form.addHidden(params.USE_GPU, params.BooleanParam, default=False,
                        label="Use GPU?",
-                       help="Align on a CUDA GPU (each tilt series step books one GPU from "
+                       help="Compute on a CUDA GPU (each tilt series step books one GPU from "
                             "the list). Falls back to the CPU, with a log line, when CUDA is not "
                             "available.")
         form.addHidden(params.GPU_LIST, params.StringParam, default="0",
                        label="GPU IDs",
-                       help="Yes: align on CUDA GPUs, each tilt series step booking one GPU "
-                            "from this list, e.g. '0 1': N GPUs align N tilt series at a time. "
+                       help="Yes: compute on CUDA GPUs, each tilt series step booking one GPU "
+                            "from this list, e.g. '0 1': N GPUs process N tilt series at a time. "
                             "If torch sees no CUDA device the steps say so in the log and run "
                             "on the CPU. No: CPU only; the threads below set how many tilt "
-                            "series are aligned at a time.")
+                            "series are processed at a time.")
         form.addParallelSection(threads=3, mpi=0)
 
     # ------------------------------------------------------------------ steps
@@ -194,11 +276,11 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             self.info(f"Removed {len(removed)} partial file(s) left by an interrupted run: "
                       + ", ".join(removed))
         if streaming:
-            # One executor thread runs the stream follower; the others align.
+            # One executor thread runs the stream follower; the others do the work.
             self._setTorchThreads(max(1, nThreads - 2))
             if nThreads < 3:
                 self.warning("The input is still open (streaming): with fewer than 3 threads "
-                             "tilt series are aligned only after the input is closed.")
+                             f"tilt series are {self._doneVerb} only after the input is closed.")
             ProtStreamingBase._insertAllSteps(self)
             return
         tsIds = [tsId for tsId in tsIds if tsId not in done]
@@ -210,7 +292,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             self._insertFunctionStep(self.closeOutputSetsStep, needsGPU=False)
 
     def stepsGeneratorStep(self):
-        """Follow an open input: insert one alignment step per complete tilt series."""
+        """Follow an open input: insert one step per complete tilt series."""
         inSet = self.inputSetOfTiltSeries.get()
         queued = self._tsIdsInOutputs()
         lastSizes: dict[str, int] = {}
@@ -226,7 +308,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             for tsId in ready:
                 self._insertAlignStep(tsId)
                 queued.add(tsId)
-                self.info(f"Tilt series {tsId}: {sizes[tsId]} views, alignment step queued")
+                self.info(f"Tilt series {tsId}: {sizes[tsId]} views, {self._stepNoun} step queued")
             if closed and all(tsId in queued for tsId in sizes):
                 self.info("Input closed and every tilt series queued.")
                 with self._lock:
@@ -245,7 +327,11 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                                         needsGPU=self._useGpu())
 
     def alignTiltSeriesStep(self, tsId: str):
-        """Align, write and register one tilt series; a failure sends it to FailedTiltSeries."""
+        """Process (align or reconstruct), write and register one tilt series.
+
+        A failure sends it to FailedTiltSeries. (The name, kept in run databases and
+        logs, predates the reconstruction protocol, which runs the same step.)
+        """
         try:
             started = time.perf_counter()
             try:
@@ -254,8 +340,8 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                 self._fail(tsId, None, None, f"cannot read its metadata: {exc}")
                 return
             try:
-                self._alignOneTiltSeries(TiltSeriesViews.from_tilt_series(inTs, items), inTs,
-                                         items, started)
+                self._processOneTiltSeries(TiltSeriesViews.from_tilt_series(inTs, items),
+                                           inTs, items, started)
             except TiltSeriesFailure as exc:
                 self._fail(tsId, inTs, items, str(exc))
             except Exception as exc:  # unexpected: keep the traceback in the log
@@ -264,8 +350,8 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         finally:
             self._tiltSeriesDone(tsId)
 
-    def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
-        """Align one tilt series, write its files, then register it (subclasses)."""
+    def _processOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
+        """Align (reconstruct) one tilt series, write its files, then register it (subclasses)."""
         raise NotImplementedError
 
     def _tiltSeriesDone(self, tsId: str):
@@ -284,16 +370,20 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
             self._closeOutputSet()
         failed = self._failureReasons()
         if failed:
-            self.warning(f"{len(failed)} tilt series could not be aligned: "
+            self.warning(f"{len(failed)} tilt series could not be {self._doneVerb}: "
                          + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-        if getattr(self, cts.OUTPUT_TILT_SERIES, None) is None and failed:
-            raise RuntimeError(f"No tilt series could be aligned ({len(failed)} failed); "
-                               "see the FailedTiltSeries output and the log for the causes.")
+        if getattr(self, self._primaryOutput, None) is None and failed:
+            raise RuntimeError(f"No tilt series could be {self._doneVerb} ({len(failed)} "
+                               "failed); see the FailedTiltSeries output and the log for the "
+                               "causes.")
 
     # ------------------------------------------------------------------ outputs
-    def _newOutputSet(self, suffix: str) -> SetOfTiltSeries:
-        """A new output set (open, with the input's info), not yet one of the run's outputs."""
-        outSet = self._createSetOfTiltSeries(suffix=suffix)
+    def _newOutputSet(self, suffix: str, create=None) -> Set:
+        """A new output set (open, with the input's info), not yet one of the run's outputs.
+
+        `create(suffix=...)` makes it (default: a SetOfTiltSeries).
+        """
+        outSet = (create or self._createSetOfTiltSeries)(suffix=suffix)
         outSet.copyInfo(self.inputSetOfTiltSeries.get())
         outSet.setStreamState(Set.STREAM_OPEN)
         return outSet
@@ -306,6 +396,37 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         outSet.close()
         return found
 
+    def _appendToOutput(self, name: str, create, add):
+        """Add to output `name` with `add(outSet)` and commit; `create()` makes it on first use.
+
+        A set created here becomes an output only once its file holds what was
+        added: a full disk before that leaves no output naming a file without
+        tables (which no reader of the project could open), and its
+        half-written file is removed. The caller holds the lock.
+        """
+        outSet = getattr(self, name, None)
+        created = outSet is None
+        if created:
+            outSet = create()
+        else:
+            outSet.enableAppend()
+        try:
+            add(outSet)
+            outSet.write()
+        except Exception as error:
+            if not created:
+                raise
+            outSet.close()
+            cleanPath(outSet.getFileName())
+            raise NewOutputSetError(outSet.getFileName()) from error
+        if created:
+            self._defineOutputs(**{name: outSet})
+            self._defineSourceRelation(self.inputSetOfTiltSeries, outSet)
+        else:
+            self._store(outSet)
+        outSet.close()  # let other processes read it
+        return outSet
+
     def _appendTiltSeries(self, name: str, suffix: str, inTs, items, *, editSet=None,
                           editTs=None, editImage=None):
         """Copy a tilt series and its images into output `name`, with changes, and commit it.
@@ -313,17 +434,9 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
         `editSet(outSet)` changes the output set first (appending applies its
         sampling rate); `editTs(outTs)` changes the copied tilt series before it
         is added; `editImage(i, outTi)` changes the copy of item i. The caller
-        holds the lock. A set created here becomes an output only once its file
-        holds the tilt series: a full disk before that leaves no output naming
-        a file without tables (which no reader of the project could open).
+        holds the lock.
         """
-        outSet = getattr(self, name, None)
-        created = outSet is None
-        if created:
-            outSet = self._newOutputSet(suffix)
-        else:
-            outSet.enableAppend()
-        try:
+        def add(outSet):
             if editSet is not None:
                 editSet(outSet)
             outTs = TiltSeries()
@@ -342,20 +455,8 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                 outTs.append(outTi)
             outTs.write()
             outSet.update(outTs)
-            outSet.write()
-        except Exception as error:
-            if not created:
-                raise
-            outSet.close()  # never an output: its half-written file goes
-            cleanPath(outSet.getFileName())
-            raise NewOutputSetError(outSet.getFileName()) from error
-        if created:
-            self._defineOutputs(**{name: outSet})
-            self._defineSourceRelation(self.inputSetOfTiltSeries, outSet)
-        else:
-            self._store(outSet)
-        outSet.close()  # let other processes read it
-        return outSet
+
+        return self._appendToOutput(name, lambda: self._newOutputSet(suffix), add)
 
     def _fail(self, tsId: str, inTs, items, reason: str):
         if not reason.startswith("tilt series"):
@@ -500,7 +601,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
 
     def _tsIdsInOutputs(self) -> set[str]:
         done = set()
-        for name in (cts.OUTPUT_TILT_SERIES, cts.OUTPUT_FAILED_TILT_SERIES):
+        for name in (self._primaryOutput, cts.OUTPUT_FAILED_TILT_SERIES):
             outSet = getattr(self, name, None)
             if outSet is not None:
                 with self._lock:
@@ -536,7 +637,7 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
                           "form ('Tilt axis angle').")
         if inSet.isStreamOpen() and (self.numberOfThreads.get() or 1) < 3:
             errors.append("The input is still being acquired (streaming): use at least 3 "
-                          "threads (one follows the input, the others align).")
+                          "threads (one follows the input, the others do the work).")
         return errors
 
     def _warnings(self):
@@ -573,18 +674,33 @@ class ProtTiltxcorrBase(EMProtocol, ProtTomoBase, ProtStreamingBase):
 
     def _summary(self):
         summary = []
-        aligned = getattr(self, cts.OUTPUT_TILT_SERIES, None)
-        if aligned is not None:
-            summary.append(f"Aligned tilt series: {aligned.getSize()}")
+        done = getattr(self, self._primaryOutput, None)
+        if done is not None:
+            summary.append(f"{self._doneVerb.capitalize()} tilt series: {done.getSize()}")
         failed = self._failureReasons()
         if failed:
             summary.append(f"Failed tilt series: {len(failed)} ({', '.join(sorted(failed))}); "
                            "see the FailedTiltSeries output and the log.")
         for tsId, reason in sorted(self._unreliableKept().items()):
             summary.append(f"{tsId}: UNRELIABLE alignment, kept as asked: {reason}")
+        for tsId, record in sorted(self._previewResults().items()):
+            summary.append(f"{tsId}: {preview_line(record)}")
         if not summary:
             summary.append("Output not ready yet.")
         axis = self.tiltAxisAngle.get()
         summary.append("Tilt axis angle: " + (f"{axis:g} deg (form)" if axis is not None
                                                else "from each tilt series' acquisition"))
         return summary
+
+
+def preview_line(record: dict) -> str:
+    """One tilt series' preview and reprojection check, from `previewResults`, for people."""
+    text = f"preview tomogram {record['path']} (binning {record['binning']}); reprojection check: "
+    if "worstView" in record:
+        text += (f"worst view {record['worstView']} ({record['worstTilt']:+.1f} deg) "
+                 f"{record['worstResidual']:.2f} px, ")
+    flagged, unchecked = record.get("flagged") or [], record.get("unchecked") or []
+    text += (f"flagged (> {record['limit']:g} px): {', '.join(map(str, flagged))}"
+             if flagged else f"none above {record['limit']:g} px")
+    return text + (f"; unchecked (no ray all other views saw): {', '.join(map(str, unchecked))}"
+                   if unchecked else "")

@@ -267,6 +267,8 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                             "with this weight (the points are then re-fitted): each chain of "
                             "view pairs drifts at random, and on most simulated series their "
                             "average drifted less than either. 0: the solve's shifts alone.")
+        form.addSection(label="Output")
+        self._definePreviewParams(form)
         self._defineReliabilityParams(form)
         self._defineComputeParams(form)
 
@@ -275,7 +277,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                                        for name in FORM_PARAMS})
 
     # ------------------------------------------------------------------ one tilt series
-    def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
+    def _processOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
         tsId = views.ts_id
         device, deviceMessage = select_device(self._useGpu(), self._bookedGpus())
         self.info(f"Tilt series {tsId}: {deviceMessage}")
@@ -283,8 +285,11 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                               device=device,
                               progress=lambda stage: self.info(f"Tilt series {tsId}: {stage}"))
         self._logExcluded(outcome)
-        paths = output_paths(self._getExtraPath(), tsId, fine=True)
-        fileSeconds = write_outputs(outcome, paths)
+        paths = output_paths(self._getExtraPath(), tsId, fine=True,
+                             preview=self._wantsPreview())
+        fileSeconds = write_outputs(outcome, paths, preview_thickness=self._previewThickness())
+        preview = outcome.preview
+        self._recordPreview(outcome.views, preview)
         pause_point("files written", tsId)
         if self._unreliableFailed(outcome, inTs, items):
             return
@@ -312,7 +317,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                 steps.append((cts.OUTPUT_LANDMARK_MODELS,
                               lambda: self._registerLandmarkModel(outcome, inTs, items, paths)))
             steps.append((cts.OUTPUT_TILT_SERIES,
-                          lambda: self._registerAligned(outcome, inTs, items)))
+                          lambda: self._registerAligned(outcome, inTs, items, preview)))
             steps.append((None, storeResults))
             self._registerAtomically(tsId, steps, files=paths.values())
         registered = time.perf_counter()
@@ -327,7 +332,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             self.warning(f"Tilt series {tsId}: UNCERTAIN: {fine.uncertainty_warning()}: check "
                          "its geometry before using it")
 
-    def _registerAligned(self, outcome: AlignmentOutcome, inTs, items):
+    def _registerAligned(self, outcome: AlignmentOutcome, inTs, items, preview=None):
         fine = outcome.fine
 
         def editTs(outTs):
@@ -349,6 +354,7 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             outTi.setTransform(Transform(matrix=outcome.transforms[i].copy()))
             outTi.setTiltAngle(float(fine.tilt_angles[i]))
             outTi.setEnabled(bool(outcome.views.enabled[i]))
+            setattr(outTi, cts.REPROJECTION_ATTR, self._reprojectionResidual(preview, i))
 
         outSet = self._appendTiltSeries(cts.OUTPUT_TILT_SERIES, "", inTs, items, editTs=editTs,
                                         editImage=editImage)
@@ -375,28 +381,26 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         and nothing waits for a series that failed.
         """
         self._appendTiltSeries(cts.OUTPUT_LANDMARK_TILT_SERIES, "landmarks", inTs, items)
-        models = getattr(self, cts.OUTPUT_LANDMARK_MODELS, None)
-        if models is None:
+        fine, views = outcome.fine, outcome.views
+
+        def newModels():
             models = self._createSetOfLandmarkModels(suffix="")
             models.setSetOfTiltSeries(Pointer(self, extended=cts.OUTPUT_LANDMARK_TILT_SERIES))
             models.setHasResidualInfo(True)
             models.setStreamState(Set.STREAM_OPEN)
-            self._defineOutputs(**{cts.OUTPUT_LANDMARK_MODELS: models})
-            self._defineSourceRelation(self.inputSetOfTiltSeries, models)
-        else:
-            models.enableAppend()
-        fine, views = outcome.fine, outcome.views
-        model = LandmarkModel(tsId=views.ts_id, fileName=paths["landmarks"],
-                              modelName=paths["fid"],
-                              size=int(round(views.sampling_rate * fine.patch_size[0])),
-                              applyTSTransformation=True,
-                              hasResidualInfo=True)
-        contours = np.isfinite(fine.tracks[..., 0]).any(axis=1)
-        model.setCount(int(contours.sum()))
-        models.append(model)
-        models.write()
-        self._store(models)
-        models.close()
+            return models
+
+        def add(models):
+            model = LandmarkModel(tsId=views.ts_id, fileName=paths["landmarks"],
+                                  modelName=paths["fid"],
+                                  size=int(round(views.sampling_rate * fine.patch_size[0])),
+                                  applyTSTransformation=True,
+                                  hasResidualInfo=True)
+            contours = np.isfinite(fine.tracks[..., 0]).any(axis=1)
+            model.setCount(int(contours.sum()))
+            models.append(model)
+
+        self._appendToOutput(cts.OUTPUT_LANDMARK_MODELS, newModels, add)
 
     def _fineResults(self) -> dict:
         text = self.fineResults.get()

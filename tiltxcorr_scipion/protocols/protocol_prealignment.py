@@ -281,6 +281,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
                       help="The aligned stacks are binned by this factor; their sampling rate "
                            "is the input's times this factor.")
 
+        self._definePreviewParams(form)
         self._defineReliabilityParams(form)
         self._defineComputeParams(form)
 
@@ -289,7 +290,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         return coarse_options_from_form({name: self.getAttributeValue(name) for name in names})
 
     # ------------------------------------------------------------------ one tilt series
-    def _alignOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
+    def _processOneTiltSeries(self, views: TiltSeriesViews, inTs, items, started: float):
         tsId = views.ts_id
         device, deviceMessage = select_device(self._useGpu(), self._bookedGpus())
         self.info(f"Tilt series {tsId}: {deviceMessage}")
@@ -300,8 +301,12 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
         if self.getAttributeValue("disableUnusableViews", True):
             outcome = outcome.exclude_unusable()
         writeAligned = bool(self.getAttributeValue("writeAlignedStacks", False))
-        paths = output_paths(self._getExtraPath(), tsId, aligned=writeAligned)
-        fileSeconds = write_outputs(outcome, paths, aligned_binning=self._alignedBinning())
+        paths = output_paths(self._getExtraPath(), tsId, aligned=writeAligned,
+                             preview=self._wantsPreview())
+        fileSeconds = write_outputs(outcome, paths, aligned_binning=self._alignedBinning(),
+                                    preview_thickness=self._previewThickness())
+        preview = outcome.preview
+        self._recordPreview(outcome.views, preview)
         pause_point("files written", tsId)
         if self._unreliableFailed(outcome, inTs, items):
             return
@@ -317,7 +322,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
                                                                  paths["ali"])))
             steps.append((None, lambda: pause_point("interpolated registered", tsId)))
             steps.append((cts.OUTPUT_TILT_SERIES,
-                          lambda: self._registerAligned(outcome, inTs, items)))
+                          lambda: self._registerAligned(outcome, inTs, items, preview)))
             self._registerAtomically(tsId, steps, files=paths.values())
         registered = time.perf_counter()
         nEnabled = int(views.enabled.sum())
@@ -358,7 +363,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
     def _alignedBinning(self) -> int:
         return int(self.getAttributeValue("alignedBinning", 1) or 1)
 
-    def _registerAligned(self, outcome: AlignmentOutcome, inTs, items):
+    def _registerAligned(self, outcome: AlignmentOutcome, inTs, items, preview=None):
         def editTs(outTs):
             outTs.getAcquisition().setTiltAxisAngle(outcome.tilt_axis_angle)
             outTs.setAlignment2D()
@@ -374,6 +379,7 @@ class ProtTiltxcorrPrealignment(ProtTiltxcorrBase):
                     Float(float(residual) if np.isfinite(residual) else None))
             setattr(outTi, cts.UNUSABLE_ATTR,
                     String(outcome.reasons[i] if outcome.unusable[i] else None))
+            setattr(outTi, cts.REPROJECTION_ATTR, self._reprojectionResidual(preview, i))
 
         outSet = self._appendTiltSeries(cts.OUTPUT_TILT_SERIES, "", inTs, items, editTs=editTs,
                                         editImage=editImage)

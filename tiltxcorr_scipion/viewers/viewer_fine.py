@@ -90,17 +90,16 @@ class TiltxcorrFineAlignmentViewer(TiltSeriesResultsViewer):
                       label="List the solved geometry, all tilt series",
                       help="Tilt axis angle, tilt angle offset, mean residual and tracks of "
                            "every tilt series, with the views of highest residual.")
+        self._definePreviewChoice(form)
 
     def _getVisualizeDict(self) -> dict:
         return {"showFinePlot": self._showFinePlot,
                 "showResidualTable": self._showResidualTable,
-                "showGeometry": self._showGeometry}
+                "showGeometry": self._showGeometry,
+                "showPreview": self._showPreview}
 
     def _files(self, tsId: str) -> dict[str, str]:
-        extra = self.protocol._getExtraPath()
-        if not os.path.isabs(extra):  # project-relative; the GUI runs in the project folder
-            extra = os.path.join(self.protocol.getProject().getPath(), extra)
-        return output_paths(extra, tsId, fine=True)
+        return output_paths(self._projectPath(self.protocol._getExtraPath()), tsId, fine=True)
 
     def _showFinePlot(self, paramName=None) -> list:
         tsId = self._selectedTsId()

@@ -18,6 +18,7 @@ import pyworkflow.protocol.params as params
 from pyworkflow.gui.plotter import Plotter
 
 from .. import constants as cts
+from ..pipeline import Preview
 from ..plots import low_correlation_views, plot_alignment
 from ..protocols import ProtTiltxcorrPrealignment
 from .viewer_base import TiltSeriesResultsViewer
@@ -102,22 +103,25 @@ def alignment_data(tilt_series) -> AlignmentData:
     )
 
 
-def alignment_figure(data: AlignmentData, figure=None):
-    """`plot_alignment` of `data` (into `figure` if given); returns the figure."""
+def alignment_figure(data: AlignmentData, figure=None, preview: Preview | None = None):
+    """`plot_alignment` of `data` (into `figure` if given), with the preview tomogram's row
+    when `preview` is given (stack order, as `data`); returns the figure."""
     return plot_alignment(data.ts_id, data.tilt_angles, data.shifts, data.enabled,
                           data.correlation, view_numbers=data.view_numbers,
                           unusable=data.unusable_mask, residual=data.residual,
-                          unreliable_reason=data.unreliable_reason, figure=figure)
+                          unreliable_reason=data.unreliable_reason, figure=figure,
+                          preview=preview)
 
 
 class AlignmentPlotter(Plotter):
-    """A Scipion plot window holding one tilt series' alignment figure."""
+    """A Scipion plot window holding one tilt series' alignment figure (and its preview)."""
 
-    def __init__(self, data: AlignmentData, **kwargs) -> None:
-        Plotter.__init__(self, figsize=(8, 6.5), windowTitle=f"tiltxcorr alignment: {data.ts_id}",
-                         **kwargs)
+    def __init__(self, data: AlignmentData, preview: Preview | None = None,
+                 **kwargs) -> None:
+        Plotter.__init__(self, figsize=(8, 6.5 if preview is None else 9.5),
+                         windowTitle=f"tiltxcorr alignment: {data.ts_id}", **kwargs)
         self.tightLayoutOn = False  # plot_alignment lays the figure out itself
-        alignment_figure(data, self.getFigure())
+        alignment_figure(data, self.getFigure(), preview)
 
 
 class TiltxcorrPrealignmentViewer(TiltSeriesResultsViewer):
@@ -134,15 +138,19 @@ class TiltxcorrPrealignmentViewer(TiltSeriesResultsViewer):
                            "crosses, the reference view as a star; below, the correlation of "
                            "each view with the view it was aligned to. Red: a score well below "
                            "its neighbours' (check that view: blank, blurred, an obstruction...). "
-                           "Green, right axis: the self-check's held-out residual of each view.")
+                           "Green, right axis: the self-check's held-out residual of each view. "
+                           "With a preview tomogram, a third row: its central XY and XZ "
+                           "slices and the reprojection residual of each view.")
         form.addParam("showLowViews", params.LabelParam,
                       label="List views with low correlation, all tilt series",
                       help="The views the plots flag in red, for every tilt series, and the "
                            "views found unusable (blocked, dark, blank) with the reason.")
+        self._definePreviewChoice(form)
 
     def _getVisualizeDict(self) -> dict:
         return {"showAlignmentPlot": self._showAlignmentPlot,
-                "showLowViews": self._showLowViews}
+                "showLowViews": self._showLowViews,
+                "showPreview": self._showPreview}
 
     def _alignmentData(self, tsId: str) -> AlignmentData | None:
         output = self._outputSet()
@@ -158,7 +166,8 @@ class TiltxcorrPrealignmentViewer(TiltSeriesResultsViewer):
         data = None if tsId is None else self._alignmentData(tsId)
         if data is None:
             return self._missing()
-        return [AlignmentPlotter(data)]
+        found = self._previewData(tsId)
+        return [AlignmentPlotter(data, None if found is None else found[0])]
 
     def _showLowViews(self, paramName=None) -> list:
         output = self._outputSet()
