@@ -76,9 +76,11 @@ CHECK_FILTER = dict(high_pass_sigma=0.03, high_pass_radius=0.0, low_pass_cutoff=
                     low_pass_sigma=0.05)
 #: Largest residual (binned pixels) the check's correlation searches.
 CHECK_SEARCH = 12.0
-#: The noise filter's Fourier shell correlation is measured on this many rows of the
-#: tomogram (the central ones), reconstructed from the even and from the odd views.
-FSC_ROWS = 64
+#: The noise filter's Fourier shell correlation is measured on the central rows of the
+#: tomogram, reconstructed from the even and from the odd views: enough rows for this many
+#: voxels, at least FSC_MIN_ROWS (all rows of a small tomogram).
+FSC_VOXELS = 1 << 21
+FSC_MIN_ROWS = 16
 #: Width of its shells, cycles per voxel.
 FSC_SHELL = 1 / 64
 #: A shell's correlation counts as signal when above this many standard errors of a
@@ -295,8 +297,8 @@ def shell_correlation(a: torch.Tensor, b: torch.Tensor, width: float
     fa, fb = torch.fft.rfftn(a.float()), torch.fft.rfftn(b.float())
     grids = torch.meshgrid(*[torch.fft.fftfreq(n, device=a.device) for n in a.shape[:-1]],
                            torch.fft.rfftfreq(a.shape[-1], device=a.device), indexing="ij")
-    radius = sum(g * g for g in grids).sqrt()
-    shells = (radius / width).round().long().flatten()
+    radius = sum(g * g for g in grids).sqrt_()
+    shells = radius.div_(width).round_().long().flatten()
     twice = torch.full((fa.shape[-1],), 2.0, device=a.device)  # the rfft's missing half
     twice[0] = 1.0
     if a.shape[-1] % 2 == 0:
@@ -304,13 +306,12 @@ def shell_correlation(a: torch.Tensor, b: torch.Tensor, width: float
     m = int(shells.max()) + 1
 
     def total(values):
-        return torch.zeros(m, dtype=torch.float64, device=a.device).index_add_(
-            0, shells, (values * twice).flatten().double())
+        return torch.bincount(shells, weights=(values * twice).flatten().double(),
+                              minlength=m)
 
     cross = total((fa * fb.conj()).real)
-    power = total(fa.abs() ** 2) * total(fb.abs() ** 2)
-    count = torch.zeros(m, dtype=torch.float64, device=a.device).index_add_(
-        0, shells, torch.ones_like(shells, dtype=torch.float64))
+    power = total(fa.abs().square()) * total(fb.abs().square())
+    count = torch.bincount(shells, minlength=m).double()
     keep = (count > 0) & (power > 0)
     radii = torch.arange(m, dtype=torch.float64, device=a.device) * width
     return radii[keep].cpu(), (cross[keep] / power[keep].sqrt()).cpu(), count[keep].cpu()
@@ -319,7 +320,7 @@ def shell_correlation(a: torch.Tensor, b: torch.Tensor, width: float
 def noise_gain(projector: _Backprojector, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """The noise filter: shell radii `(m,)` (cycles per voxel) and gains `(m,)` float64.
 
-    The tomogram's rows `rows` are reconstructed twice, from the even and from the odd views
+    The tomogram's rows `rows` (`FSC_VOXELS`) are reconstructed twice, from the even and from the odd views
     in tilt order (each half spans the whole tilt range); their Fourier shell correlation F
     is turned into the full set's, `2 F / (1 + F)` (Rosenthal and Henderson 2003), which is
     the gain: a Wiener filter whose signal-to-noise ratio is measured on the data. Where
@@ -468,7 +469,7 @@ def reconstruct(views: torch.Tensor, transforms, tilt_angles, tilt_axis_angle: f
     noise_filter
         ``"fsc"`` (default): every 3-D frequency weighted by the agreement of two half
         tomograms, even and odd views (`noise_gain`: `2 F / (1 + F)` of their shell
-        correlation F on the central `FSC_ROWS` rows), applied to the views before they
+        correlation F on the central rows, `FSC_VOXELS`), applied to the views before they
         are back-projected (`filter_views`): a Wiener filter measured on the data, 1 where
         there is no noise. ``"none"``: the plain weighted back-projection.
     enabled
@@ -516,10 +517,12 @@ def reconstruct_binned(binned: BinnedViews, transforms, tilt_angles, tilt_axis_a
     projector = _Backprojector(lines, radial=radial, fake_sirt_iterations=fake_sirt_iterations,
                                line_pixels=nx, weighting=weighting)
     if noise_filter == "fsc" and b >= 4:
-        first = max(0, (ny - FSC_ROWS) // 2)
-        radii, gain = noise_gain(projector, slice(first, min(ny, first + FSC_ROWS)))
-        lines.views = filter_views(lines.views, radii, gain)
-        lines.means = lines.views.mean(dim=(1, 2))
+        n_rows = min(ny, max(FSC_MIN_ROWS, math.ceil(FSC_VOXELS / (nz * nx))))
+        first = (ny - n_rows) // 2
+        radii, gain = noise_gain(projector, slice(first, first + n_rows))
+        if float(gain.min()) < 0.99:  # a gain of 1 everywhere (no noise) changes nothing
+            lines.views = filter_views(lines.views, radii, gain)
+            lines.means = lines.views.mean(dim=(1, 2))
     volume = out if out is not None else torch.empty(frame.shape, dtype=torch.float32,
                                                     device=binned.views.device)
     rows = _slab_rows(b, lines.n, nz)
