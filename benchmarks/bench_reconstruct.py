@@ -9,7 +9,9 @@ padded sub-tilt-series, tile by tile; `pip install torch-tomogram==0.0.2`).
 - Quality: `simulate_volume` cell slabs (STEM contrast: the image is linear in the density,
   so the rendered volume is the truth to compare with), 41 views +-60 degrees, 255 x 255 px,
   tilt axis 0 (both reconstructions in the same frame), noise 1x; each reconstruction from
-  the true alignment, and ours also from the alignment with a 1 px RMS error added. Figure:
+  the true alignment, and ours also from the alignment with a 1 px RMS error added, and
+  without its noise filter (`noise_filter="none"`), that also times torch-tomogram's
+  implicit roll-off (`rolled_off`). Figure:
   the correlation with the true volume over the slab's inner region, both low-passed by the
   same Gaussian (sd 1 voxel). Per seed.
 - Reprojection check (cryo contrast, 61 views, 512 px, noise 1x, axis 85): the largest
@@ -62,6 +64,23 @@ def lowpass(volume: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     f2 = sum(g * g for g in grids)
     return torch.fft.irfftn(spectrum * torch.exp(-2 * math.pi ** 2 * sigma ** 2 * f2),
                             s=volume.shape)
+
+
+def rolled_off(volume: torch.Tensor, knee: float) -> torch.Tensor:
+    """`volume` times `min(1, knee / |k|)` (k in cycles/voxel): the roll-off torch-tomogram's
+    gridding gives without saying so. It divides each Fourier voxel by the weight the
+    slices put there only where that weight exceeds 1 (`clamp(weights, min=1)`), i.e. where
+    neighbouring slices overlap in its padded box (2 x 128 voxels): below
+    `1 / (256 dt)`; above, the slices are summed as they are, an unweighted back-projection,
+    whose amplitude falls as one over the frequency."""
+    spectrum = torch.fft.rfftn(volume.double())
+    grids = torch.meshgrid(*[torch.fft.fftfreq(n, dtype=torch.float64)
+                             for n in volume.shape[:-1]],
+                           torch.fft.rfftfreq(volume.shape[-1], dtype=torch.float64),
+                           indexing="ij")
+    radius = sum(g * g for g in grids).sqrt()
+    gain = (knee / radius.clamp(min=1e-12)).clamp(max=1.0)
+    return torch.fft.irfftn(spectrum * gain, s=volume.shape).float()
 
 
 #: Frequency bands (cycles/voxel) of the shell correlation with the truth.
@@ -127,15 +146,22 @@ def quality(seeds) -> None:
             transforms = shift_transforms(sim.shifts)
             ours, t_ours, c_ours = timed(reconstruct, sim.views, transforms, sim.tilt_angles,
                                          0.0, thickness=thickness)
+            plain, t_plain, c_plain = timed(reconstruct, sim.views, transforms,
+                                            sim.tilt_angles, 0.0, thickness=thickness,
+                                            noise_filter="none")
             anchor, t_anchor, c_anchor = timed(torch_tomogram, sim.views, sim.tilt_angles,
                                                sim.shifts, tuple(ours.shape))
             error = torch.randn(sim.shifts.shape, generator=torch.Generator().manual_seed(seed))
             error = error / error.norm(dim=1).square().mean().sqrt()  # 1 px RMS
             off = reconstruct(sim.views, shift_transforms(sim.shifts + error), sim.tilt_angles,
                               0.0, thickness=thickness)
+            step = math.radians(float(sim.tilt_angles.diff().abs().mean()))
+            rolled = rolled_off(plain, 1 / (2 * 128 * step))
             for name, volume, seconds in (("ours", ours, (t_ours, c_ours)),
                                           ("torch-tomogram", anchor, (t_anchor, c_anchor)),
-                                          ("ours, 1 px RMS misaligned", off, None)):
+                                          ("ours, 1 px RMS misaligned", off, None),
+                                          ("ours, no noise filter", plain, (t_plain, c_plain)),
+                                          ("  the same, tt's roll-off", rolled, None)):
                 low, per_band = score(volume, sim)
                 timing = (f"   {seconds[0]:6.2f} s wall {seconds[1]:6.2f} s process"
                           if seconds else "")
@@ -187,7 +213,21 @@ def check(seeds) -> None:
               f"{agreement:14.2f} {int(found.flagged.sum()):8d} {seconds:6.2f}", flush=True)
 
 
-def _speed_child(kind: str, queue) -> None:
+def _high_water_kib() -> float:
+    """This process's peak resident memory (KiB): Linux's VmHWM, which an exec starts anew
+    (`ru_maxrss` keeps the parent's size at the fork, so a child spawned late in a run
+    would report the parent's memory)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _speed_child(kind: str, noise_filter: str, queue) -> None:
     torch.manual_seed(0)
     views = torch.randn(61, 1024, 1024)
     angles = torch.linspace(-60, 60, 61)
@@ -196,8 +236,8 @@ def _speed_child(kind: str, queue) -> None:
 
     before = psutil.Process().memory_info().rss / 2 ** 10  # KiB now, views in memory
     volume, wall, cpu = timed(reconstruct, views, transforms, angles, 85.0, thickness=256,
-                              binning=2 if kind == "preview" else 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                              binning=2 if kind == "preview" else 1, noise_filter=noise_filter)
+    peak = _high_water_kib()
     queue.put((tuple(volume.shape), wall, cpu, (peak - before) / 2 ** 20,
                volume.numel() * 4 / 2 ** 30))
 
@@ -229,17 +269,19 @@ def _in_child(target, *args):
 def speed(anchor_tiles: int) -> None:
     print(f"\n## Speed: 61 x 1024 x 1024 views, {torch.get_num_threads()} threads "
           "(a shared machine: process time is the work)")
-    print(f"{'run':>28} {'shape':>16} {'wall s':>8} {'process s':>10} {'peak GiB':>9} "
+    print(f"{'run':>36} {'shape':>16} {'wall s':>8} {'process s':>10} {'peak GiB':>9} "
           f"{'volume GiB':>10}   (peak: above the views)")
     for kind in ("preview", "full"):
-        shape, wall, cpu, peak, size = _in_child(_speed_child, kind)
-        print(f"{'ours, ' + kind:>28} {str(shape):>16} {wall:8.2f} {cpu:10.2f} {peak:9.2f} "
-              f"{size:10.2f}", flush=True)
+        for noise_filter in ("fsc", "none"):
+            shape, wall, cpu, peak, size = _in_child(_speed_child, kind, noise_filter)
+            name = f"ours, {kind}" + (", no noise filter" if noise_filter == "none" else "")
+            print(f"{name:>36} {str(shape):>16} {wall:8.2f} {cpu:10.2f} {peak:9.2f} "
+                  f"{size:10.2f}", flush=True)
     if anchor_tiles > 0:
         wall, cpu = _in_child(_anchor_child, anchor_tiles)
         tiles = (1024 // 128) ** 2 * (256 // 128)
-        print(f"{'torch-tomogram, one 128^3 tile':>28} {'':>16} {wall:8.2f} {cpu:10.2f}")
-        print(f"{'torch-tomogram, full (x' + str(tiles) + ')':>28} {'(256, 1024, 1024)':>16} "
+        print(f"{'torch-tomogram, one 128^3 tile':>36} {'':>16} {wall:8.2f} {cpu:10.2f}")
+        print(f"{'torch-tomogram, full (x' + str(tiles) + ')':>36} {'(256, 1024, 1024)':>16} "
               f"{wall * tiles:8.0f} {cpu * tiles:10.0f}   (tiles measured: {anchor_tiles})")
 
 

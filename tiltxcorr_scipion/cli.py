@@ -24,6 +24,7 @@ import numpy as np
 
 from .options import (
     LEVEL_BY,
+    RECONSTRUCTION_NOISE_FILTERS,
     RECONSTRUCTION_WEIGHTINGS,
     CoarseOptions,
     FineOptions,
@@ -516,6 +517,12 @@ def _add_reconstruct_parser(commands) -> None:
                                "for an object as thick as the tomogram (keeps a slab's broad "
                                "density), then the radial filter; ramp: IMOD tilt's ramp as "
                                "it is; default exact")
+    geometry.add_argument("--noise-filter", choices=RECONSTRUCTION_NOISE_FILTERS,
+                          default="fsc",
+                          help="fsc: every frequency weighted by how well tomograms from the "
+                               "even and the odd views agree there (a Wiener filter measured "
+                               "on the data: a noiseless series is left as it is); none: the "
+                               "plain weighted back-projection, as IMOD's tilt; default fsc")
     geometry.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                           help="where to compute; default auto")
     outputs = rec.add_argument_group("output")
@@ -618,7 +625,8 @@ def reconstruct_command(args: argparse.Namespace) -> int:
         reconstruct_views(views, transforms, angles, args.axis, thickness=thickness, binning=b,
                           path=out_path, z_shift=args.z_shift, tilt_angle_offset=args.offset,
                           radial=args.radial, fake_sirt_iterations=args.fake_sirt,
-                          weighting=args.weighting, device=device, progress=update)
+                          weighting=args.weighting, noise_filter=args.noise_filter,
+                          device=device, progress=update)
     except TiltSeriesFailure as failure:
         advice = (("repair it or leave it out with --exclude "
                    + ",".join(str(v) for v in failure.views)) if failure.views

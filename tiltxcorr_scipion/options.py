@@ -26,6 +26,7 @@ __all__ = [
     "MIN_TILT_RANGE_DEG",
     "MIN_BINNED_SIZE",
     "MIN_ENABLED_VIEWS",
+    "RECONSTRUCTION_NOISE_FILTERS",
     "RECONSTRUCTION_WEIGHTINGS",
     "FINE_DEFAULTS",
     "CoarseOptions",
@@ -43,6 +44,12 @@ __all__ = [
 #: density of all views' lines for an object as thick as the tomogram, then IMOD's RADIAL
 #: cutoff and fall-off) or "ramp" (IMOD tilt's ramp as it is).
 RECONSTRUCTION_WEIGHTINGS = ("exact", "ramp")
+#: A tomogram's noise filter (`alignment.reconstruct`): "fsc" (the default: every frequency
+#: weighted by the Fourier shell correlation of two half reconstructions, even and odd
+#: views, turned into the full set's (2 F / (1 + F)): a Wiener-like filter set by the data,
+#: which leaves a noiseless series as it is) or "none" (the plain weighted back-projection,
+#: as IMOD's tilt gives it).
+RECONSTRUCTION_NOISE_FILTERS = ("fsc", "none")
 #: IMOD refuses to stretch beyond this tilt (1 / cos(82 deg) is already 7.2).
 MAX_TILT_DEG = 82.0
 #: Pixels beyond this magnitude overflow float32 correlations and Fourier shifts (a corrupt

@@ -1037,7 +1037,8 @@ def reconstruct_views(views: TiltSeriesViews, transforms: np.ndarray, tilt_angle
                       axis: float, *, thickness: float, binning: int, path: str,
                       z_shift: float = 0.0, tilt_angle_offset: float = 0.0,
                       radial: tuple[float, float] | None = None, fake_sirt_iterations: int = 0,
-                      weighting: str = "exact", device: torch.device | str = "cpu",
+                      weighting: str = "exact", noise_filter: str = "fsc",
+                      device: torch.device | str = "cpu",
                       progress: Callable[[int, int], None] | None = None) -> str:
     """Reconstruct one tilt series from its raw views and write the tomogram at `path`.
 
@@ -1059,7 +1060,7 @@ def reconstruct_views(views: TiltSeriesViews, transforms: np.ndarray, tilt_angle
                           thickness=thickness, binning=int(binning), z_shift=z_shift,
                           tilt_angle_offset=tilt_angle_offset, radial=radial or RADIAL,
                           fake_sirt_iterations=fake_sirt_iterations, weighting=weighting,
-                          device=device, progress=progress)
+                          noise_filter=noise_filter, device=device, progress=progress)
     _write_volume(views, volume, path, views.sampling_rate * int(binning),
                   f"tiltxcorr-scipion tomogram {views.ts_id}")
     return path

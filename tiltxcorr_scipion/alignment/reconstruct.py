@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..options import RECONSTRUCTION_WEIGHTINGS
+from ..options import RECONSTRUCTION_NOISE_FILTERS, RECONSTRUCTION_WEIGHTINGS
 from .binning import BinnedViews, bin_stack
 from .fourier import frequency_grid, imod_filter, next_fast_size, taper_mask
 from .geometry import axis_directions
@@ -54,7 +54,8 @@ from .resample import imod_source_maps, warp_images
 from .validation import ViewError, check_stack
 
 __all__ = ["CHECK_LIMIT_PX", "CHECK_SIDE", "RADIAL", "ReprojectionCheck", "TomogramFrame",
-           "reconstruct", "reconstruct_binned", "reprojection_check", "tomogram_frame"]
+           "noise_gain", "reconstruct", "reconstruct_binned", "reprojection_check",
+           "tomogram_frame"]
 
 #: IMOD tilt's RADIAL default in scipion-em-imod's form: linear ramp to 0.35 cycles/pixel,
 #: then a Gaussian fall-off of sd 0.035 (FalloffIsTrueSigma 1).
@@ -75,6 +76,19 @@ CHECK_FILTER = dict(high_pass_sigma=0.03, high_pass_radius=0.0, low_pass_cutoff=
                     low_pass_sigma=0.05)
 #: Largest residual (binned pixels) the check's correlation searches.
 CHECK_SEARCH = 12.0
+#: The noise filter's Fourier shell correlation is measured on the central rows of the
+#: tomogram, reconstructed from the even and from the odd views: enough rows for this many
+#: voxels, at least FSC_MIN_ROWS (all rows of a small tomogram).
+FSC_VOXELS = 1 << 21
+FSC_MIN_ROWS = 16
+#: Width of its shells, cycles per voxel.
+FSC_SHELL = 1 / 64
+#: A shell's correlation counts as signal when above this many standard errors of a
+#: correlation of pure noise (1 / sqrt(Fourier voxels in the shell)).
+FSC_SIGNIFICANCE = 3.0
+#: Views are padded by reflection by this many (binned) pixels before they are filtered, so
+#: that the filter does not carry one side of a view onto the other.
+FILTER_PAD = 32
 
 
 @dataclass(frozen=True)
@@ -263,13 +277,102 @@ class _Backprojector:
         spectra = torch.fft.rfft(lines, dim=-1) * self.weights[:, None, :]
         return spectra.permute(2, 0, 1).contiguous()
 
-    def slab(self, spectra: torch.Tensor) -> torch.Tensor:
-        """Sections `(nz, rows, nx)` float32 from weighted spectra `(nk, b, rows)`."""
+    def slab(self, spectra: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """Sections `(nz, rows, nx)` float32 from weighted spectra `(nk, b, rows)`; with
+        `views` (indices), from those views' spectra `(nk, len(views), rows)` only."""
         nx = self.lines.frame.shape[2]
         pad, n = self.lines.pad, self.lines.n
-        summed = torch.bmm(self.phases, spectra)  # (nk, nz, rows)
+        phases = self.phases if views is None else self.phases[:, :, views]
+        summed = torch.bmm(phases, spectra)  # (nk, nz, rows)
         volume = torch.fft.irfft(summed.permute(1, 2, 0), n=n, dim=-1)
         return volume[..., pad:pad + nx]
+
+
+def shell_correlation(a: torch.Tensor, b: torch.Tensor, width: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fourier shell correlation of two volumes `(nz, ny, nx)`: shell radii `(m,)` (cycles
+    per voxel), their correlations `(m,)` float64 and the Fourier voxels in each `(m,)`
+    (of the half transform), shells `width` wide (shell 0 holds the origin only; empty
+    shells are left out)."""
+    fa, fb = torch.fft.rfftn(a.float()), torch.fft.rfftn(b.float())
+    grids = torch.meshgrid(*[torch.fft.fftfreq(n, device=a.device) for n in a.shape[:-1]],
+                           torch.fft.rfftfreq(a.shape[-1], device=a.device), indexing="ij")
+    radius = sum(g * g for g in grids).sqrt_()
+    shells = radius.div_(width).round_().long().flatten()
+    twice = torch.full((fa.shape[-1],), 2.0, device=a.device)  # the rfft's missing half
+    twice[0] = 1.0
+    if a.shape[-1] % 2 == 0:
+        twice[-1] = 1.0
+    m = int(shells.max()) + 1
+
+    def total(values):
+        return torch.bincount(shells, weights=(values * twice).flatten().double(),
+                              minlength=m)
+
+    cross = total((fa * fb.conj()).real)
+    power = total(fa.abs().square()) * total(fb.abs().square())
+    count = torch.bincount(shells, minlength=m).double()
+    keep = (count > 0) & (power > 0)
+    radii = torch.arange(m, dtype=torch.float64, device=a.device) * width
+    return radii[keep].cpu(), (cross[keep] / power[keep].sqrt()).cpu(), count[keep].cpu()
+
+
+def noise_gain(projector: _Backprojector, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise filter: shell radii `(m,)` (cycles per voxel) and gains `(m,)` float64.
+
+    The tomogram's rows `rows` (`FSC_VOXELS`) are reconstructed twice, from the even and from the odd views
+    in tilt order (each half spans the whole tilt range); their Fourier shell correlation F
+    is turned into the full set's, `2 F / (1 + F)` (Rosenthal and Henderson 2003), which is
+    the gain: a Wiener filter whose signal-to-noise ratio is measured on the data. Where
+    the halves agree (no noise) it is 1; where they share nothing, 0. Gain 1 at the origin.
+    """
+    spectra = projector.spectra(rows)  # (nk, b, rows)
+    order = torch.argsort(torch.atan(projector.lines.tan)).to(spectra.device)
+    halves = [projector.slab(spectra[:, part], views=part) for part in (order[0::2],
+                                                                      order[1::2])]
+    radii, fsc, count = shell_correlation(*halves, FSC_SHELL)
+    # up to Nyquist: beyond, only the corners of the Fourier box, where both halves share
+    # the grid's own pattern (the gain there is Nyquist's)
+    within = radii <= 0.5
+    radii, fsc, count = radii[within], fsc[within], count[within]
+    # a correlation within FSC_SIGNIFICANCE standard errors (1 / sqrt(voxels)) of 0 is none
+    fsc = torch.where(fsc > FSC_SIGNIFICANCE / count.sqrt(), fsc, torch.zeros_like(fsc))
+    fsc = fsc.clamp(max=1.0)
+    gain = 2 * fsc / (1 + fsc)
+    # never lower than at a higher frequency: where a shell falls below a higher one, few
+    # voxels (the lowest shells) or the halves' sparser tilts (without noise) made the dip
+    gain = torch.flip(torch.cummax(torch.flip(gain, (0,)), dim=0).values, (0,))
+    gain[radii == 0] = 1.0
+    return radii, gain
+
+
+def filter_views(views: torch.Tensor, radii: torch.Tensor, gain: torch.Tensor
+                 ) -> torch.Tensor:
+    """`(b, h, w)` views multiplied in Fourier space by `gain` at their radial frequency
+    (`radii`, cycles per pixel; linear in between, the last gain beyond): by the central
+    slice theorem, the 3-D filter of that radial profile on their back-projection. Each
+    view is padded by reflection (`FILTER_PAD`) first; the input is not changed."""
+    b, h, w = views.shape
+    pad_y, pad_x = min(FILTER_PAD, h - 1), min(FILTER_PAD, w - 1)
+    shape = (next_fast_size(h + 2 * pad_y), next_fast_size(w + 2 * pad_x))
+    extra_y = min(shape[0] - h - pad_y, h - 1)
+    extra_x = min(shape[1] - w - pad_x, w - 1)
+    fy = torch.fft.fftfreq(shape[0], dtype=torch.float64)
+    fx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)
+    rho = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
+    response = np.interp(rho.numpy(), radii.numpy(), gain.numpy())
+    response = torch.as_tensor(response, dtype=torch.float32, device=views.device)
+    out = torch.empty_like(views, dtype=torch.float32)
+    chunk = max(1, (16 << 20) // (shape[0] * shape[1] * 4))
+    for start in range(0, b, chunk):
+        part = views[start:start + chunk].float()[:, None]
+        padded = torch.nn.functional.pad(part, (pad_x, extra_x, pad_y, extra_y),
+                                         mode="reflect")[:, 0]
+        spectrum = torch.fft.rfft2(padded, s=shape).mul_(response)
+        del padded
+        out[start:start + chunk] = torch.fft.irfft2(spectrum, s=shape)[:, pad_y:pad_y + h,
+                                                                        pad_x:pad_x + w]
+    return out
 
 
 def _slab_rows(n_views: int, n: int, nz: int) -> int:
@@ -328,7 +431,7 @@ def _checked_geometry(transforms, tilt_angles, b: int, enabled: torch.Tensor
 def reconstruct(views: torch.Tensor, transforms, tilt_angles, tilt_axis_angle: float, *,
                 thickness: float, binning: int = 1, z_shift: float = 0.0,
                 tilt_angle_offset: float = 0.0, radial=RADIAL, fake_sirt_iterations: int = 0,
-                weighting: str = "exact", enabled=None,
+                weighting: str = "exact", noise_filter: str = "fsc", enabled=None,
                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Weighted back-projection of raw views into a tomogram, as IMOD's `tilt` does.
 
@@ -363,6 +466,12 @@ def reconstruct(views: torch.Tensor, transforms, tilt_angles, tilt_axis_angle: f
         IMOD's ramp, at the lowest it does not fall to zero, which keeps a slab's broad
         density (docs/reconstruction.md, Benchmark). ``"ramp"``: IMOD tilt's weighting as
         it is (a ramp, 0.2 of its first step at zero frequency).
+    noise_filter
+        ``"fsc"`` (default): every 3-D frequency weighted by the agreement of two half
+        tomograms, even and odd views (`noise_gain`: `2 F / (1 + F)` of their shell
+        correlation F on the central rows, `FSC_VOXELS`), applied to the views before they
+        are back-projected (`filter_views`): a Wiener filter measured on the data, 1 where
+        there is no noise. ``"none"``: the plain weighted back-projection.
     enabled
         `(b,)` bool; disabled views are left out (never read).
     progress
@@ -380,12 +489,14 @@ def reconstruct(views: torch.Tensor, transforms, tilt_angles, tilt_axis_angle: f
     return reconstruct_binned(binned, t[use], angles[use], tilt_axis_angle, thickness=thickness,
                               z_shift=z_shift, tilt_angle_offset=tilt_angle_offset,
                               radial=radial, fake_sirt_iterations=fake_sirt_iterations,
-                              weighting=weighting, progress=progress)
+                              weighting=weighting, noise_filter=noise_filter,
+                              progress=progress)
 
 
 def reconstruct_binned(binned: BinnedViews, transforms, tilt_angles, tilt_axis_angle: float, *,
                        thickness: float, z_shift: float = 0.0, tilt_angle_offset: float = 0.0,
                        radial=RADIAL, fake_sirt_iterations: int = 0, weighting: str = "exact",
+                       noise_filter: str = "fsc",
                        progress: Callable[[int, int], None] | None = None,
                        out: torch.Tensor | None = None) -> torch.Tensor:
     """`reconstruct` from views already binned (`bin_chunks`: a stack read chunk by chunk).
@@ -395,6 +506,9 @@ def reconstruct_binned(binned: BinnedViews, transforms, tilt_angles, tilt_axis_a
     the sections are written into (e.g. a memory-mapped file).
     """
     b = binned.views.shape[0]
+    if noise_filter not in RECONSTRUCTION_NOISE_FILTERS:
+        raise ValueError(f"noise_filter must be one of {', '.join(RECONSTRUCTION_NOISE_FILTERS)}"
+                         f", not {noise_filter!r}")
     t, angles = _checked_geometry(transforms, tilt_angles, b, torch.ones(b, dtype=torch.bool))
     frame = tomogram_frame(binned.full_shape, tilt_axis_angle, thickness=thickness,
                            binning=binned.factor, z_shift=z_shift)
@@ -402,6 +516,13 @@ def reconstruct_binned(binned: BinnedViews, transforms, tilt_angles, tilt_axis_a
     lines = _Lines(binned, t, angles + float(tilt_angle_offset), tilt_axis_angle, frame)
     projector = _Backprojector(lines, radial=radial, fake_sirt_iterations=fake_sirt_iterations,
                                line_pixels=nx, weighting=weighting)
+    if noise_filter == "fsc" and b >= 4:
+        n_rows = min(ny, max(FSC_MIN_ROWS, math.ceil(FSC_VOXELS / (nz * nx))))
+        first = (ny - n_rows) // 2
+        radii, gain = noise_gain(projector, slice(first, first + n_rows))
+        if float(gain.min()) < 0.99:  # a gain of 1 everywhere (no noise) changes nothing
+            lines.views = filter_views(lines.views, radii, gain)
+            lines.means = lines.views.mean(dim=(1, 2))
     volume = out if out is not None else torch.empty(frame.shape, dtype=torch.float32,
                                                     device=binned.views.device)
     rows = _slab_rows(b, lines.n, nz)

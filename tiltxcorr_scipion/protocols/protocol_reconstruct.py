@@ -29,7 +29,7 @@ from tomo.objects import SetOfTiltSeries, SetOfTomograms, Tomogram
 from .. import constants as cts
 from ..convert.transforms import identity_transforms
 from ..faults import pause_point
-from ..options import RECONSTRUCTION_WEIGHTINGS
+from ..options import RECONSTRUCTION_NOISE_FILTERS, RECONSTRUCTION_WEIGHTINGS
 from ..pipeline import TiltSeriesViews, reconstruct_views, select_device, transformed_tilt_axis
 from .protocol_base import ProtTiltxcorrBase
 
@@ -113,6 +113,17 @@ class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
                             "the cutoff and fall-off below: as IMOD's ramp at high frequency, "
                             "but the slab's broad density is kept. ramp: IMOD tilt's weighting "
                             "as it is (docs/reconstruction.md).")
+        group.addParam("noiseFilter", params.EnumParam,
+                       choices=list(RECONSTRUCTION_NOISE_FILTERS), default=0,
+                       display=params.EnumParam.DISPLAY_HLIST,
+                       expertLevel=params.LEVEL_ADVANCED,
+                       label="Noise filter",
+                       help="fsc (default): every frequency weighted by how well two "
+                            "tomograms, from the even and from the odd views, agree there "
+                            "(2F / (1 + F) of their Fourier shell correlation F): a Wiener "
+                            "filter measured on the data, which leaves a noiseless series as "
+                            "it is. none: the plain weighted back-projection, as IMOD's tilt "
+                            "gives it (docs/reconstruction.md).")
         group.addParam("radialCutoff", params.FloatParam, default=RADIAL_DEFAULTS[0],
                        validators=[params.GT(0), params.LE(0.5)],
                        expertLevel=params.LEVEL_ADVANCED,
@@ -139,6 +150,9 @@ class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
     def _weighting(self) -> str:
         return RECONSTRUCTION_WEIGHTINGS[int(self.getAttributeValue("weighting", 0) or 0)]
 
+    def _noiseFilter(self) -> str:
+        return RECONSTRUCTION_NOISE_FILTERS[int(self.getAttributeValue("noiseFilter", 0) or 0)]
+
     def _tomogramPath(self, tsId: str) -> str:
         return self._getExtraPath(f"{tsId}.mrc")
 
@@ -161,7 +175,7 @@ class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
             radial=(float(self.getAttributeValue("radialCutoff", RADIAL_DEFAULTS[0])),
                     float(self.getAttributeValue("radialFalloff", RADIAL_DEFAULTS[1]))),
             fake_sirt_iterations=int(self.getAttributeValue("fakeSirtIterations", 0) or 0),
-            weighting=self._weighting(),
+            weighting=self._weighting(), noise_filter=self._noiseFilter(),
             device=device)
         pause_point("files written", tsId)
         reconstructed = time.perf_counter()
@@ -239,7 +253,10 @@ class ProtTiltxcorrReconstruct(ProtTiltxcorrBase):
             + "and a radial filter "
             f"(cutoff {self.getAttributeValue('radialCutoff', RADIAL_DEFAULTS[0]):g}, fall-off "
             f"{self.getAttributeValue('radialFalloff', RADIAL_DEFAULTS[1]):g} cycles/pixel)"
-            + (f" modified to mimic {sirt} SIRT iterations" if sirt else "") + "."]
+            + (f" modified to mimic {sirt} SIRT iterations" if sirt else "")
+            + ("; each frequency was then weighted by the Fourier shell correlation of "
+               "reconstructions from the even and the odd views (2F / (1 + F))"
+               if self._noiseFilter() == "fsc" else "") + "."]
 
     def _citations(self):
         return [cts.CITE_MASTRONARDE_2017]
