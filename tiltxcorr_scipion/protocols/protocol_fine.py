@@ -328,6 +328,8 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             f"{outcome.timings['read']:.2f} s, alignment engine {outcome.timings['engine']:.2f} s, "
             f"extra files {sum(fileSeconds.values()):.2f} s, registration "
             f"{registered - registering:.2f} s, total {registered - started:.2f} s")
+        if fine.shifts_text():
+            self.info(f"Tilt series {tsId}: {fine.shifts_text()}")
         if fine.uncertainty_warning():
             self.warning(f"Tilt series {tsId}: UNCERTAIN: {fine.uncertainty_warning()}: check "
                          "its geometry before using it")
