@@ -414,3 +414,29 @@ def test_the_views_choose_between_fine_and_coarse_shifts(clean_series):
     chosen, choice = choose_shifts(sim.images, good_fine, bad_coarse, tilts, 90.0, None)
     assert choice.kept == "fine" and set(choice.z) == {"average"} and choice.z["average"] > 2.0
     torch.testing.assert_close(chosen.shifts, good_fine.shifts)
+
+
+def test_imod_transforms_map_raw_points_as_the_solve_does(clean_series):
+    from dataclasses import replace
+
+    from tiltxcorr_scipion.alignment.fine import imod_transforms
+
+    sim = clean_series
+    tracks = track_patches(sim.images, sim.tilt_angles, 90.0, shifts=sim.shifts)
+    solution = solve_geometry(tracks, sim.tilt_angles, 90.0)
+    b = len(sim.tilt_angles)
+    gen = torch.Generator().manual_seed(2)
+    turned = replace(solution, rotations=3.0 * torch.randn(b, generator=gen, dtype=torch.float64),
+                     magnifications=1.0 + 0.02 * torch.randn(b, generator=gen,
+                                                             dtype=torch.float64))
+    shifts = 5.0 * torch.randn(b, 2, generator=gen, dtype=torch.float64)
+    transforms = imod_transforms(turned, shifts)  # (b, 3, 3) IMOD (X, Y), about (w/2, h/2)
+    h, w = turned.image_shape
+    raw = torch.tensor([[10.0, 200.0], [130.5, 7.25]], dtype=torch.float64)  # (row, col)
+    centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
+    engine = torch.einsum("bij,pj->bpi", turned.forward_matrices(), raw - centre) \
+        + shifts[:, None] + centre  # (b, p, 2) aligned (row, col)
+    imod_centre = torch.tensor([w / 2, h / 2], dtype=torch.float64)
+    imod = torch.einsum("bij,pj->bpi", transforms[:, :2, :2], raw.flip(-1) - imod_centre) \
+        + transforms[:, None, :2, 2] + imod_centre  # (b, p, 2) aligned (X, Y)
+    torch.testing.assert_close(imod.flip(-1), engine)
