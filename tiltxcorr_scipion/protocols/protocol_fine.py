@@ -445,7 +445,11 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                "the specimen slab's surfaces, found by maximum likelihood among the features "
                "of a filtered back-projection (the plane of the solved points where no slab "
                "stood out)")
-            + "." + self._whole_view_method() + self._uncertainty_method()]
+            + "." + self._whole_view_method()
+            + " The reported shifts were then chosen by a reprojection check (each view against "
+            "the tomogram made without it): the fine alignment's, their average with the coarse "
+            "alignment's, or the coarse alignment's, a later one only where its residuals were "
+            "smaller view by view (Wilcoxon signed-rank test)." + self._uncertainty_method()]
 
     def _uncertainty_method(self) -> str:
         results = self._fineResults()
