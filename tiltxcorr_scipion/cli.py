@@ -951,6 +951,8 @@ def _report_fine(out: TextIO, outcome, elapsed: float, paths: dict[str, str]) ->
               f"mean residual {fine.mean_residual:.3f} px, "
               f"{fine.n_contours} tracks ({fine.n_rejected_contours} rejected); "
               f"{elapsed:.1f} s on {outcome.device.split(':')[0]}\n")
+    if fine.shifts_text():
+        out.write(f"{fine.shifts_text()}\n")
     _write_excluded(out, outcome)
     warning = fine.uncertainty_warning()
     if warning:

@@ -563,6 +563,14 @@ class FineOptions:
         patches' drifts more, and on most simulated series the average
         drifted less than either (docs/fine-alignment.md). 0: the solve's
         shifts alone.
+    check_shifts
+        Let the views choose the reported shifts: the fine alignment's, the
+        first coarse alignment's (put into the solved geometry) and their
+        average are each checked by reprojection (every view against the
+        tomogram made without it, `alignment.reprojection_check`); another
+        candidate replaces the fine alignment's only where its squared
+        residuals are smaller view by view (signed ranks, as the coarse
+        self-check's `SIGNIFICANT`). False: the fine alignment's shifts.
     """
 
     size_of_patches: int | tuple[int, int] | None = None
@@ -595,6 +603,7 @@ class FineOptions:
     level_specimen: bool = True
     level_by: str = "surfaces"
     whole_view_weight: float = 0.5
+    check_shifts: bool = True
 
     def __post_init__(self) -> None:
         # Checked here, so that a form or command line learns of a bad value before
@@ -643,6 +652,12 @@ LEVEL_BY = ("surfaces", "points")
 #: The fine alignment's defaults, read by `track_patches`, `solve_geometry` and
 #: `fiducialless_alignment`.
 FINE_DEFAULTS = FineOptions()
+
+#: Thickness (stack pixels) of a tomogram made to look at an alignment (the preview, the fine
+#: alignment's shift check): this many times the slab a fine alignment found, else this
+#: fraction of the views' larger side.
+PREVIEW_SLAB_MARGIN = 1.5
+PREVIEW_THICKNESS_FRACTION = 0.25
 
 #: What the fine alignment aims for, in degrees: the tilt axis angle and the tilt angle offset
 #: within these of the truth (docs/fine-alignment.md). A tilt series whose reported standard

@@ -33,7 +33,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +51,8 @@ from .faults import pause_point
 from .options import (
     MAX_TILT_DEG,
     MIN_ENABLED_VIEWS,
+    PREVIEW_SLAB_MARGIN,
+    PREVIEW_THICKNESS_FRACTION,
     CoarseOptions,
     FineOptions,
     check_binned_size,
@@ -259,6 +261,10 @@ class FineDetails:
         One standard error (degrees) of the tilt axis angle and of the tilt
         angle offset, from the data (`FiducialLessResult`); NaN when not
         estimated.
+    shift_choice
+        Which shifts the reprojection check kept (`alignment.fine.ShiftChoice`:
+        ``"fine"``, ``"average"`` or ``"coarse"``, with its residuals in the
+        tilt series' pixels), or None when not checked.
     """
 
     tilt_angles: np.ndarray
@@ -281,6 +287,17 @@ class FineDetails:
     levelling_note: str | None = None
     tilt_axis_angle_error: float = float("nan")
     tilt_angle_offset_error: float = float("nan")
+    shift_choice: Any = None
+
+    def shifts_text(self) -> str | None:
+        """Which shifts the reprojection check kept, and why, for a log line; None if unchecked."""
+        choice = self.shift_choice
+        if choice is None:
+            return None
+        names = {"fine": "the fine alignment's", "average": "the average of the fine and "
+                 "the coarse alignment's", "coarse": "the coarse alignment's"}
+        figures = ", ".join(f"{name} {rms:.3f}" for name, rms in choice.rms_px.items())
+        return (f"shifts: {names[choice.kept]} (reprojection residual RMS {figures} px)")
 
     def axis_text(self, tilt_axis_angle: float) -> str:
         """The tilt axis angle with its standard error, for a log line or a summary."""
@@ -718,7 +735,10 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
         slab_thickness=None if result.slab is None else factor * result.slab.thickness,
         levelling_note=result.levelling_note,
         tilt_axis_angle_error=float(result.tilt_axis_angle_error),
-        tilt_angle_offset_error=float(result.tilt_angle_offset_error))
+        tilt_angle_offset_error=float(result.tilt_angle_offset_error),
+        shift_choice=None if result.shift_choice is None else replace(
+            result.shift_choice, thickness=factor * result.shift_choice.thickness,
+            rms_px={k: factor * v for k, v in result.shift_choice.rms_px.items()}))
     return AlignmentOutcome(
         views=views, transforms=transforms, shifts=full_shifts, correlation=correlation,
         reference_position=int(items[int(result.geometry.reference_view)]),
@@ -913,11 +933,8 @@ def _write_aligned_stack(outcome: AlignmentOutcome, path: str, binning: int,
 # --------------------------------------------------------------------------- tomograms
 #: The preview tomogram is binned so that it is at most this many voxels wide.
 PREVIEW_MAX_WIDTH = 512
-#: Default preview thickness, as a fraction of the views' larger side (stack pixels) when the
-#: specimen's thickness is not known; with a fine alignment that found the slab, this many
-#: times its thickness.
-PREVIEW_THICKNESS_FRACTION = 0.25
-PREVIEW_SLAB_MARGIN = 1.5
+#: Default preview thickness: `options.PREVIEW_SLAB_MARGIN` times the slab a fine alignment
+#: found, else `options.PREVIEW_THICKNESS_FRACTION` of the views' larger side (stack pixels).
 
 
 @dataclass(frozen=True)

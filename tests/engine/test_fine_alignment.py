@@ -336,6 +336,107 @@ def test_whole_views_share_the_shifts_where_the_patches_saw_coarser_pixels():
     fine = fair_rms(binned.shifts, sim.shifts, binned.tilt_axis_angle, binned.tilt_angles)
     assert fine < 0.85 * solve, (fine, solve)
     # tracked at the coarse engine's own pixels, the solve's shifts stand alone
-    own = fiducialless_alignment(sim.images, sim.tilt_angles, nominal, passes=1)
+    own = fiducialless_alignment(sim.images, sim.tilt_angles, nominal, passes=1,
+                                 check_shifts=False)
     assert own.tracks.binning == 1 and own.whole_view is None
     torch.testing.assert_close(own.shifts, own.solve_shifts)
+
+
+def _drift(tilts: torch.Tensor, size: float) -> torch.Tensor:
+    """`(b, 2)` a smooth error over the tilts, none of it a motion no series fixes."""
+    from tiltxcorr_scipion.alignment.geometry import unfixed_motions
+
+    t = torch.deg2rad(tilts.double())
+    drift = size * torch.stack([torch.sin(3 * t), 0.7 * torch.cos(5 * t)], dim=1)
+    motions = unfixed_motions(tilts, 90.0).reshape(-1, 4)
+    fit = torch.linalg.lstsq(motions, drift.reshape(-1, 1)).solution
+    return drift - (motions @ fit).reshape(-1, 2)
+
+
+def test_the_coarse_shifts_are_moved_into_the_solved_geometry(clean_series):
+    from dataclasses import replace
+
+    from tiltxcorr_scipion.alignment import align_tilt_series
+    from tiltxcorr_scipion.alignment.fine import coarse_in_solved_frame
+    from tiltxcorr_scipion.alignment.geometry import unfixed_motions
+
+    sim = clean_series
+    tracks = track_patches(sim.images, sim.tilt_angles, 90.0, shifts=sim.shifts)
+    solution = solve_geometry(tracks, sim.tilt_angles, 90.0).with_shifts(sim.shifts.double())
+    coarse = align_tilt_series(sim.images, sim.tilt_angles, 90.0)
+    # made with an axis 3 degrees off and tilts 4 degrees off: the coarse shifts hold a
+    # translation of the specimen (40 px high) in that geometry
+    nominal_axis, nominal_tilts = 93.0, sim.tilt_angles.double() - 4.0
+    translation = unfixed_motions(nominal_tilts, nominal_axis) @ torch.tensor(
+        [0.5, -0.3, 2.0, 40.0], dtype=torch.float64)
+    error = _drift(sim.tilt_angles, 0.4)
+    other = replace(coarse, shifts=(sim.shifts.double() + translation + error).float(),
+                    unusable=None)
+    moved = coarse_in_solved_frame(solution, other, nominal_tilts, nominal_axis)
+    assert moved[solution.reference_view].abs().max() == 0.0
+    # what is left is the coarse shifts' own error, in the solved geometry
+    assert fair_rms(moved, sim.shifts + error, 90.0, sim.tilt_angles) < 0.01
+    # matched in the solved geometry only, the translation would leak along the axis
+    kept = other.shifts.double()
+    motions = unfixed_motions(sim.tilt_angles, 90.0).reshape(-1, 4)
+    fit = torch.linalg.lstsq(motions, (kept - solution.shifts).reshape(-1, 1)).solution
+    leaky = kept - (motions @ fit).reshape(-1, 2)
+    assert fair_rms(leaky, sim.shifts + error, 90.0, sim.tilt_angles) > 0.5
+
+
+def test_the_views_choose_between_fine_and_coarse_shifts(clean_series):
+    from dataclasses import replace
+
+    from tiltxcorr_scipion.alignment import align_tilt_series
+    from tiltxcorr_scipion.alignment.fine import choose_shifts
+
+    sim = clean_series
+    tilts, truth = sim.tilt_angles.double(), sim.shifts.double()
+    tracks = track_patches(sim.images, sim.tilt_angles, 90.0, shifts=sim.shifts)
+    solution = solve_geometry(tracks, sim.tilt_angles, 90.0)
+    coarse = align_tilt_series(sim.images, sim.tilt_angles, 90.0)
+    drift = _drift(sim.tilt_angles, 1.0)
+    # the fine shifts drift, the coarse ones are right: the views say so
+    bad_fine = solution.with_shifts(truth + drift)
+    good_coarse = replace(coarse, shifts=truth.float(), unusable=None)
+    chosen, choice = choose_shifts(sim.images, bad_fine, good_coarse, tilts, 90.0, None)
+    assert choice.kept == "coarse", choice  # the average first, then the coarse ones
+    assert choice.z["average"] < -2.0 and choice.z["coarse"] < -2.0
+    assert choice.rms_px["coarse"] < choice.rms_px["average"] < choice.rms_px["fine"]
+    before = fair_rms(bad_fine.shifts, truth, 90.0, tilts)
+    after = fair_rms(chosen.shifts, truth, 90.0, tilts)
+    assert after <= 0.6 * before, (after, before)
+    torch.testing.assert_close(chosen.residuals + chosen.project(),
+                               bad_fine.residuals + bad_fine.project(), equal_nan=True)
+    # the other way round the fine shifts stay, and the coarse ones are not even checked
+    good_fine = solution.with_shifts(truth)
+    bad_coarse = replace(coarse, shifts=(truth + drift).float(), unusable=None)
+    chosen, choice = choose_shifts(sim.images, good_fine, bad_coarse, tilts, 90.0, None)
+    assert choice.kept == "fine" and set(choice.z) == {"average"} and choice.z["average"] > 2.0
+    torch.testing.assert_close(chosen.shifts, good_fine.shifts)
+
+
+def test_imod_transforms_map_raw_points_as_the_solve_does(clean_series):
+    from dataclasses import replace
+
+    from tiltxcorr_scipion.alignment.fine import imod_transforms
+
+    sim = clean_series
+    tracks = track_patches(sim.images, sim.tilt_angles, 90.0, shifts=sim.shifts)
+    solution = solve_geometry(tracks, sim.tilt_angles, 90.0)
+    b = len(sim.tilt_angles)
+    gen = torch.Generator().manual_seed(2)
+    turned = replace(solution, rotations=3.0 * torch.randn(b, generator=gen, dtype=torch.float64),
+                     magnifications=1.0 + 0.02 * torch.randn(b, generator=gen,
+                                                             dtype=torch.float64))
+    shifts = 5.0 * torch.randn(b, 2, generator=gen, dtype=torch.float64)
+    transforms = imod_transforms(turned, shifts)  # (b, 3, 3) IMOD (X, Y), about (w/2, h/2)
+    h, w = turned.image_shape
+    raw = torch.tensor([[10.0, 200.0], [130.5, 7.25]], dtype=torch.float64)  # (row, col)
+    centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
+    engine = torch.einsum("bij,pj->bpi", turned.forward_matrices(), raw - centre) \
+        + shifts[:, None] + centre  # (b, p, 2) aligned (row, col)
+    imod_centre = torch.tensor([w / 2, h / 2], dtype=torch.float64)
+    imod = torch.einsum("bij,pj->bpi", transforms[:, :2, :2], raw.flip(-1) - imod_centre) \
+        + transforms[:, None, :2, 2] + imod_centre  # (b, p, 2) aligned (X, Y)
+    torch.testing.assert_close(imod.flip(-1), engine)

@@ -339,6 +339,11 @@ def test_fine_writes_imod_files_and_reports_the_geometry(tmp_path):
         assert ("UNCERTAIN:" in result.stdout) == (axis_error > 0.1 or offset_error > 0.3)
     # a 10 px slab in 320 px views shows no distinct surfaces: the points level it, and it says so
     assert "(levels the plane of the points; " in summary and "no distinct surfaces" in summary
+    # which shifts the reprojection check kept, with its figures
+    kept = next(ln for ln in result.stdout.splitlines() if ln.startswith("shifts: "))
+    assert re.match(r"shifts: the (fine alignment's|average of the fine and the coarse "
+                    r"alignment's|coarse alignment's) \(reprojection residual RMS fine "
+                    r"\d\.\d{3}, average \d\.\d{3}", kept), kept
     for name in ("F.xf", "F.tlt", "F.fid", "F_residuals.txt", "F_landmarks.tsv",
                  "F_alignment.png"):
         assert f"wrote {name}" in result.stdout and (tmp_path / name).stat().st_size > 0

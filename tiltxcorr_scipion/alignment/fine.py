@@ -18,6 +18,11 @@ The steps are IMOD's fiducial-less route (etomo's "patch tracking"):
    shifts, matched to the solve's on what no series fixes, are averaged
    with the solve's, and the points are re-fitted
    (`GeometrySolution.with_shifts`).
+6. with `check_shifts` (default), the shifts the views confirm best
+   (`choose_shifts`): the fine alignment's, the first coarse alignment's (put
+   into the solved geometry) and their average, each checked by reprojection
+   (`reprojection_check`); another replaces the fine alignment's only where
+   its squared residuals are smaller view by view (signed ranks).
 With `passes` > 1 the patches are tracked again with the refined axis, tilt
 angles and shifts, and solved again.
 
@@ -30,18 +35,58 @@ it, as for `tiltxcorr`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ..options import FINE_DEFAULTS, MAX_TILT_DEG, FineOptions
+from ..options import (
+    FINE_DEFAULTS,
+    MAX_TILT_DEG,
+    PREVIEW_SLAB_MARGIN,
+    PREVIEW_THICKNESS_FRACTION,
+    FineOptions,
+)
 from .core import align_tilt_series
 from .geometry import unfixed_motions
 from .patches import PatchTracks, track_patches
 from .projection import GeometrySolution, relevel, solve_geometry
+from .reconstruct import reprojection_check
 from .result import TiltxcorrResult
+from .selfcheck import SIGNIFICANT, signed_rank_z
 from .slab import SlabFit, SlabNotFound, find_slab
+
+#: The shift check bins views to at most this many pixels (`choose_shifts`): its cost is
+#: then about the same for any view size (0.2-0.5 s per candidate on 1 CPU thread).
+SHIFT_CHECK_SIDE = 256
+
+
+@dataclass(frozen=True)
+class ShiftChoice:
+    """Which shifts the reprojection check kept (`choose_shifts`), and its figures.
+
+    Attributes
+    ----------
+    kept
+        ``"fine"`` (the solve's, or its average with the whole views'),
+        ``"average"`` (of the fine and the coarse ones) or ``"coarse"``.
+    rms_px
+        Candidate name -> RMS reprojection residual in input pixels over the
+        views checked under every candidate.
+    z
+        Challenger name -> Wilcoxon signed-rank z of its squared residuals
+        minus those of the candidate kept before it (negative: smaller); it
+        replaced that one when below `-selfcheck.SIGNIFICANT`. A challenger
+        not checked is absent.
+    thickness
+        Tomogram thickness of the check (input pixels).
+    """
+
+    kept: str
+    rms_px: dict
+    z: dict
+    thickness: float
 
 
 @dataclass(frozen=True)
@@ -104,7 +149,8 @@ class FiducialLessResult:
         The coarse alignment (`TiltxcorrResult`) the tracking started from.
     solve_shifts
         `(b, 2)` float32 the geometry solve's own shifts, before the average
-        with the whole views' (equal to `shifts` when `whole_view` is None).
+        with the whole views' and the shift check (equal to `shifts` when
+        `whole_view` is None and the check kept the fine shifts).
     whole_view
         The coarse method run again with the solved axis and tilt angles
         (`TiltxcorrResult`, its shifts as it found them), or None when not
@@ -137,6 +183,11 @@ class FiducialLessResult:
     points_offset_error
         One standard error of `points_offset` in degrees (the points' scatter
         about their plane, clustered by block of the view, `projection.error_blocks`).
+    shift_choice
+        Which shifts the reprojection check kept (`ShiftChoice`: the fine
+        alignment's, the coarse's or their average) with its figures, or
+        None when not checked (`check_shifts` False). `shifts`, `residuals`
+        and `points` are those of the kept shifts.
     """
 
     tilt_axis_angle: float
@@ -166,6 +217,7 @@ class FiducialLessResult:
     tilt_axis_angle_error: float = float("nan")
     tilt_angle_offset_error: float = float("nan")
     points_offset_error: float = float("nan")
+    shift_choice: ShiftChoice | None = None
 
 
 def fiducialless_alignment(
@@ -201,6 +253,7 @@ def fiducialless_alignment(
     level_specimen: bool = FINE_DEFAULTS.level_specimen,
     level_by: str = FINE_DEFAULTS.level_by,
     whole_view_weight: float = FINE_DEFAULTS.whole_view_weight,
+    check_shifts: bool = FINE_DEFAULTS.check_shifts,
     coarse_options: dict | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FiducialLessResult:
@@ -238,6 +291,11 @@ def fiducialless_alignment(
         solved axis and tilt angles, in the returned shifts, where the patches
         were tracked at coarser pixels; see `FineOptions.whole_view_weight`.
         0: the solve's shifts alone.
+    check_shifts
+        Keep the shifts the views confirm best by reprojection: the fine
+        alignment's, the coarse alignment's or their average
+        (`choose_shifts`; `shift_choice` says which and why). False: the
+        fine alignment's.
     coarse_options
         Keyword arguments for `align_tilt_series` (filters, binning...).
     progress
@@ -306,11 +364,121 @@ def fiducialless_alignment(
         whole_view = align_tilt_series(tilt_series, geometry.tilt_angles,
                                        geometry.tilt_axis_angle, **(coarse_options or {}))
         geometry = geometry.with_shifts(_blended_shifts(geometry, whole_view, whole_view_weight))
+    choice = None
+    if check_shifts:
+        report("shift check")
+        geometry, choice = choose_shifts(tilt_series, geometry, coarse, angles,
+                                         float(tilt_axis_angle), slab)
     return _result(geometry, tracks, coarse, rotation_group_size is not None,
                    magnification_group_size is not None, level_specimen,
                    points_offset=points_offset, slab=slab, note=note,
                    solve_shifts=solve_shifts, whole_view=whole_view,
-                   points_offset_error=points_offset_error)
+                   points_offset_error=points_offset_error, choice=choice)
+
+
+def choose_shifts(tilt_series: torch.Tensor, geometry: GeometrySolution,
+                  coarse: TiltxcorrResult, nominal_angles: torch.Tensor, nominal_axis: float,
+                  slab: SlabFit | None) -> tuple[GeometrySolution, ShiftChoice]:
+    """The shifts the views confirm best, in the solved geometry, and the figures.
+
+    Candidates, in order of preference: the fine alignment's shifts
+    (`geometry.shifts`), their average with the coarse alignment's, and the
+    coarse alignment's (`coarse`, made with `nominal_angles` and
+    `nominal_axis`, put into the solved geometry: `coarse_in_solved_frame`).
+    Each is judged by the reprojection check in the solved geometry (every
+    view against the tomogram made without it, on views binned to at most
+    `SHIFT_CHECK_SIDE` pixels; thickness `PREVIEW_SLAB_MARGIN` times the slab
+    found, else `PREVIEW_THICKNESS_FRACTION` of the larger side). The next
+    candidate replaces the one kept so far only when its squared residuals
+    are smaller view by view (Wilcoxon's signed ranks, `z < -SIGNIFICANT`,
+    the coarse self-check's test), on the views checked under both; the
+    points are then re-fitted to the kept shifts (`GeometrySolution.with_shifts`).
+    The coarse shifts are checked only when the average was kept: a view's
+    squared residual is about quadratic (convex) in the weight given to the
+    coarse shifts, so when halfway is no better than the fine shifts, all
+    the way is not either.
+
+    Why these: the two estimates err differently. The patches' solve drifts
+    smoothly over the tilts where tracking is poor (high noise), the whole
+    views' chain on thick slabs; a view's disagreement with the tomogram of
+    the others shows both in part (an error shared by neighbouring views is
+    partly absorbed by the tomogram).
+    """
+    fine = geometry.shifts
+    other = coarse_in_solved_frame(geometry, coarse, nominal_angles, nominal_axis)
+    candidates = {"fine": fine, "average": 0.5 * (fine + other), "coarse": other}
+    h, w = geometry.image_shape
+    thickness = PREVIEW_SLAB_MARGIN * slab.thickness if slab is not None \
+        else PREVIEW_THICKNESS_FRACTION * max(h, w)
+    binning = max(1, math.ceil(max(h, w) / SHIFT_CHECK_SIDE))
+
+    def squares(name: str) -> torch.Tensor:
+        check = reprojection_check(tilt_series, imod_transforms(geometry, candidates[name]),
+                                   geometry.tilt_angles, geometry.tilt_axis_angle,
+                                   thickness=thickness, binning=binning)
+        return check.residual_px.square()  # (b,), NaN where unchecked
+
+    checked = {"fine": squares("fine")}
+    kept, rms, z = "fine", {}, {}
+    for name in ("average", "coarse"):
+        checked[name] = squares(name)
+        both = torch.isfinite(checked[name]) & torch.isfinite(checked[kept])
+        z[name] = signed_rank_z(checked[name][both] - checked[kept][both])
+        if z[name] >= -SIGNIFICANT:
+            break
+        kept = name
+    common = torch.stack([torch.isfinite(v) for v in checked.values()]).all(dim=0)
+    rms = {name: float(v[common].mean().sqrt()) if bool(common.any()) else math.nan
+           for name, v in checked.items()}
+    if kept != "fine":
+        geometry = geometry.with_shifts(candidates[kept])
+    return geometry, ShiftChoice(kept=kept, rms_px=rms, z=z, thickness=float(thickness))
+
+
+def coarse_in_solved_frame(geometry: GeometrySolution, coarse: TiltxcorrResult,
+                           nominal_angles: torch.Tensor, nominal_axis: float) -> torch.Tensor:
+    """`(b, 2)` float64 the coarse alignment's shifts, in the solved geometry.
+
+    The coarse shifts hold a 3-D translation of the specimen in the nominal
+    geometry (where the series' centre lies: `unfixed_motions` of the
+    nominal tilts and axis, fitted to their difference from the solve's);
+    it is moved into the solved geometry (the same translation under the
+    solved tilts and axis), and what is left matched to the solve's shifts
+    on the solved geometry's unfixed motions. Kept as is, the translation
+    leaks along the solved axis by the axis change times its size. Views
+    the coarse engine found unusable take the solve's shift; the reference
+    view stays at zero.
+    """
+    solved = geometry.shifts
+    other = coarse.shifts.detach().cpu().to(torch.float64)
+    usable = torch.ones(len(solved), dtype=torch.bool) if coarse.unusable is None \
+        else ~coarse.unusable.cpu()
+    nominal = unfixed_motions(nominal_angles, nominal_axis)  # (b, 2, 4)
+    motions = unfixed_motions(geometry.tilt_angles, geometry.tilt_axis_angle)
+    fit = torch.linalg.lstsq(nominal[usable].reshape(-1, 4),
+                             (other - solved)[usable].reshape(-1, 1)).solution
+    moved = other - (nominal @ fit)[..., 0] + (motions @ fit)[..., 0]
+    rest = torch.linalg.lstsq(motions[usable].reshape(-1, 4),
+                              (moved - solved)[usable].reshape(-1, 1)).solution
+    matched = torch.where(usable[:, None], moved - (motions @ rest)[..., 0], solved)
+    return matched - matched[geometry.reference_view]
+
+
+def imod_transforms(geometry: GeometrySolution, shifts: torch.Tensor) -> torch.Tensor:
+    """`(b, 3, 3)` float64 IMOD forward transforms of `geometry` with `shifts` `(b, 2)`.
+
+    The engine's map `aligned = R_i (raw - c) / m_i + shifts[i] + c` about
+    `c = ((h - 1) / 2, (w - 1) / 2)` `(row, col)`, rewritten about IMOD's
+    centre `(w / 2, h / 2)` in `(X, Y)` (`resample.imod_source_maps`); the
+    tilt axis stays where the solve put it (not turned onto Y).
+    """
+    linear = geometry.forward_matrices()  # (b, 2, 2) (row, col)
+    half = torch.full((2, 1), 0.5, dtype=torch.float64)
+    offset = shifts.to(torch.float64) + ((linear - torch.eye(2, dtype=torch.float64)) @ half)[..., 0]
+    out = torch.eye(3, dtype=torch.float64).repeat(len(shifts), 1, 1)
+    out[:, :2, :2] = linear.flip(-1).flip(-2)  # (X, Y) = (col, row)
+    out[:, :2, 2] = offset.flip(-1)
+    return out
 
 
 def _blended_shifts(geometry: GeometrySolution, whole_view: TiltxcorrResult,
@@ -339,8 +507,8 @@ def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrRe
             rotations_solved: bool, magnifications_solved: bool,
             level_specimen: bool, *, points_offset: float, slab: SlabFit | None,
             note: str | None, solve_shifts: torch.Tensor,
-            whole_view: TiltxcorrResult | None, points_offset_error: float
-            ) -> FiducialLessResult:
+            whole_view: TiltxcorrResult | None, points_offset_error: float,
+            choice: ShiftChoice | None = None) -> FiducialLessResult:
     weights = geometry.weights
     present = torch.isfinite(weights)
     return FiducialLessResult(
@@ -373,4 +541,5 @@ def _result(geometry: GeometrySolution, tracks: PatchTracks, coarse: TiltxcorrRe
         tilt_axis_angle_error=geometry.tilt_axis_angle_error,
         tilt_angle_offset_error=points_offset_error if slab is None else slab.tilt_error,
         points_offset_error=points_offset_error,
+        shift_choice=choice,
     )

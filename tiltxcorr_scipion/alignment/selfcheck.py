@@ -488,10 +488,10 @@ def _better(challenger: LinkCheck, kept: LinkCheck) -> bool:
     mine = challenger.correction[both].norm(dim=1).square()
     theirs = kept.correction[both].norm(dim=1).square()
     return (float(mine.mean()) <= BETTER * float(theirs.mean())
-            and _signed_rank_z(mine - theirs) < -SIGNIFICANT)
+            and signed_rank_z(mine - theirs) < -SIGNIFICANT)
 
 
-def _signed_rank_z(diff: torch.Tensor) -> float:
+def signed_rank_z(diff: torch.Tensor) -> float:
     """Wilcoxon's signed-rank statistic of paired differences `(n,)`, as a z value (0 if < 3)."""
     diff = diff[torch.isfinite(diff) & (diff != 0)].to(torch.float64)
     n = diff.numel()
@@ -515,7 +515,7 @@ def _lower(first: torch.Tensor, second: torch.Tensor) -> bool:
     """
     both = torch.isfinite(first) & torch.isfinite(second)
     loss = float((second - first)[both].mean()) if bool(both.any()) else 0.0
-    return (_signed_rank_z(first - second) < -SIGNIFICANT
+    return (signed_rank_z(first - second) < -SIGNIFICANT
             and loss > OVERLAP_LOSS * float((1 - second[both]).mean()))
 
 

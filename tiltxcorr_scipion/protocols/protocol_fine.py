@@ -328,6 +328,8 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
             f"{outcome.timings['read']:.2f} s, alignment engine {outcome.timings['engine']:.2f} s, "
             f"extra files {sum(fileSeconds.values()):.2f} s, registration "
             f"{registered - registering:.2f} s, total {registered - started:.2f} s")
+        if fine.shifts_text():
+            self.info(f"Tilt series {tsId}: {fine.shifts_text()}")
         if fine.uncertainty_warning():
             self.warning(f"Tilt series {tsId}: UNCERTAIN: {fine.uncertainty_warning()}: check "
                          "its geometry before using it")
@@ -443,7 +445,11 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                "the specimen slab's surfaces, found by maximum likelihood among the features "
                "of a filtered back-projection (the plane of the solved points where no slab "
                "stood out)")
-            + "." + self._whole_view_method() + self._uncertainty_method()]
+            + "." + self._whole_view_method()
+            + " The reported shifts were then chosen by a reprojection check (each view against "
+            "the tomogram made without it): the fine alignment's, their average with the coarse "
+            "alignment's, or the coarse alignment's, a later one only where its residuals were "
+            "smaller view by view (Wilcoxon signed-rank test)." + self._uncertainty_method()]
 
     def _uncertainty_method(self) -> str:
         results = self._fineResults()
