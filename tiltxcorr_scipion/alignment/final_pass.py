@@ -114,12 +114,13 @@ def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window
     unless a view is moved further than that.
     """
     n_views = views.shape[0]
-    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
+    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape, views.device)
     out = None
     for first in range(0, n_views, chunk):
         idx = torch.arange(first, min(first + chunk, n_views))
-        warped = stretch_images(views[idx.to(views.device)], factors[idx], across, centre,
-                                pre_shifts=estimates[idx].to(views.device), mode=interpolation,
+        block = slice(first, first + len(idx))  # a view of the views, not a copy
+        warped = stretch_images(views[block], factors[block], across, centre,
+                                pre_shifts=estimates[block].to(views.device), mode=interpolation,
                                 fill_outside=False)
         own = [k for k, v in enumerate(idx.tolist()) if weights and v in weights]
         if own:
@@ -196,11 +197,11 @@ def measure_links(spectra: torch.Tensor, pairs: list[tuple[int, int]],
     energies = correlator.energy(spectra)
     first = torch.tensor([i for i, _ in pairs])
     second = torch.tensor([j for _, j in pairs])
-    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
+    device = spectra.device
+    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape, device)
     measured = torch.zeros(len(pairs), 2, dtype=torch.float64)
     ncc = torch.zeros(len(pairs), dtype=torch.float64)
     z = torch.zeros(len(pairs), dtype=torch.float64)
-    device = spectra.device
     for start in range(0, len(pairs), chunk):
         i, j = first[start:start + chunk].to(device), second[start:start + chunk].to(device)
         s, c, _, q = correlator.correlate(spectra[i], spectra[j], refine=refine,
@@ -303,7 +304,7 @@ def refine_in_reference_frame(views, angles, reference, branches, estimates, cor
                 math.radians(float(angles[view])))
         reference_factors = torch.ones_like(factors)
 
-    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape)
+    chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape, device)
 
     def all_spectra(view_factors):
         return _frame_spectra(views, view_factors, estimates, correlator, window, across, centre,
