@@ -256,6 +256,37 @@ def _strangers(pairs, lags: torch.Tensor, ncc: torch.Tensor, order: list[int]) -
     return found
 
 
+class JudgeLevels:
+    """The judge's levels: the working views binned 1, 2, 4... times more, while they keep
+    `JUDGE_MIN_SIZE` pixels (or `count` levels).
+
+    Each is made on first use, straight from the working views (a clean series
+    needs one level only), and kept by them (`BinnedViews.rebinned`): the
+    first stage, the coarser candidates and both models' judges share them.
+    """
+
+    def __init__(self, views: BinnedViews, count: int | None = None):
+        self.views = views
+        if count is None:
+            count = 1
+            while min(self.shape(count - 1)) // 2 >= JUDGE_MIN_SIZE:
+                count += 1
+        self.count = count
+
+    def shape(self, level: int) -> tuple[int, int]:
+        """`(h, w)` of a level's views, without making them."""
+        h, w = self.views.views.shape[-2:]
+        return h // 2 ** level, w // 2 ** level
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, level: int) -> BinnedViews:
+        if not 0 <= level < self.count:
+            raise IndexError(f"judge level {level} of {self.count}")
+        return self.views if level == 0 else self.views.rebinned(2 ** level)
+
+
 class Judge:
     """Measures sets of shifts on the working views, at the working binning and coarser."""
 
@@ -283,14 +314,9 @@ class Judge:
         self.system = LinkSystem.build(self.pairs, self.reference,
                                        stretch_matrices(self.factors, self.across))
         self.prior = self.lags.to(torch.float64) ** -1.0
-        # each level binned from the one before (a pass over fewer pixels each time), and
-        # kept by the views (BinnedViews.rebinned): both models' judges share them
-        self.levels = [views]
-        while min(self.levels[-1].views.shape[-2:]) // 2 >= JUDGE_MIN_SIZE:
-            self.levels.append(self.levels[-1].rebinned(2))
-        self.overlap_levels = self.levels if overlap_views is None else [overlap_views]
-        while len(self.overlap_levels) < len(self.levels):
-            self.overlap_levels.append(self.overlap_levels[-1].rebinned(2))
+        self.levels = JudgeLevels(views)
+        self.overlap_levels = (self.levels if overlap_views is None
+                               else JudgeLevels(overlap_views, len(self.levels)))
         self._correlators: dict[int, PairCorrelator] = {}
         keep = torch.zeros(angles.numel(), dtype=torch.bool)
         keep[self.order] = True
@@ -300,10 +326,7 @@ class Judge:
 
     def _weights(self, level: int) -> dict[int, torch.Tensor]:
         """The views' opaque weights (see `core.PreparedViews`) binned to this level."""
-        weights = self.opaque_weights
-        for _ in range(level):  # binned as the levels are, by 2 at a time
-            weights = {v: bin_views(w[None], 2)[0] for v, w in weights.items()}
-        return weights
+        return {v: bin_views(w[None], 2 ** level)[0] for v, w in self.opaque_weights.items()}
 
     def _box(self, level: int) -> torch.Tensor:
         """The area to correlate (`CoarseOptions.area`) at the reference tilt, this level's px."""
@@ -320,8 +343,8 @@ class Judge:
 
     def quick_level(self) -> int:
         """The level that checks the plain path alone: views of at most `QUICK_SIZE` px."""
-        for level, binned in enumerate(self.levels):
-            if max(binned.views.shape[-2:]) <= QUICK_SIZE:
+        for level in range(len(self.levels)):
+            if max(self.levels.shape(level)) <= QUICK_SIZE:
                 return level
         return len(self.levels) - 1
 
