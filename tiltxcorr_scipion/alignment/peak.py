@@ -170,7 +170,10 @@ def refine_peak(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor,
     -------
     `(peak (n, 2) float64, value (n,) float64)`: the maximum and the
     correlation there, as a full-spectrum sum (divide by the number of pixels
-    for the circular correlation value).
+    for the circular correlation value). Once the last step is below
+    `tolerance`, the value is the one where that step began: at the top the
+    correlation is flat to second order (a relative change of about 1e-8),
+    and one evaluation less is one pass less over every spectrum.
     """
     ky, kx, col_weights = (v.to(torch.float64) for v in (ky, kx, col_weights))
     shift = start.to(torch.float64).clone()
@@ -192,6 +195,6 @@ def refine_peak(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor,
         step = step * torch.clamp(max_step / length.clamp_min(1e-300), max=1.0)
         shift = shift + step
         if float(step.abs().max()) < tolerance:
-            break
+            return shift, value
     value, _, _ = _correlation_derivatives(spectrum, ky, kx, col_weights, shift)
     return shift, value
