@@ -119,12 +119,14 @@ def _frame_spectra(views, factors, estimates, correlator: PairCorrelator, window
     chunk = pairs_per_chunk(correlator.shape, correlator.fft_shape, views.device)
     out = None
     for first in range(0, n_views, chunk):
-        if index is None:
-            idx = torch.arange(first, min(first + chunk, n_views))
-            block = slice(first, first + len(idx))  # a view of the views, not a copy
+        wanted = (list(range(first, min(first + chunk, n_views))) if index is None
+                  else index[first:first + chunk])
+        idx = torch.tensor(wanted, dtype=torch.long)
+        if wanted == list(range(wanted[0], wanted[0] + len(wanted))):
+            block = slice(wanted[0], wanted[0] + len(wanted))  # a view of the views, not a copy
         else:
-            idx = block = torch.tensor(index[first:first + chunk], dtype=torch.long)
-        warped = stretch_images(views[block if index is None else block.to(views.device)],
+            block = idx
+        warped = stretch_images(views[block if isinstance(block, slice) else idx.to(views.device)],
                                 factors[block], across, centre,
                                 pre_shifts=estimates[block].to(views.device), mode=interpolation,
                                 fill_outside=False)
