@@ -18,6 +18,8 @@ from .fourier import (
 )
 from .peak import coarse_peak, crop_half_spectrum, hermitian_weights, refine_peak
 
+ENERGY_CHUNK_BYTES = 8 << 20  # CPU: the squared spectra of one step of `PairCorrelator.energy`
+
 
 @dataclass(frozen=True)
 class CorrelationFilter:
@@ -179,10 +181,30 @@ class PairCorrelator:
         """Filtered energy `(n,)` of band spectra: the NCC normalisation (full-spectrum sum).
 
         `sum |F|^2 * filter * hermitian weight`, as one matrix-vector product
-        over the real and imaginary parts (much faster than a complex norm).
+        over the real and imaginary parts (much faster than a complex norm), a
+        few spectra at a time (a squared copy of them all would be a fresh
+        block of memory, several times slower to fill than a reused one).
         """
-        parts = torch.view_as_real(spectra).square().flatten(1)  # (n, rows * cols * 2)
-        return (parts @ self.energy_weights).to(torch.float64)
+        return self.overlap(spectra)
+
+    def overlap(self, spectra: torch.Tensor, first: torch.Tensor | None = None,
+                second: torch.Tensor | None = None) -> torch.Tensor:
+        """Filtered overlap `(n,)` at zero shift of band spectra `first` and `second` (indices
+        `(n,)` into `spectra`): `sum Re(a conj(b)) * filter * hermitian weight`, the
+        correlation at zero shift. Without indices: each spectrum's own (`energy`)."""
+        parts = torch.view_as_real(spectra).flatten(1)  # (b, rows * cols * 2)
+        n = parts.shape[0] if first is None else first.numel()
+        out = torch.empty(n, dtype=torch.float32, device=parts.device)
+        step = (n if parts.is_cuda  # one kernel for all on a GPU
+                else max(1, ENERGY_CHUNK_BYTES // max(1, 4 * parts.shape[1])))
+        for start in range(0, n, step):
+            if first is None:
+                product = parts[start:start + step].square()
+            else:
+                product = (parts[first[start:start + step].to(parts.device)]
+                           * parts[second[start:start + step].to(parts.device)])
+            out[start:start + step] = product @ self.energy_weights
+        return out.to(torch.float64)
 
     def correlate(self, reference: torch.Tensor, moving: torch.Tensor, *, refine: bool = True,
                   max_shift: float | torch.Tensor | None = None,

@@ -40,6 +40,7 @@ SPIKE_MIN = 0.003
 #: alike only in views of nearby tilts.
 FAR_RATIO = 0.5
 FAR_FRACTION = 3
+SPIKE_CHUNK = 8  # pairs of crops measured at a time
 #: Sigma (cycles/pixel) of the inverted Gaussian high-pass of the pattern estimate.
 PATTERN_HIGH_PASS = 0.03
 
@@ -95,7 +96,16 @@ def detect_fixed_pattern(views: torch.Tensor, angles: torch.Tensor,
 
 
 def _spikes(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pair of high-passed crops: the zero-shift spike over its 4 neighbours, and the NCC."""
+    """Per pair of high-passed crops: the zero-shift spike over its 4 neighbours, and the NCC.
+
+    A few pairs at a time: the products stay small enough to be reused memory.
+    """
+    parts = [_spikes_of(first[k:k + SPIKE_CHUNK], second[k:k + SPIKE_CHUNK])
+             for k in range(0, first.shape[0], SPIKE_CHUNK)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _spikes_of(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = first.shape[-2:]
     a = first[:, 1:rows - 1, 1:cols - 1]
     norm_a = a.square().sum(dim=(1, 2)).double().cpu().numpy()
@@ -109,6 +119,7 @@ def _spikes(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, to
     zero = ncc(0, 0)
     around = (ncc(0, 1) + ncc(0, -1) + ncc(1, 0) + ncc(-1, 0)) / 4
     return zero - around, zero
+
 
 def remove_fixed_pattern(views: torch.Tensor, usable: torch.Tensor,
                          chunk: int = 8) -> torch.Tensor:

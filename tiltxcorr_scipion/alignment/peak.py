@@ -138,8 +138,10 @@ def _correlation_derivatives(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch
     # Phases in double precision; the big sum runs in the spectrum's precision.
     mx = (ex[:, :, None] * (col_weights[:, None] * powers_x)[None]).to(spectrum.dtype)
     my = (ey[:, :, None] * powers_y[None]).to(spectrum.dtype)  # (n, hk, 3)
-    partial = torch.bmm(spectrum, mx)  # (n, hk, 3): sum over kx
-    t = torch.einsum("nhi,nhj->nij", my, partial).to(torch.complex128)  # [ky power, kx power]
+    # (n, 3, hk): sum over kx, as (3, wk) @ (wk, hk) on the spectrum's transposed view
+    # (no copy): a wide product, several times faster on CPU than (hk, wk) @ (wk, 3)
+    partial = torch.bmm(mx.transpose(1, 2), spectrum.transpose(1, 2))
+    t = torch.einsum("nhi,njh->nij", my, partial).to(torch.complex128)  # [ky power, kx power]
     value = t[:, 0, 0].real
     gradient = torch.stack([-two_pi * t[:, 1, 0].imag, -two_pi * t[:, 0, 1].imag], dim=1)
     hyy = -(two_pi ** 2) * t[:, 2, 0].real
@@ -168,7 +170,10 @@ def refine_peak(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor,
     -------
     `(peak (n, 2) float64, value (n,) float64)`: the maximum and the
     correlation there, as a full-spectrum sum (divide by the number of pixels
-    for the circular correlation value).
+    for the circular correlation value). Once the last step is below
+    `tolerance`, the value is the one where that step began: at the top the
+    correlation is flat to second order (a relative change of about 1e-8),
+    and one evaluation less is one pass less over every spectrum.
     """
     ky, kx, col_weights = (v.to(torch.float64) for v in (ky, kx, col_weights))
     shift = start.to(torch.float64).clone()
@@ -190,6 +195,6 @@ def refine_peak(spectrum: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor,
         step = step * torch.clamp(max_step / length.clamp_min(1e-300), max=1.0)
         shift = shift + step
         if float(step.abs().max()) < tolerance:
-            break
+            return shift, value
     value, _, _ = _correlation_derivatives(spectrum, ky, kx, col_weights, shift)
     return shift, value

@@ -100,7 +100,8 @@ def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
     stack = views[:, None].to(torch.float32)
     blocks_t = F.avg_pool2d(stack, size)[:, 0]  # (b, H, W)
     busy_t = (F.avg_pool2d(stack.square(), size)[:, 0] - blocks_t.square()).clamp_min(0).sqrt()
-    low, high = torch.aminmax(views.reshape(b, -1), dim=1)
+    flat = views.reshape(b, -1)
+    low, high = flat.amin(dim=1), flat.amax(dim=1)  # two vectorised passes beat one aminmax
     blocks = blocks_t.double().cpu().numpy()
     busy = busy_t.double().cpu().numpy()
     low, high = low.double().cpu().numpy(), high.double().cpu().numpy()

@@ -199,29 +199,42 @@ def _outliers_and_breaks(pairs, agree: torch.Tensor, residual: torch.Tensor, ord
     agree: nothing then holds one side in place against the other (each link
     agrees by chance with a probability of 1/16).
     """
-    links_of = {v: [k for k, pair in enumerate(pairs) if v in pair] for v in order}
+    agreeing = agree.tolist()
+    links_of: dict[int, list[int]] = {v: [] for v in order}
+    for k, (i, j) in enumerate(pairs):
+        for view in (i, j):
+            if view in links_of:
+                links_of[view].append(k)
+    rate = {v: sum(not agreeing[k] for k in links) / len(links) if links else 0.0
+            for v, links in links_of.items()}
 
-    def off(links: list[int]) -> bool:
-        return bool(links) and float((~agree[links]).double().mean()) >= OUTLIER_DISAGREE \
-            and float(residual[links].median()) > CHANCE
+    def off(view: int) -> bool:
+        return rate[view] >= OUTLIER_DISAGREE \
+            and float(residual[links_of[view]].median()) > CHANCE
 
-    rate = {v: float((~agree[links_of[v]]).double().mean()) if links_of[v] else 0.0
-            for v in order}
     outliers = []
     for p, view in enumerate(order):
         neighbours = [order[q] for q in (p - 1, p + 1) if 0 <= q < len(order)]
-        if len(links_of[view]) >= 2 and off(links_of[view]) and all(
+        if len(links_of[view]) >= 2 and off(view) and all(
                 rate[n] < rate[view] for n in neighbours):
             outliers.append(view)
     out = set(outliers)
     remaining = [v for v in order if v not in out]
     place = {v: p for p, v in enumerate(remaining)}
+    # links across each gap p (between remaining views p and p + 1), and how many agree
+    crossing = [0] * len(remaining)
+    ties = [0] * len(remaining)
+    for k, (i, j) in enumerate(pairs):
+        if i in place and j in place:
+            low, high = sorted((place[i], place[j]))
+            for step, count in ((low, 1), (high, -1)):
+                crossing[step] += count
+                ties[step] += count * agreeing[k]
     breaks = []
+    across = agreed = 0
     for p in range(len(remaining) - 1):
-        across = [k for k, (i, j) in enumerate(pairs)
-                  if i in place and j in place
-                  and min(place[i], place[j]) <= p < max(place[i], place[j])]
-        if across and int(agree[across].sum()) < TIES:
+        across, agreed = across + crossing[p], agreed + ties[p]
+        if across and agreed < TIES:
             breaks.append((remaining[p], remaining[p + 1]))
     return tuple(outliers), tuple(breaks)
 
@@ -256,6 +269,37 @@ def _strangers(pairs, lags: torch.Tensor, ncc: torch.Tensor, order: list[int]) -
     return found
 
 
+class JudgeLevels:
+    """The judge's levels: the working views binned 1, 2, 4... times more, while they keep
+    `JUDGE_MIN_SIZE` pixels (or `count` levels).
+
+    Each is made on first use, straight from the working views (a clean series
+    needs one level only), and kept by them (`BinnedViews.rebinned`): the
+    first stage, the coarser candidates and both models' judges share them.
+    """
+
+    def __init__(self, views: BinnedViews, count: int | None = None):
+        self.views = views
+        if count is None:
+            count = 1
+            while min(self.shape(count - 1)) // 2 >= JUDGE_MIN_SIZE:
+                count += 1
+        self.count = count
+
+    def shape(self, level: int) -> tuple[int, int]:
+        """`(h, w)` of a level's views, without making them."""
+        h, w = self.views.views.shape[-2:]
+        return h // 2 ** level, w // 2 ** level
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, level: int) -> BinnedViews:
+        if not 0 <= level < self.count:
+            raise IndexError(f"judge level {level} of {self.count}")
+        return self.views if level == 0 else self.views.rebinned(2 ** level)
+
+
 class Judge:
     """Measures sets of shifts on the working views, at the working binning and coarser."""
 
@@ -283,15 +327,11 @@ class Judge:
         self.system = LinkSystem.build(self.pairs, self.reference,
                                        stretch_matrices(self.factors, self.across))
         self.prior = self.lags.to(torch.float64) ** -1.0
-        # each level binned from the one before (a pass over fewer pixels each time), and
-        # kept by the views (BinnedViews.rebinned): both models' judges share them
-        self.levels = [views]
-        while min(self.levels[-1].views.shape[-2:]) // 2 >= JUDGE_MIN_SIZE:
-            self.levels.append(self.levels[-1].rebinned(2))
-        self.overlap_levels = self.levels if overlap_views is None else [overlap_views]
-        while len(self.overlap_levels) < len(self.levels):
-            self.overlap_levels.append(self.overlap_levels[-1].rebinned(2))
+        self.levels = JudgeLevels(views)
+        self.overlap_levels = (self.levels if overlap_views is None
+                               else JudgeLevels(overlap_views, len(self.levels)))
         self._correlators: dict[int, PairCorrelator] = {}
+        self._kept: tuple | None = None  # (views and level, shifts, spectra): see `_frame`
         keep = torch.zeros(angles.numel(), dtype=torch.bool)
         keep[self.order] = True
         self._keep = keep
@@ -300,10 +340,7 @@ class Judge:
 
     def _weights(self, level: int) -> dict[int, torch.Tensor]:
         """The views' opaque weights (see `core.PreparedViews`) binned to this level."""
-        weights = self.opaque_weights
-        for _ in range(level):  # binned as the levels are, by 2 at a time
-            weights = {v: bin_views(w[None], 2)[0] for v, w in weights.items()}
-        return weights
+        return {v: bin_views(w[None], 2 ** level)[0] for v, w in self.opaque_weights.items()}
 
     def _box(self, level: int) -> torch.Tensor:
         """The area to correlate (`CoarseOptions.area`) at the reference tilt, this level's px."""
@@ -320,8 +357,8 @@ class Judge:
 
     def quick_level(self) -> int:
         """The level that checks the plain path alone: views of at most `QUICK_SIZE` px."""
-        for level, binned in enumerate(self.levels):
-            if max(binned.views.shape[-2:]) <= QUICK_SIZE:
+        for level in range(len(self.levels)):
+            if max(self.levels.shape(level)) <= QUICK_SIZE:
                 return level
         return len(self.levels) - 1
 
@@ -330,7 +367,20 @@ class Judge:
         into the reference frame at judge level `level`, and the ring correlation `(rings,)`
         of neighbouring views (links to the next view in tilt), ring `i` centred on
         `(i + 0.5) * RING` cycles per judge pixel."""
-        binned = self.levels[level]
+        spectra = self._frame(self.levels[level], shifts, level)
+        nearest = [pair for pair, lag in zip(self.pairs, self.lags.tolist(), strict=True)
+                   if lag == 1]
+        return spectra, ring_correlation(spectra, self._correlator(level), nearest)
+
+    def _frame(self, binned: BinnedViews, shifts: torch.Tensor, level: int) -> torch.Tensor:
+        """Band spectra of `binned` (this level's views) moved by `shifts`, in the reference frame.
+
+        The last ones made on views of at most `QUICK_SIZE` px are kept: the
+        quick check measures a path and then asks for its neighbours' overlap.
+        """
+        key = (id(binned), level)
+        if self._kept is not None and self._kept[0] == key and torch.equal(self._kept[1], shifts):
+            return self._kept[2]
         correlator = self._correlator(level)
         estimates = shifts.detach().cpu().to(torch.float64) / binned.factor
         size = min(binned.views.shape[-2:])
@@ -341,9 +391,9 @@ class Judge:
         spectra = _frame_spectra(binned.views, self.factors, estimates, correlator, window,
                                  self.across, binned.centre, self.interpolation,
                                  weights=self._weights(level))
-        nearest = [pair for pair, lag in zip(self.pairs, self.lags.tolist(), strict=True)
-                   if lag == 1]
-        return spectra, ring_correlation(spectra, correlator, nearest)
+        if max(binned.views.shape[-2:]) <= QUICK_SIZE:
+            self._kept = (key, shifts.detach().clone(), spectra)
+        return spectra
 
     def adjacent_correlation(self, shifts: torch.Tensor, level: int) -> torch.Tensor:
         """`(n_nearest,)` normalised correlation of each view with its next one in tilt.
@@ -353,25 +403,13 @@ class Judge:
         removed when one was found: a pattern the views share would otherwise
         reward the shifts that lock on it).
         """
-        binned = self.overlap_levels[level]
+        spectra = self._frame(self.overlap_levels[level], shifts, level)
         correlator = self._correlator(level)
-        estimates = shifts.detach().cpu().to(torch.float64) / binned.factor
-        size = min(binned.views.shape[-2:])
-        typical = float(estimates[self.order].norm(dim=1).quantile(0.9))
-        window = correlator.inset_mask(min(typical, 0.25 * size) + JUDGE_RADIUS)
-        if self.area is not None:
-            window = window * correlator.box_mask(self._box(level))
-        spectra = _frame_spectra(binned.views, self.factors, estimates, correlator, window,
-                                 self.across, binned.centre, self.interpolation,
-                                 weights=self._weights(level))
-        first = torch.tensor([self.order[p] for p in range(len(self.order) - 1)])
-        second = torch.tensor([self.order[p + 1] for p in range(len(self.order) - 1)])
-        energy = correlator.energy(spectra)
-        device = spectra.device
-        cross = (spectra[first.to(device)] * spectra[second.to(device)].conj()).real
-        weights = (correlator.filter * correlator.col_weights.to(torch.float32))
-        value = (cross * weights).sum(dim=(-2, -1)).double().cpu()
-        return value / (energy[first] * energy[second]).sqrt().clamp_min(1e-300).cpu()
+        first = torch.tensor(self.order[:-1])
+        second = torch.tensor(self.order[1:])
+        energy = correlator.energy(spectra).cpu()
+        value = correlator.overlap(spectra, first, second).cpu()
+        return value / (energy[first] * energy[second]).sqrt().clamp_min(1e-300)
 
     def measure(self, shifts: torch.Tensor, level: int = 0, *,
                 prepared: tuple[torch.Tensor, torch.Tensor] | None = None,
