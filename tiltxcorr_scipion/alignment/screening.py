@@ -22,7 +22,10 @@ pixels), so it costs a fraction of one pass over the pixels:
 
 Views judged unusable are returned with a human-readable reason. Opaque areas
 of the other views are replaced by the view's specimen mean, with a smooth
-edge, so that the correlation sees only specimen.
+edge, so that the correlation sees only specimen. An opaque object holds no
+more detail than the specimen it hides: where the far blocks of a series are
+busier than its level's (`_busier_than_specimen`), the level is an empty
+background (a STEM specimen on vacuum) and nothing is filled.
 """
 
 from __future__ import annotations
