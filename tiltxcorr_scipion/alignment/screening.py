@@ -22,7 +22,10 @@ pixels), so it costs a fraction of one pass over the pixels:
 
 Views judged unusable are returned with a human-readable reason. Opaque areas
 of the other views are replaced by the view's specimen mean, with a smooth
-edge, so that the correlation sees only specimen.
+edge, so that the correlation sees only specimen. An opaque object holds no
+more detail than the specimen it hides: where the far blocks of a series are
+busier than its level's (`_busier_than_specimen`), the level is an empty
+background (a STEM specimen on vacuum) and nothing is filled.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ BLOCKED_FRACTION = 0.9
 MIN_OPAQUE_NEIGHBOURS = 3
 #: Lowest-|tilt| views whose levels define where the walk starts.
 START_VIEWS = 5
+#: Opaque blocks busier than the specimen level's in a series by this z (sign test over
+#: views) are specimen on an empty background, not an opaque object (`_busier_than_specimen`).
+BUSIER_Z = 3.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,8 @@ def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
         mask = torch.from_numpy(opaque).to(torch.float32)[:, None]
         around = F.conv2d(F.pad(mask, (1, 1, 1, 1)), torch.ones(1, 1, 3, 3))[:, 0].numpy()
         opaque &= around - 1 >= MIN_OPAQUE_NEIGHBOURS
+        if _busier_than_specimen(busy, opaque, ~far, order):
+            opaque[:] = False
         for view in order:
             specimen_fraction = float((~far[view]).mean())
             if specimen_fraction < 1.0 - BLOCKED_FRACTION:
@@ -156,6 +164,33 @@ def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
     return ViewScreen(unusable=torch.from_numpy(unusable), reasons=reasons,
                       opaque=torch.from_numpy(opaque), size=size, level=torch.from_numpy(level),
                       opaque_level=torch.from_numpy(opaque_level))
+
+
+def _busier_than_specimen(busy: np.ndarray, opaque: np.ndarray, level: np.ndarray,
+                          views: list[int]) -> bool:
+    """Whether the series' "opaque" blocks hold more detail than its specimen-level blocks.
+
+    `busy` `(b, H, W)` block standard deviations, `opaque` and `level` `(b, H, W)`
+    bool (blocks judged opaque, blocks at the view's level). An opaque object
+    passes nothing through (or, in a projected density, replaces it by a
+    constant): its blocks are no busier than the specimen they hide, quieter
+    where counting noise falls with the counts. When, view by view, they are
+    busier (sign test over the views with both kinds of blocks, z >
+    `BUSIER_Z`), the "level" is an empty background (a STEM specimen on
+    vacuum, a hole in the support) and the far blocks are the specimen: filling
+    them would cut the specimen along the blocks' edges, fixed in the camera.
+    """
+    signs = []
+    for view in views:
+        if opaque[view].any() and (level[view] & ~opaque[view]).any():
+            ratio = (np.median(busy[view][opaque[view]])
+                     / max(np.median(busy[view][level[view] & ~opaque[view]]), 1e-300))
+            if ratio != 1.0:
+                signs.append(ratio > 1.0)
+    if len(signs) < 3:
+        return False
+    z = (2 * sum(signs) - len(signs)) / np.sqrt(len(signs))
+    return bool(z > BUSIER_Z)
 
 
 def opaque_weight(view: torch.Tensor, opaque_blocks: torch.Tensor, block: float, level: float,

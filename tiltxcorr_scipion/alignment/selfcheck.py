@@ -37,8 +37,10 @@ more alike unstretched than stretched (`_slab_unlike`: a compact specimen, a
 particle or a needle along the axis, does not foreshorten as a slab does).
 When they do look more alike unstretched, the plain path without the cosine
 stretch runs and is kept at once on the same terms, judged in its own frame
-(its links settled, neighbours still clearly more alike under it). Otherwise
-the candidates run, each path once whichever step asks for it
+(its links settled, neighbours still clearly more alike under it), unless its
+links ask for more than the plain path's do in theirs: then the two figures
+disagree on the model, nothing shows the other one clearly better, and the
+plain path, settled, is kept. Otherwise the candidates run, each path once whichever step asks for it
 (`candidate_paths`): the plain path (and with a
 fixed pattern removed, when one was found), the adaptive path, both on 2x and
 4x binned views; and, judged in an unstretched frame, the plain and adaptive
@@ -623,11 +625,17 @@ def align_checked(binned: BinnedViews, angles: torch.Tensor, tilt_axis_angle: fl
             unstretched = candidate(Path(stretch=False, remove_pattern=forced))
             check = unstretched.checks[quick] = judges[False].measure(
                 unstretched.result.shifts, quick)
-            settled = (check.consistent and check.error <= SETTLED * binned.factor
-                       and _slab_unlike((plain.result.shifts, unstretched.result.shifts),
-                                        judges, quick))
-            if settled:
-                kept, family = unstretched, [plain, unstretched]
+            if check.consistent and check.error > plain.checks[quick].error:
+                # the links fit the slab better, the overlap the compact specimen: the two
+                # figures disagree on the model, so nothing shows the other one clearly
+                # better and the plain path, settled, is kept (the figures in the note)
+                family = [plain, unstretched]
+            else:
+                settled = (check.consistent and check.error <= SETTLED * binned.factor
+                           and _slab_unlike((plain.result.shifts, unstretched.result.shifts),
+                                            judges, quick))
+                if settled:
+                    kept, family = unstretched, [plain, unstretched]
     if opts.adaptive and not settled:
         judges.setdefault(False, judge_for(False))
         best = {}
