@@ -24,9 +24,12 @@ ORIENTATIONS = (-95.0, -10.0, 0.0, 45.0, 85.0, 176.0)
 
 
 def projected_tracks(axis: float, offset: float, shape: tuple[int, int], seed: int,
-                     noise: float = 0.3, n_points: int = 120, n_views: int = 41):
+                     noise: float = 0.3, n_points: int = 120, n_views: int = 41,
+                     upper_axis_error: float = 0.0):
     """Raw `(n, b, 2)` positions of points in a level slab seen at nominal tilts + `offset`,
-    measured with Gaussian noise of `noise` px; tracks of 16 views overlapping by 4."""
+    measured with Gaussian noise of `noise` px; tracks of 16 views overlapping by 4.
+    `upper_axis_error` degrees: the points of the slab's upper half (z > 0) are seen about an
+    axis turned by that much (a tracking error that depends on height)."""
     generator = torch.Generator().manual_seed(seed)
     h, w = shape
     half = 0.35 * min(h, w)
@@ -35,9 +38,10 @@ def projected_tracks(axis: float, offset: float, shape: tuple[int, int], seed: i
     z = (torch.rand(n_points, generator=generator, dtype=torch.float64) - 0.5) * 40.0
     nominal = torch.linspace(-60.0, 60.0, n_views, dtype=torch.float64)
     tilt = torch.deg2rad(nominal + offset)
-    a = math.radians(axis)
-    along = torch.tensor([math.cos(a), -math.sin(a)], dtype=torch.float64)
-    across = torch.tensor([math.sin(a), math.cos(a)], dtype=torch.float64)
+    a = math.radians(axis) + (z > 0).to(torch.float64)[:, None, None] \
+        * math.radians(upper_axis_error)  # (n, 1, 1)
+    along = torch.cat([torch.cos(a), -torch.sin(a)], dim=-1)
+    across = torch.cat([torch.sin(a), torch.cos(a)], dim=-1)
     centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
     shifts = torch.randn(n_views, 2, generator=generator, dtype=torch.float64) * 5.0
     shifts[int(nominal.abs().argmin())] = 0.0
@@ -164,3 +168,31 @@ def test_uncertainty_warning_names_what_exceeds_its_target():
     assert uncertainty_warning(0.15, 0.2) == "tilt axis uncertainty 0.15 deg exceeds the 0.1 deg target"
     assert "tilt angle offset uncertainty 0.45 deg exceeds the 0.3 deg target" in \
         uncertainty_warning(0.05, 0.45)
+
+
+def test_misfit_term_sees_a_height_dependent_error_and_not_noise():
+    """The points of the upper half seen about an axis turned by 0.4 degree: the solved
+    axis errs by about 0.2 degree, far beyond the noise's standard error, and the halves
+    disagree by far more than their noise. The misfit term grows and the true axis (that of
+    the lower half's points) lies within 2 total standard errors. A consistent specimen: the
+    halves agree within their noise, the misfit term is about 0."""
+    shape, axis = (512, 512), 45.0
+    consistent, turned = [], []
+    for seed in range(6):
+        for error, found in ((0.0, consistent), (0.4, turned)):
+            positions, nominal = projected_tracks(axis, 2.0, shape, seed, n_points=240,
+                                                  upper_axis_error=error)
+            solution = solve_geometry(positions, nominal, axis + 2.0, image_shape=shape,
+                                      robust=False)
+            noise = math.sqrt(solution.tilt_axis_angle_error ** 2
+                              - solution.tilt_axis_angle_misfit ** 2)
+            error = solution.tilt_axis_angle - axis
+            found.append((solution.tilt_axis_angle_misfit / noise, error / noise,
+                          error / solution.tilt_axis_angle_error))
+    misfit = torch.tensor([m for m, _, _ in consistent])
+    assert float(misfit.square().mean()) < 1.0, misfit  # max(0, chi2(1) - 1): mean ~0.3
+    assert float(misfit.median()) < 0.5, misfit
+    misfit, noise_only, total = (torch.tensor(v) for v in zip(*turned, strict=True))
+    assert float(noise_only.abs().min()) > 3.0, noise_only  # the noise alone misses it
+    assert float(misfit.min()) > 2.0, misfit
+    assert float(total.abs().max()) < 2.0, total

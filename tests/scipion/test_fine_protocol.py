@@ -213,6 +213,7 @@ def test_standard_errors_are_registered_with_the_geometry(fine_run):
         assert ("UNCERTAIN" in notes["alignmentNote"]) == uncertain
     methods = " ".join(prot.methods())
     assert "One-standard-error estimates of the tilt axis angle" in methods
+    assert "the upper and the lower half of the points" in methods
     assert "shifts were then chosen by a reprojection check" in methods
     assert f"TS_1 tilt axis {results['TS_1']['axis']:.2f} +- " in methods
 

@@ -173,8 +173,10 @@ class FiducialLessResult:
         One standard error of `tilt_axis_angle` in degrees, from the data
         (`GeometrySolution.tilt_axis_angle_error`: the robust solve's own
         curvature and the spread of the measurements' influence, a jackknife
-        over blocks of patches and a linearised bootstrap over views); NaN
-        when the axis was not solved.
+        over blocks of patches and a linearised bootstrap over views, with the
+        misfit of the points' upper and lower halves added,
+        `GeometrySolution.tilt_axis_angle_misfit`); NaN when the axis was not
+        solved.
     tilt_angle_offset_error
         One standard error of `tilt_angle_offset` in degrees: of the slab's
         tilt (`SlabFit.tilt_error`, a linearised bootstrap over the

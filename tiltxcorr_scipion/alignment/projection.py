@@ -137,7 +137,13 @@ class GeometrySolution:
         One standard error of `tilt_axis_angle` in degrees, from the data: the
         robust fit's curvature with the spread of the tracks' gradients
         (`_Problem.view_covariance`: a jackknife over blocks of patches and a
-        linearised bootstrap over views); NaN when the axis was not solved.
+        linearised bootstrap over views), with `tilt_axis_angle_misfit` added
+        in quadrature; NaN when the axis was not solved.
+    tilt_axis_angle_misfit
+        Degrees: the part of `tilt_axis_angle_error` that the model's misfit
+        with height adds (`_height_misfit`: the axes solved from the upper and
+        the lower half of the points disagree by more than their own standard
+        errors allow); 0 where they agree, NaN where not estimated.
     tilt_angle_offset_error
         One standard error in degrees of the offset that levels the plane of
         the points (`tilt_angle_offset` as solved), from the points' scatter
@@ -165,6 +171,7 @@ class GeometrySolution:
     iterations: int
     tilt_axis_angle_error: float = float("nan")
     tilt_angle_offset_error: float = float("nan")
+    tilt_axis_angle_misfit: float = float("nan")
 
     def forward_matrices(self) -> torch.Tensor:
         """`(b, 2, 2)` linear part `R_i / m_i` of the raw -> aligned maps, `(row, col)` order."""
@@ -793,6 +800,70 @@ def solve_geometry(
         Malformed tracks or angles, a view without (enough) tracked points
         (naming the view), contours with a single point, bad options.
     """
+    solution = _solve(tracks, tilt_angles, tilt_axis_angle, image_shape=image_shape,
+                      initial_shifts=initial_shifts, rotation_group_size=rotation_group_size,
+                      magnification_group_size=magnification_group_size,
+                      tilt_group_size=tilt_group_size, solve_axis=solve_axis, robust=robust,
+                      robust_k=robust_k, max_iterations=max_iterations,
+                      estimate_errors=estimate_errors)
+    if not (estimate_errors and math.isfinite(solution.tilt_axis_angle_error)):
+        return solution
+    misfit = _height_misfit(tracks, tilt_angles, solution, image_shape=image_shape,
+                            rotation_group_size=rotation_group_size,
+                            magnification_group_size=magnification_group_size,
+                            tilt_group_size=tilt_group_size, solve_axis=solve_axis,
+                            robust=robust, robust_k=robust_k, max_iterations=max_iterations)
+    total = math.hypot(solution.tilt_axis_angle_error, misfit) if math.isfinite(misfit) \
+        else solution.tilt_axis_angle_error
+    return replace(solution, tilt_axis_angle_error=total, tilt_axis_angle_misfit=misfit)
+
+
+def _height_misfit(tracks, tilt_angles, solution: GeometrySolution, *, image_shape,
+                   **solving) -> float:
+    """Degrees of axis error the model's misfit with height adds to the noise's (NaN where a
+    half cannot be solved).
+
+    Tracking errs with height in a thick specimen (the patches' content slides with its
+    depth): the projection model then fits the points of one height better than those of
+    another, an error common to all tracks of a height that no clustering by block or view
+    sees. The points are split at the median of their solved height `z` (weighted tracks),
+    each half solved alone from the full solution (its axis and shifts), with its own
+    standard error `s_1`, `s_2`. Under the model and noise alone their axes differ by
+    `d ~ N(0, s_1^2 + s_2^2)`; a misfit adds to each half an error of variance `tau^2`
+    (as a random effect, the method-of-moments estimate of DerSimonian and Laird for two
+    groups: `tau^2 = (d^2 - s_1^2 - s_2^2) / 2`, at least 0), and to the full solution,
+    their average, `tau^2 / 2`: the misfit's standard error is
+    `sqrt(max(0, d^2 - s_1^2 - s_2^2) / 4)`.
+    """
+    positions = tracks.positions if isinstance(tracks, PatchTracks) else tracks
+    z = solution.points[:, 2]
+    weights = solution.contour_weights
+    used = weights > 0
+    if int(used.sum()) < 2:
+        return float("nan")
+    upper = z > z[used].median()
+    halves = []
+    for keep in (upper, ~upper):
+        part = replace(tracks, positions=tracks.positions[keep], scores=tracks.scores[keep],
+                       patch_index=tracks.patch_index[keep]) \
+            if isinstance(tracks, PatchTracks) else positions[keep]
+        try:
+            half = _solve(part, tilt_angles, solution.tilt_axis_angle, image_shape=image_shape,
+                          initial_shifts=solution.shifts, estimate_errors=True, **solving)
+        except ValueError:  # a view without (enough) points in this half
+            return float("nan")
+        if not math.isfinite(half.tilt_axis_angle_error):
+            return float("nan")
+        halves.append(half)
+    difference = halves[0].tilt_axis_angle - halves[1].tilt_axis_angle
+    noise = halves[0].tilt_axis_angle_error ** 2 + halves[1].tilt_axis_angle_error ** 2
+    return math.sqrt(max(difference * difference - noise, 0.0) / 4.0)
+
+
+def _solve(tracks, tilt_angles, tilt_axis_angle: float, *, image_shape, initial_shifts,
+           rotation_group_size, magnification_group_size, tilt_group_size, solve_axis, robust,
+           robust_k, max_iterations, estimate_errors) -> GeometrySolution:
+    """`solve_geometry` without the misfit's split (its arguments)."""
     if isinstance(tracks, PatchTracks):
         positions, image_shape = tracks.positions, tracks.image_shape
         clusters = error_blocks(tracks.patch_centres[tracks.patch_index].cpu(), image_shape)

@@ -455,7 +455,9 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
         results = self._fineResults()
         text = (" One-standard-error estimates of the tilt axis angle and of the offset were "
                 "taken from the data: for the axis, a jackknife of the robust solve over "
-                "blocks of the tracked patches and a linearised bootstrap over the views; for "
+                "blocks of the tracked patches and a linearised bootstrap over the views, "
+                "with the disagreement of the axes solved from the upper and the lower half of "
+                "the points beyond their noise added as the model's misfit; for "
                 "the offset, a linearised bootstrap over the "
                 "back-projection's features (surfaces) or the solved points (their plane).")
         if results:
