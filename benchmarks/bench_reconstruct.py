@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from tiltxcorr_scipion.alignment import align_tilt_series, reconstruct, reprojection_check
+from tiltxcorr_scipion.alignment.fourier import frequency_radius
 from tiltxcorr_scipion.alignment.geometry import unfixed_motions
 from tiltxcorr_scipion.simulate_volume import simulate_volume_series
 
@@ -74,11 +75,7 @@ def rolled_off(volume: torch.Tensor, knee: float) -> torch.Tensor:
     `1 / (256 dt)`; above, the slices are summed as they are, an unweighted back-projection,
     whose amplitude falls as one over the frequency."""
     spectrum = torch.fft.rfftn(volume.double())
-    grids = torch.meshgrid(*[torch.fft.fftfreq(n, dtype=torch.float64)
-                             for n in volume.shape[:-1]],
-                           torch.fft.rfftfreq(volume.shape[-1], dtype=torch.float64),
-                           indexing="ij")
-    radius = sum(g * g for g in grids).sqrt()
+    radius = frequency_radius(tuple(volume.shape), dtype=torch.float64)
     gain = (knee / radius.clamp(min=1e-12)).clamp(max=1.0)
     return torch.fft.irfftn(spectrum * gain, s=volume.shape).float()
 
@@ -105,9 +102,7 @@ def score(reconstruction: torch.Tensor, sim) -> tuple[float, list[float]]:
     a, b = common_boxes(reconstruction, sim.volume)
     low = float(torch.corrcoef(torch.stack([lowpass(a).flatten(), lowpass(b).flatten()]))[0, 1])
     fa, fb = torch.fft.rfftn(a), torch.fft.rfftn(b)
-    grids = torch.meshgrid(*[torch.fft.fftfreq(n, dtype=torch.float64) for n in a.shape[:-1]],
-                           torch.fft.rfftfreq(a.shape[-1], dtype=torch.float64), indexing="ij")
-    radius = sum(g * g for g in grids).sqrt()
+    radius = frequency_radius(tuple(a.shape), dtype=torch.float64)
     bands = []
     for lo, hi in zip(BANDS[:-1], BANDS[1:], strict=True):
         m = (radius >= lo) & (radius < hi)

@@ -81,6 +81,16 @@ def frequency_grid(shape: tuple[int, int], *, device=None) -> tuple[torch.Tensor
     return ky, kx
 
 
+def frequency_radius(shape: tuple[int, ...], *, dtype=None, device=None) -> torch.Tensor:
+    """`|k|` in cycles per pixel (voxel) at every point of an rfftn spectrum of `shape`
+    (any number of dimensions, the last halved): `shape[:-1] + (shape[-1] // 2 + 1,)`."""
+    grids = torch.meshgrid(*[torch.fft.fftfreq(n, dtype=dtype, device=device)
+                             for n in shape[:-1]],
+                           torch.fft.rfftfreq(shape[-1], dtype=dtype, device=device),
+                           indexing="ij")
+    return sum(g * g for g in grids).sqrt_()
+
+
 def imod_filter(ky: torch.Tensor, kx: torch.Tensor, *, high_pass_sigma: float,
                 high_pass_radius: float, low_pass_cutoff: float, low_pass_sigma: float
                 ) -> torch.Tensor:

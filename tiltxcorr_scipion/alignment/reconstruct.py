@@ -47,7 +47,7 @@ import torch
 
 from ..options import RECONSTRUCTION_NOISE_FILTERS, RECONSTRUCTION_WEIGHTINGS
 from .binning import BinnedViews, bin_stack
-from .fourier import frequency_grid, imod_filter, next_fast_size, taper_mask
+from .fourier import frequency_grid, frequency_radius, imod_filter, next_fast_size, taper_mask
 from .geometry import axis_directions
 from .peak import coarse_peak, hermitian_weights, refine_peak
 from .resample import imod_source_maps, warp_images
@@ -295,9 +295,7 @@ def shell_correlation(a: torch.Tensor, b: torch.Tensor, width: float
     (of the half transform), shells `width` wide (shell 0 holds the origin only; empty
     shells are left out)."""
     fa, fb = torch.fft.rfftn(a.float()), torch.fft.rfftn(b.float())
-    grids = torch.meshgrid(*[torch.fft.fftfreq(n, device=a.device) for n in a.shape[:-1]],
-                           torch.fft.rfftfreq(a.shape[-1], device=a.device), indexing="ij")
-    radius = sum(g * g for g in grids).sqrt_()
+    radius = frequency_radius(tuple(a.shape), device=a.device)
     shells = radius.div_(width).round_().long().flatten()
     twice = torch.full((fa.shape[-1],), 2.0, device=a.device)  # the rfft's missing half
     twice[0] = 1.0
@@ -357,9 +355,7 @@ def filter_views(views: torch.Tensor, radii: torch.Tensor, gain: torch.Tensor
     shape = (next_fast_size(h + 2 * pad_y), next_fast_size(w + 2 * pad_x))
     extra_y = min(shape[0] - h - pad_y, h - 1)
     extra_x = min(shape[1] - w - pad_x, w - 1)
-    fy = torch.fft.fftfreq(shape[0], dtype=torch.float64)
-    fx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)
-    rho = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
+    rho = frequency_radius(shape, dtype=torch.float64)
     response = np.interp(rho.numpy(), radii.numpy(), gain.numpy())
     response = torch.as_tensor(response, dtype=torch.float32, device=views.device)
     out = torch.empty_like(views, dtype=torch.float32)
