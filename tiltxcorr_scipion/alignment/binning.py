@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..options import MAX_PIXEL_MAGNITUDE
 from .validation import ViewError
 
-__all__ = ["BinnedViews", "bin_chunks", "bin_stack", "bin_views", "binned_shape"]
+__all__ = ["BinnedViews", "bin_chunks", "bin_stack", "bin_views", "binned_shape", "view_extremes"]
 
 
 def _trim(n: int, factor: int) -> int:
@@ -110,6 +110,13 @@ class BinnedViews:
         return self._coarser[extra]
 
 
+def view_extremes(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each view's smallest and largest pixel `(b,)`, `(b,)` of `views` `(b, ...)`; a NaN
+    shows in both. amin and amax apart: two vectorised passes beat one aminmax (10x)."""
+    flat = views.flatten(1)
+    return flat.amin(dim=1), flat.amax(dim=1)
+
+
 def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[int, int],
                factor: int, *, device: torch.device | str | None = None,
                views: torch.Tensor | None = None) -> BinnedViews:
@@ -148,13 +155,9 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
         for k in torch.nonzero(finite & (largest > MAX_PIXEL_MAGNITUDE)).flatten().tolist():
             huge[k + first] = float(largest[k])
 
-    def extremes(block):  # amin and amax apart: two vectorised passes beat one aminmax (10x)
-        flat = block.flatten(1)
-        return flat.amin(dim=1), flat.amax(dim=1)  # NaN propagates to both
-
     if views is not None:
         out, start = views, views.shape[0]
-        check(*extremes(views), 0)
+        check(*view_extremes(views), 0)
     for chunk in chunks:
         if out is None:
             target = chunk.device if device is None else torch.device(device)
@@ -164,7 +167,7 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
                              f"{tuple(chunk.shape[1:])}, expected {n_views} views of "
                              f"{tuple(full_shape)}")
         binned = bin_views(chunk.to(out.device), factor)
-        check(*extremes(binned), start)  # NaN and inf show here
+        check(*view_extremes(binned), start)  # NaN and inf show here
         out[start:start + binned.shape[0]] = binned
         start += binned.shape[0]
     if start != n_views:

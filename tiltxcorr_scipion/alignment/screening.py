@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .binning import view_extremes
+
 #: A block this many robust spreads from its view's specimen level is opaque (if not busy).
 OPAQUE_SPREADS = 8.0
 #: A view with less than this fraction of its blocks at a specimen level is unusable.
@@ -106,8 +108,7 @@ def screen_views(views: torch.Tensor, angles: torch.Tensor) -> ViewScreen:
     stack = views[:, None].to(torch.float32)
     blocks_t = F.avg_pool2d(stack, size)[:, 0]  # (b, H, W)
     busy_t = (F.avg_pool2d(stack.square(), size)[:, 0] - blocks_t.square()).clamp_min(0).sqrt()
-    flat = views.reshape(b, -1)
-    low, high = flat.amin(dim=1), flat.amax(dim=1)  # two vectorised passes beat one aminmax
+    low, high = view_extremes(views)
     blocks = blocks_t.double().cpu().numpy()
     busy = busy_t.double().cpu().numpy()
     low, high = low.double().cpu().numpy(), high.double().cpu().numpy()
