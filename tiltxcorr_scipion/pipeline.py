@@ -666,6 +666,7 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
     from dataclasses import asdict
 
     from .alignment import fiducialless_alignment
+    from .alignment.resample import imod_forward_transforms
 
     factor = binned.factor
     engine_options = asdict(options)
@@ -688,21 +689,20 @@ def _fine_outcome(views, items, previous, binned, angles, axis, options, progres
     rotations = np.zeros(m) if result.rotations is None else result.rotations.double().numpy()
     mags = np.ones(m) if result.magnifications is None else result.magnifications.double().numpy()
     rotation = np.radians(rotations)
-    # forward map aligned = R (raw - c) / m + shift + c, R = [[cos, sin], [-sin, cos]] (row, col)
+    # forward map aligned = R (raw - c') / m + shift + c', R = [[cos, sin], [-sin, cos]] (row, col)
     r_rc = np.stack([np.stack([np.cos(rotation), np.sin(rotation)], -1),
                      np.stack([-np.sin(rotation), np.cos(rotation)], -1)], -2) / mags[:, None, None]
-    shifts = (factor * result.shifts.double().numpy()
-              + np.einsum("nij,j->ni", r_rc, -centre_offset) + centre_offset)
+    about_imod = imod_forward_transforms(r_rc, factor * result.shifts.double().numpy(),
+                                         centre_offset).numpy()  # (m, 3, 3) (X, Y), about c
+    shifts = about_imod[:, :2, 2][:, ::-1]  # (row, col)
     n = views.n_views
     full_shifts = np.zeros((n, 2))
     full_shifts[items] = shifts
     # IMOD's fine-alignment transforms (tiltalign's): also turn the tilt axis onto Y.
     turn = np.radians(result.tilt_axis_angle)
     onto_y = np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]])  # (X, Y)
-    r_xy = r_rc[:, ::-1, ::-1]
     fine = np.tile(np.eye(3), (m, 1, 1))
-    fine[:, :2, :2] = onto_y @ r_xy
-    fine[:, :2, 2] = shifts[:, ::-1] @ onto_y.T
+    fine[:, :2, :] = onto_y @ about_imod[:, :2, :]
     # disabled views are not in the solve: their earlier transform is the best there is
     transforms = identity_transforms(n) if views.previous is None else views.previous.copy()
     transforms[items] = compose_transforms(fine, previous)

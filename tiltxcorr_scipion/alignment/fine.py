@@ -53,6 +53,7 @@ from .geometry import unfixed_motions
 from .patches import PatchTracks, track_patches
 from .projection import GeometrySolution, relevel, solve_geometry
 from .reconstruct import reprojection_check
+from .resample import imod_forward_transforms
 from .result import TiltxcorrResult
 from .selfcheck import SIGNIFICANT, signed_rank_z
 from .slab import SlabFit, SlabNotFound, find_slab
@@ -471,16 +472,10 @@ def imod_transforms(geometry: GeometrySolution, shifts: torch.Tensor) -> torch.T
 
     The engine's map `aligned = R_i (raw - c) / m_i + shifts[i] + c` about
     `c = ((h - 1) / 2, (w - 1) / 2)` `(row, col)`, rewritten about IMOD's
-    centre `(w / 2, h / 2)` in `(X, Y)` (`resample.imod_source_maps`); the
-    tilt axis stays where the solve put it (not turned onto Y).
+    centre `(w / 2, h / 2)` in `(X, Y)` (`resample.imod_forward_transforms`);
+    the tilt axis stays where the solve put it (not turned onto Y).
     """
-    linear = geometry.forward_matrices()  # (b, 2, 2) (row, col)
-    half = torch.full((2, 1), 0.5, dtype=torch.float64)
-    offset = shifts.to(torch.float64) + ((linear - torch.eye(2, dtype=torch.float64)) @ half)[..., 0]
-    out = torch.eye(3, dtype=torch.float64).repeat(len(shifts), 1, 1)
-    out[:, :2, :2] = linear.flip(-1).flip(-2)  # (X, Y) = (col, row)
-    out[:, :2, 2] = offset.flip(-1)
-    return out
+    return imod_forward_transforms(geometry.forward_matrices(), shifts)
 
 
 def _blended_shifts(geometry: GeometrySolution, whole_view: TiltxcorrResult,

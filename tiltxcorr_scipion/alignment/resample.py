@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["apply_imod_transforms", "fourier_shift_image", "imod_source_maps", "warp_images"]
+__all__ = ["apply_imod_transforms", "fourier_shift_image", "imod_forward_transforms",
+           "imod_source_maps", "warp_images"]
 
 _EDGE_TOLERANCE = 1e-6  # normalised units: a source exactly on the edge pixel is inside
 _MIRROR = 32  # pixels mirrored on each side before a Fourier shift
@@ -82,6 +83,27 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
     outside = (grid.abs() > 1.0 + _EDGE_TOLERANCE).any(dim=-1)  # (n, rows, cols)
     means = images.to(torch.float32).mean(dim=(-2, -1)) if fill is None else fill
     return torch.where(outside, means.to(out)[:, None, None], out)
+
+
+def imod_forward_transforms(linear, shifts, centre_offset=(-0.5, -0.5)) -> torch.Tensor:
+    """IMOD forward transforms `(n, 3, 3)` float64, in ``(X, Y)``, of the engine's maps.
+
+    The engine maps ``aligned = L_i (raw - c') + shifts[i] + c'`` (`linear` `L`
+    `(n, 2, 2)` and `shifts` `(n, 2)`, both in ``(row, col)``) about a centre
+    ``c'`` that lies at `centre_offset` ``(row, col)`` from IMOD's centre
+    ``c = (h / 2, w / 2)`` (`imod_source_maps`); by default the engine's own,
+    ``((h - 1) / 2, (w - 1) / 2)``. About IMOD's centre the same map shifts by
+    ``shifts[i] + (I - L_i) centre_offset``.
+    """
+    linear = torch.as_tensor(linear, dtype=torch.float64)
+    offset = torch.as_tensor(centre_offset, dtype=torch.float64)
+    eye = torch.eye(2, dtype=torch.float64)
+    moved = (torch.as_tensor(shifts, dtype=torch.float64)
+             + ((eye - linear) @ offset[:, None])[..., 0])
+    out = torch.eye(3, dtype=torch.float64).repeat(linear.shape[0], 1, 1)
+    out[:, :2, :2] = linear.flip(-1).flip(-2)  # (X, Y) = (col, row)
+    out[:, :2, 2] = moved.flip(-1)
+    return out
 
 
 def imod_source_maps(transforms, shape: tuple[int, int]) -> torch.Tensor:
