@@ -143,6 +143,30 @@ def test_slab_tilt_error_is_calibrated():
     assert 0.4 < float(ratios.square().mean().sqrt()) < 1.6, ratios
 
 
+def slab_features(seed: int, n: int = 400, tilt_deg: float = 1.5):
+    """`(u, x, z)` features of a slab 60 px thick tilted by `tilt_deg` across the axis."""
+    generator = torch.Generator().manual_seed(seed)
+    x = (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1) * 200.0
+    u = (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1) * 150.0
+    z = (math.tan(math.radians(tilt_deg)) * x
+         + (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 60.0
+         + 1.5 * torch.randn(n, generator=generator, dtype=torch.float64))
+    return u, x, z
+
+
+def test_slab_tilt_error_counts_features_that_err_together_once():
+    """The maxima along one filament, the blobs of one particle: features of one object lie
+    at one height and err together. Here every feature is repeated 4 times at its place:
+    the fit is the same, and so is its standard error (clustered by block of the slab);
+    counted one by one, it would halve."""
+    u, x, z = slab_features(7)
+    once = _fit(u, x, z, span=120.0, height_limit=72.0, min_blur=0.5)
+    repeated = _fit(u.repeat(4), x.repeat(4), z.repeat(4), span=120.0, height_limit=72.0,
+                    min_blur=0.5)
+    assert repeated.tilt == pytest.approx(once.tilt, abs=1e-3)
+    assert repeated.tilt_error == pytest.approx(once.tilt_error, rel=0.05)
+
+
 @pytest.mark.parametrize("axis", [-95.0, 45.0, 176.0])
 def test_fine_alignment_reports_its_uncertainty_at_any_orientation(axis):
     """End to end, a small series (256 px): the errors are there and of the right size.

@@ -180,7 +180,7 @@ class FiducialLessResult:
         solved.
     tilt_angle_offset_error
         One standard error of `tilt_angle_offset` in degrees: of the slab's
-        tilt (`SlabFit.tilt_error`, a linearised bootstrap over the
+        tilt (`SlabFit.tilt_error`, a linearised bootstrap over blocks of the
         back-projection's features) when levelled by the surfaces, else of
         the plane of the points (`points_offset_error`).
     points_offset_error

@@ -15,6 +15,11 @@ maxima as features, and fits the slab model to their heights by maximum likeliho
 uniform between two parallel planes, blurred by a Gaussian, plus a small uniform fraction of
 outliers (noise peaks, gold or contamination off the slab). The fit uses every feature, not
 only those at the surfaces, but the surfaces decide the tilt.
+
+The tilt's standard error is clustered by block of the slab (`feature_blocks`): the features of
+one object (the local maxima along a filament, the blobs of one particle, a membrane) lie at
+one height and err together, so counted one by one they made it too small where the content is
+made of such objects (the `volume` image model of the family benchmark, docs/fine-alignment.md).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import axis_directions
-from .projection import GeometrySolution
+from .projection import ERROR_BLOCKS, GeometrySolution
 
 #: Views are binned so that their larger side is about this many pixels.
 TARGET_SIDE = 256
@@ -75,8 +80,10 @@ class SlabFit:
     tilt_error
         One standard error of `tilt` in degrees, from the features: the
         likelihood's curvature with the spread of the features' own gradients
-        (the sandwich, `_sandwich_error`: a linearised bootstrap over the
-        features, right also where the slab model is only near the truth).
+        summed by block of the slab (the sandwich, `_sandwich_error`: a
+        linearised bootstrap over blocks of features, right also where the
+        slab model is only near the truth and where neighbouring features
+        err together).
     """
 
     tilt: float
@@ -252,7 +259,7 @@ def _fit(u, x, z, *, span: float, height_limit: float, min_blur: float) -> SlabF
     if not all(map(math.isfinite, (slope_x, slope_u, centre, log_w, log_s, logit_out))) \
             or max(abs(log_w), abs(log_s)) > 50:
         raise SlabNotFound("the slab fit did not converge")
-    slope_error = _sandwich_error(feature_costs, params.detach(), 0)
+    slope_error = _sandwich_error(feature_costs, params.detach(), 0, feature_blocks(u, x))
     thickness = math.exp(log_w)
     blur = max(math.exp(log_s), min_blur)
     if thickness < MIN_THICKNESS_PER_BLUR * blur:
@@ -269,11 +276,24 @@ def _fit(u, x, z, *, span: float, height_limit: float, min_blur: float) -> SlabF
                    n_features=len(z))
 
 
-def _sandwich_error(feature_costs, values: torch.Tensor, which: int) -> float:
+def feature_blocks(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`(n,)` the block (`ERROR_BLOCKS` x `ERROR_BLOCKS` over the features' extent along `u`
+    and across `x` the tilt axis) each feature falls in: the clusters of the slab's standard
+    error, as blocks of the view cluster the points' (`projection.error_blocks`)."""
+    def cell(values: torch.Tensor) -> torch.Tensor:
+        low, high = float(values.min()), float(values.max())
+        return ((values - low) / max(high - low, 1e-9) * ERROR_BLOCKS).floor() \
+            .clamp(0, ERROR_BLOCKS - 1).long()
+    return cell(u) * ERROR_BLOCKS + cell(x)
+
+
+def _sandwich_error(feature_costs, values: torch.Tensor, which: int,
+                    clusters: torch.Tensor | None = None) -> float:
     """Standard error of parameter `which` of the fit minimising `feature_costs(values).sum()`.
 
-    `H^+ (sum_i g_i g_i^T) H^+` with `H` the Hessian of the total cost and
-    `g_i` each feature's gradient at the optimum (Huber-White); a parameter
+    `H^+ (sum_c g_c g_c^T) H^+ C / (C - 1)` with `H` the Hessian of the total cost and
+    `g_c` the gradient of cluster `c`'s features at the optimum (`clusters` `(n,)` labels;
+    None: each feature its own, the Huber-White sandwich with `n / (n - k)`); a parameter
     held at a bound (the blur at its floor) has no curvature and drops out.
     """
     hessian = torch.autograd.functional.hessian(lambda v: feature_costs(v).sum(), values)
@@ -282,6 +302,13 @@ def _sandwich_error(feature_costs, values: torch.Tensor, which: int) -> float:
     copies.requires_grad_(True)
     (scores,) = torch.autograd.grad(feature_costs(copies).sum(), copies)  # (n, k)
     n = scores.shape[0]
+    if clusters is None:
+        inflation = n / max(n - len(values), 1)
+    else:
+        labels, index = torch.unique(clusters, return_inverse=True)
+        scores = torch.zeros(len(labels), scores.shape[1], dtype=scores.dtype) \
+            .index_add_(0, index, scores)  # (c, k)
+        inflation = len(labels) / max(len(labels) - 1, 1)
     bread = torch.linalg.pinv(hessian, hermitian=True, rtol=1e-10)
-    covariance = bread @ (scores.T @ scores) @ bread * (n / max(n - len(values), 1))
+    covariance = bread @ (scores.T @ scores) @ bread * inflation
     return math.sqrt(max(float(covariance[which, which]), 0.0))

@@ -458,8 +458,8 @@ class ProtTiltxcorrFineAlignment(ProtTiltxcorrBase):
                 "blocks of the tracked patches and a linearised bootstrap over the views, "
                 "with the disagreement of the axes solved from the upper and the lower half of "
                 "the points beyond their noise added as the model's misfit; for "
-                "the offset, a linearised bootstrap over the "
-                "back-projection's features (surfaces) or the solved points (their plane).")
+                "the offset, a linearised bootstrap over blocks of the "
+                "back-projection's features (surfaces) or of the solved points (their plane).")
         if results:
             text += " Per tilt series: " + "; ".join(
                 f"{tsId} tilt axis {r['axis']:.2f}{plus_minus(_number(r.get('axisError')))} deg, "
