@@ -74,6 +74,7 @@ from .correlate import CorrelationFilter, PairCorrelator
 from .final_pass import _frame_spectra, measure_links
 from .geometry import axis_directions, unfixed_motions
 from .links import LinkSystem, frame_factors, held_out, link_pairs, solve_links, stretch_matrices
+from .memory import items_per_chunk
 from .result import TiltxcorrResult
 
 JUDGE_LAGS = 3          # each view is linked to its next 3 usable views in tilt order
@@ -473,9 +474,11 @@ def ring_correlation(spectra: torch.Tensor, correlator: PairCorrelator,
     cross = torch.zeros(frequency.numel(), dtype=torch.float64)
     power_a = torch.zeros_like(cross)
     power_b = torch.zeros_like(cross)
-    for start in range(0, len(pairs), 16):
-        a = torch.view_as_real(spectra[first[start:start + 16].to(spectra.device)]).flatten(1, 2)
-        b = torch.view_as_real(spectra[second[start:start + 16].to(spectra.device)]).flatten(1, 2)
+    # per pair: both gathered spectra and the three products (float32 pairs of a complex64)
+    chunk = items_per_chunk(5 * spectra[0].numel() * 8, spectra.device, cached=True)
+    for start in range(0, len(pairs), chunk):
+        a = torch.view_as_real(spectra[first[start:start + chunk].to(spectra.device)]).flatten(1, 2)
+        b = torch.view_as_real(spectra[second[start:start + chunk].to(spectra.device)]).flatten(1, 2)
         cross += (a * b).sum(dim=(0, 2)).cpu().double()
         power_a += a.square().sum(dim=(0, 2)).cpu().double()
         power_b += b.square().sum(dim=(0, 2)).cpu().double()
