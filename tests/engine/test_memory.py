@@ -40,7 +40,7 @@ def test_the_tomogram_does_not_depend_on_the_slab_size(monkeypatch):
     transforms = torch.eye(3, dtype=torch.float64).repeat(21, 1, 1)
     whole = reconstruct(sim.images, transforms, sim.tilt_angles, sim.tilt_axis_angle,
                         thickness=30.0, noise_filter="none")
-    monkeypatch.setattr(memory, "CPU_WORKING_BYTES", 1)  # slabs of one row
+    monkeypatch.setattr(memory, "CPU_WORKING_BYTES", 1)  # slabs of the fewest rows
     rows = reconstruct(sim.images, transforms, sim.tilt_angles, sim.tilt_axis_angle,
                        thickness=30.0, noise_filter="none")
     # each row is sampled as in one piece: what is left is the matrix products' rounding

@@ -479,9 +479,11 @@ def ring_correlation(spectra: torch.Tensor, correlator: PairCorrelator,
     for start in range(0, len(pairs), chunk):
         a = torch.view_as_real(spectra[first[start:start + chunk].to(spectra.device)]).flatten(1, 2)
         b = torch.view_as_real(spectra[second[start:start + chunk].to(spectra.device)]).flatten(1, 2)
-        cross += (a * b).sum(dim=(0, 2)).cpu().double()
-        power_a += a.square().sum(dim=(0, 2)).cpu().double()
-        power_b += b.square().sum(dim=(0, 2)).cpu().double()
+        # real and imaginary parts summed first, then the pairs: sum(dim=(0, 2)) takes a path
+        # twice as slow for some chunk sizes (3 pairs of 256 px views)
+        cross += (a * b).sum(dim=2).sum(dim=0).cpu().double()
+        power_a += a.square().sum(dim=2).sum(dim=0).cpu().double()
+        power_b += b.square().sum(dim=2).sum(dim=0).cpu().double()
     cross, power_a, power_b = cross * weight, power_a * weight, power_b * weight
     sums = [torch.zeros(n_rings, dtype=torch.float64).index_add_(0, rings, x)
             for x in (cross, power_a, power_b)]
