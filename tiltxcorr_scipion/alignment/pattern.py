@@ -101,8 +101,8 @@ def _spikes(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, to
 
     A few pairs at a time: the products stay small enough to be reused memory.
     """
-    # per pair, alive at once: the first crop's square, the second's and their product
-    chunk = items_per_chunk(3 * 4 * first.shape[-2] * first.shape[-1], first.device, cached=True)
+    # per pair, alive at once: one square or product of crops (each is summed, then freed)
+    chunk = items_per_chunk(4 * first.shape[-2] * first.shape[-1], first.device, cached=True)
     parts = [_spikes_of(first[k:k + chunk], second[k:k + chunk])
              for k in range(0, first.shape[0], chunk)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -474,8 +474,9 @@ def ring_correlation(spectra: torch.Tensor, correlator: PairCorrelator,
     cross = torch.zeros(frequency.numel(), dtype=torch.float64)
     power_a = torch.zeros_like(cross)
     power_b = torch.zeros_like(cross)
-    # per pair: both gathered spectra and the three products (float32 pairs of a complex64)
-    chunk = items_per_chunk(5 * spectra[0].numel() * 8, spectra.device, cached=True)
+    # per pair, alive at once: both gathered spectra and one product (each is summed, then
+    # freed), complex64 as float32 pairs
+    chunk = items_per_chunk(3 * spectra[0].numel() * 8, spectra.device, cached=True)
     for start in range(0, len(pairs), chunk):
         a = torch.view_as_real(spectra[first[start:start + chunk].to(spectra.device)]).flatten(1, 2)
         b = torch.view_as_real(spectra[second[start:start + chunk].to(spectra.device)]).flatten(1, 2)
