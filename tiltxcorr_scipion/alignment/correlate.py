@@ -16,9 +16,8 @@ from .fourier import (
     taper_profile,
     taper_width,
 )
+from .memory import items_per_chunk
 from .peak import coarse_peak, crop_half_spectrum, hermitian_weights, refine_peak
-
-ENERGY_CHUNK_BYTES = 8 << 20  # CPU: the squared spectra of one step of `PairCorrelator.energy`
 
 
 @dataclass(frozen=True)
@@ -195,8 +194,9 @@ class PairCorrelator:
         parts = torch.view_as_real(spectra).flatten(1)  # (b, rows * cols * 2)
         n = parts.shape[0] if first is None else first.numel()
         out = torch.empty(n, dtype=torch.float32, device=parts.device)
-        step = (n if parts.is_cuda  # one kernel for all on a GPU
-                else max(1, ENERGY_CHUNK_BYTES // max(1, 4 * parts.shape[1])))
+        # per spectrum: the product, and with indices the two gathered spectra (float32)
+        step = items_per_chunk((1 if first is None else 3) * 4 * parts.shape[1], parts.device,
+                               cached=True)
         for start in range(0, n, step):
             if first is None:
                 product = parts[start:start + step].square()
@@ -264,6 +264,15 @@ class PairCorrelator:
         if significance:
             return shifts, ncc, peak, z.cpu()
         return shifts, ncc, peak
+
+
+def pairs_per_chunk(shape: tuple[int, int], fft_shape: tuple[int, int],
+                    device: torch.device) -> int:
+    """How many views or pairs of `shape` (FFT size `fft_shape`) one chunk works on."""
+    h, w = shape
+    fh, fw = fft_shape
+    per_pair = 4 * (6 * h * w + 6 * fh * (fw // 2 + 1))  # stretched view, grid, spectra
+    return items_per_chunk(per_pair, device)
 
 
 def _value_at(cross, ky, kx, col_weights, shifts) -> torch.Tensor:

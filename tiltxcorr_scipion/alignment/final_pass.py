@@ -11,10 +11,12 @@ import math
 
 import torch
 
-from .correlate import PairCorrelator
-from .first_stage import Z_LOW, pairs_per_chunk
+from .correlate import PairCorrelator, pairs_per_chunk
+from .first_stage import Z_LOW
 from .geometry import stretch_images
 from .links import LinkSystem, frame_factors, link_pairs, solve_links, stretch_matrices
+from .memory import items_per_chunk
+from .resample import WARP_BYTES_PER_PIXEL
 
 RESIDUAL_SEARCH = 6.0   # pixels: the final pass looks for residual shifts this far from its estimate
 COARSE_BAND = 0.12      # cycles/pixel: its short search needs only low frequencies
@@ -77,7 +79,8 @@ def neighbour_frc(views: torch.Tensor, angles: torch.Tensor, reference: int, bra
     power_b = torch.zeros(n_rings, dtype=torch.float64)
     needed = sorted({v for pair in pairs for v in pair})
     spectra = {}
-    chunk = 16
+    # per view: the stretch's temporaries, the windowed view and its spectrum (about as large)
+    chunk = items_per_chunk((WARP_BYTES_PER_PIXEL + 2 * 4) * h * w, views.device)
     for first in range(0, len(needed), chunk):
         idx = torch.tensor(needed[first:first + chunk])
         warped = stretch_images(views[idx.to(views.device)], factors[idx], across, centre,

@@ -27,14 +27,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .binning import BinnedViews
-from .correlate import CorrelationFilter, PairCorrelator
+from .correlate import CorrelationFilter, PairCorrelator, pairs_per_chunk
 from .geometry import stretch_factors, stretch_images, unstretch_shifts
+from .memory import items_per_chunk
+from .resample import WARP_BYTES_PER_PIXEL
 
-WORKING_BYTES = 384 << 20  # rough budget for the temporaries of one chunk of pairs (GPU)
-CPU_WORKING_BYTES = 32 << 20  # ...on the CPU: temporaries that stay in the cache and in the
-#                               allocator's reused memory (each fresh large block costs a page
-#                               fault per 4 KiB: chunks of 10 views of 1024 px took the final
-#                               pass from 0.9 s to 1.6 s)
 PREVIEW_MIN_SIZE = 128  # the first stage runs on 2x binned views when they are at least this large
 STAGE1_MIN_SIZE = 64    # coarser levels only while the views keep at least this many pixels
 WINDOW_ITERATIONS = 2   # passes with matched windows, while a peak still moves
@@ -148,7 +145,7 @@ def _stretch_outer_views(views, angles, pairs, across, centre, *, interpolation)
     """The outer view of every pair stretched onto its inner neighbour: `(n_pairs, h, w)`."""
     device = views.device
     out = torch.empty(len(pairs), *views.shape[1:], dtype=torch.float32, device=device)
-    chunk = max(1, working_bytes(device) // (12 * views.shape[1] * views.shape[2]))
+    chunk = items_per_chunk(WARP_BYTES_PER_PIXEL * views.shape[1] * views.shape[2], device)
     for first in range(0, len(pairs), chunk):
         block = pairs[first:first + chunk]
         inner = torch.tensor([p[0] for p in block], dtype=torch.long)
@@ -157,20 +154,6 @@ def _stretch_outer_views(views, angles, pairs, across, centre, *, interpolation)
             views[outer.to(device)], stretch_factors(angles[inner], angles[outer]), across,
             centre, mode=interpolation)
     return out
-
-
-def working_bytes(device: torch.device) -> int:
-    """Budget for the temporaries of one chunk of views or pairs on `device`."""
-    return WORKING_BYTES if torch.device(device).type == "cuda" else CPU_WORKING_BYTES
-
-
-def pairs_per_chunk(shape: tuple[int, int], fft_shape: tuple[int, int],
-                    device: torch.device) -> int:
-    """How many views or pairs of `shape` (FFT size `fft_shape`) one chunk works on."""
-    h, w = shape
-    fh, fw = fft_shape
-    per_pair = 4 * (6 * h * w + 6 * fh * (fw // 2 + 1))  # stretched view, grid, spectra
-    return max(1, working_bytes(device) // per_pair)
 
 
 def _measure_pairs(level: Level, angles, stretched, pairs, *, start=None, refine=True,

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .memory import items_per_chunk
+
 #: Side of the central crop the detection looks at (working pixels).
 DETECTION_CROP = 256
 #: The spike must be this many standard errors above zero, over the pairs...
@@ -40,7 +42,6 @@ SPIKE_MIN = 0.003
 #: alike only in views of nearby tilts.
 FAR_RATIO = 0.5
 FAR_FRACTION = 3
-SPIKE_CHUNK = 8  # pairs of crops measured at a time
 #: Sigma (cycles/pixel) of the inverted Gaussian high-pass of the pattern estimate.
 PATTERN_HIGH_PASS = 0.03
 
@@ -100,8 +101,10 @@ def _spikes(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, to
 
     A few pairs at a time: the products stay small enough to be reused memory.
     """
-    parts = [_spikes_of(first[k:k + SPIKE_CHUNK], second[k:k + SPIKE_CHUNK])
-             for k in range(0, first.shape[0], SPIKE_CHUNK)]
+    # per pair, alive at once: one square or product of crops (each is summed, then freed)
+    chunk = items_per_chunk(4 * first.shape[-2] * first.shape[-1], first.device, cached=True)
+    parts = [_spikes_of(first[k:k + chunk], second[k:k + chunk])
+             for k in range(0, first.shape[0], chunk)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -121,26 +124,27 @@ def _spikes_of(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor,
     return zero - around, zero
 
 
-def remove_fixed_pattern(views: torch.Tensor, usable: torch.Tensor,
-                         chunk: int = 8) -> torch.Tensor:
+def remove_fixed_pattern(views: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     """Subtract the fixed pattern from views `(b, h, w)` in place; returns each view's scale `(b,)`.
 
-    The pattern is the mean over `usable` views of their high-passed spectra
-    (inverted Gaussian of sigma `PATTERN_HIGH_PASS` cycles/pixel), brought
-    back to real space; each view (usable or not) loses `a_i` times it, `a_i`
-    its least-squares scale.
+    The pattern is the mean of the `usable` views, high-passed (inverted
+    Gaussian of sigma `PATTERN_HIGH_PASS` cycles/pixel); each view (usable
+    or not) loses `a_i` times it, `a_i` its least-squares scale. The mean is
+    summed in float64, so it does not depend on how many views a chunk holds.
     """
     b, h, w = views.shape
-    ky = torch.fft.fftfreq(h, device=views.device, dtype=torch.float32)
-    kx = torch.fft.rfftfreq(w, device=views.device, dtype=torch.float32)
+    ky = torch.fft.fftfreq(h, device=views.device, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(w, device=views.device, dtype=torch.float64)
     high_pass = 1.0 - torch.exp(-(ky[:, None] ** 2 + kx[None, :] ** 2)
                                 / (2 * PATTERN_HIGH_PASS ** 2))
-    total = torch.zeros(h, w // 2 + 1, dtype=torch.complex64, device=views.device)
+    total = torch.zeros(h, w, dtype=torch.float64, device=views.device)
     members = torch.nonzero(usable.to(views.device)).flatten()
+    # per view: the gathered view and its float64 copy; later its scaled pattern (float32)
+    chunk = items_per_chunk((4 + 8) * h * w, views.device)
     for first in range(0, members.numel(), chunk):
-        index = members[first:first + chunk]
-        total += torch.fft.rfft2(views[index].to(torch.float32)).sum(dim=0)
-    pattern = torch.fft.irfft2(total * high_pass / max(1, members.numel()), s=(h, w))  # (h, w)
+        total += views[members[first:first + chunk]].sum(dim=0, dtype=torch.float64)
+    spectrum = torch.fft.rfft2(total / max(1, members.numel()))
+    pattern = torch.fft.irfft2(spectrum * high_pass, s=(h, w)).to(torch.float32)  # (h, w)
     energy = float(pattern.square().sum())
     scales = torch.zeros(b, dtype=torch.float64)
     if energy <= 0:

@@ -29,10 +29,15 @@ _MIRROR = 32  # pixels mirrored on each side before a Fourier shift
 _IDENTITY_TOLERANCE = 1e-6
 
 
+#: Bytes of temporaries `warp_images` needs per output pixel: its sampling grid (two float32)
+#: and its output (float32); what a chunked caller counts per view (`memory.items_per_chunk`).
+WARP_BYTES_PER_PIXEL = 12
+
+
 def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
                 mode: str = "bilinear", fill_outside: bool = True,
                 out_shape: tuple[int, int] | None = None,
-                fill: torch.Tensor | None = None) -> torch.Tensor:
+                fill: torch.Tensor | None = None, first_row: int = 0) -> torch.Tensor:
     """Resample images `(n, h, w)` through affine maps from output to input pixels.
 
     Parameters
@@ -53,6 +58,10 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
     fill
         `(n,)` values for sources outside the view instead of the views' means (a caller
         that knows them saves a pass over the pixels).
+    first_row
+        Output rows are `first_row` to `first_row + rows - 1` of the maps' output: a slab of
+        a larger output, each row sampled as in the whole (the same float32 grid), so the
+        result does not depend on how the output is cut into slabs.
 
     Returns
     -------
@@ -67,7 +76,7 @@ def warp_images(images: torch.Tensor, source_maps: torch.Tensor, *,
     # several times faster on CPU than F.affine_grid's batched matmul.
     to_norm = torch.tensor([2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)], dtype=torch.float64,
                            device=device)
-    rows = torch.arange(out_h, dtype=torch.float32, device=device)
+    rows = torch.arange(first_row, first_row + out_h, dtype=torch.float32, device=device)
     cols = torch.arange(out_w, dtype=torch.float32, device=device)
     grid = torch.empty(n, out_h, out_w, 2, dtype=torch.float32, device=device)
     for plane, axis in ((0, 1), (1, 0)):  # grid x = source col, grid y = source row
