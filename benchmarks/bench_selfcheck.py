@@ -491,33 +491,35 @@ def print_family(name: str, rows: list[dict]) -> None:
     print(f"\nRMS against: {'; '.join(truths)}.")
 
 
+def _print_ncc_misses(rows: list[dict], prefix: str, key: str, input_key: str,
+                      truth_key: str, title: str) -> None:
+    """The series whose defaults' NCC (`key` of a run) misses the target, and how many of
+    them the true shifts miss too (their NCC below the plain path's)."""
+    misses = [r for r in rows if {f"{prefix}NCC<input", f"{prefix}NCC<plain"} & set(r["flags"])]
+    plain_ncc = [r["runs"]["plain"].get(key, math.nan) for r in misses]
+    truth_too = sum(1 for r, plain in zip(misses, plain_ncc, strict=True)
+                    if r.get(truth_key) is not None and r[truth_key] < plain - NCC_TOLERANCE)
+    print(f"{title}: {len(misses)} of {len(rows)}" + "".join(
+        f"\n  - {r['world']} seed {r['seed']}: defaults {r['runs']['defaults'][key]:.5f}, "
+        f"input {r[input_key]:.5f}, plain {plain:.5f}"
+        + ("" if r.get(truth_key) is None else f", true shifts {r[truth_key]:.5f}")
+        + f"; RMS defaults {_rms(r['runs']['defaults'].get('rms', math.nan))}, plain "
+        f"{_rms(r['runs']['plain'].get('rms', math.nan))} px"
+        for r, plain in zip(misses, plain_ncc, strict=True)))
+    print(f"  - of these, the true shifts' NCC is below the plain path's too: {truth_too}")
+
+
 def print_summary(rows: list[dict]) -> None:
     print("\n### Against the issue's targets\n")
     silent = [r for r in rows if "SILENT" in r["flags"]]
-    ncc_miss = [r for r in rows if {"NCC<input", "NCC<plain"} & set(r["flags"])]
-    truth_too = [r for r in ncc_miss if "truth NCC<plain" in r["flags"]]
     print(f"- silent failures (defaults RMS > {SILENT_RMS:g} px, not flagged): {len(silent)} of "
           f"{len(rows)} series" + "".join(f"\n  - {r['world']} seed {r['seed']}: "
                                           f"{_rms(r['runs']['defaults']['rms'])} px"
                                           for r in silent))
-    print(f"- defaults' NCC below the input's or the plain path's by > {NCC_TOLERANCE}: "
-          f"{len(ncc_miss)} of {len(rows)}" + "".join(
-              f"\n  - {r['world']} seed {r['seed']}: defaults "
-              f"{r['runs']['defaults']['ncc']:.5f}, input {r['ncc_input']:.5f}, plain "
-              f"{r['runs']['plain'].get('ncc', float('nan')):.5f}"
-              + ("" if r.get("ncc_truth") is None else f", true shifts {r['ncc_truth']:.5f}")
-              + f"; RMS defaults {_rms(r['runs']['defaults'].get('rms', math.nan))}, plain "
-              f"{_rms(r['runs']['plain'].get('rms', math.nan))} px" for r in ncc_miss))
-    print(f"  - of these, the true shifts' NCC is below the plain path's too: {len(truth_too)}")
-    raw_miss = [r for r in rows if {"raw NCC<input", "raw NCC<plain"} & set(r["flags"])]
-    print(f"- the same on the raw views (the issue's own scale, `raw_ncc`): {len(raw_miss)} of "
-          f"{len(rows)}" + "".join(
-              f"\n  - {r['world']} seed {r['seed']}: defaults "
-              f"{r['runs']['defaults']['raw_ncc']:.5f}, input {r['raw_input']:.5f}, plain "
-              f"{r['runs']['plain'].get('raw_ncc', float('nan')):.5f}"
-              + ("" if r.get("raw_truth") is None else f", true shifts {r['raw_truth']:.5f}")
-              + f"; RMS defaults {_rms(r['runs']['defaults'].get('rms', math.nan))}, plain "
-              f"{_rms(r['runs']['plain'].get('rms', math.nan))} px" for r in raw_miss))
+    _print_ncc_misses(rows, "", "ncc", "ncc_input", "ncc_truth",
+                      f"- defaults' NCC below the input's or the plain path's by > {NCC_TOLERANCE}")
+    _print_ncc_misses(rows, "raw ", "raw_ncc", "raw_input", "raw_truth",
+                      "- the same on the raw views (the issue's own scale, `raw_ncc`)")
     for r in rows:
         d = r["runs"].get("defaults", {})
         if r["family"] == "real-needle" and "rms" in d and r["seed"] is None \
