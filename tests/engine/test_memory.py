@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tiltxcorr_scipion.alignment import align_tilt_series, memory, reconstruct
+from tiltxcorr_scipion.alignment.binning import bin_stack
 from tiltxcorr_scipion.simulate import simulate_tilt_series
 
 
@@ -47,3 +48,15 @@ def test_the_tomogram_does_not_depend_on_the_slab_size(monkeypatch):
     # (2e-7 of the largest voxel; 3e-5 when slabs after the first sampled their rows apart)
     scale = float(whole.abs().max())
     torch.testing.assert_close(rows, whole, rtol=0.0, atol=2e-6 * scale)
+
+
+def test_binning_a_stack_does_not_depend_on_the_chunk_size(monkeypatch):
+    """`bin_stack` copies a few views at a time into float32 (an int16 stack, binned 2x)."""
+    stack = (torch.randn(7, 96, 80, generator=torch.Generator().manual_seed(1)) * 300).to(
+        torch.int16)
+    whole = bin_stack(stack, 2)
+    monkeypatch.setattr(memory, "CPU_WORKING_BYTES", 1)  # one view at a time
+    single = bin_stack(stack, 2)
+    assert whole.views.shape == single.views.shape == (7, 48, 40)
+    assert torch.equal(whole.views, single.views)
+    assert torch.equal(single.views[3], bin_stack(stack[3:4], 2).views[0])

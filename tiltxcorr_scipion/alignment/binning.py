@@ -17,7 +17,6 @@ the alignment, which flags them and aligns around them).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..options import MAX_PIXEL_MAGNITUDE
+from .memory import items_per_chunk
 from .validation import ViewError
 
 __all__ = ["BinnedViews", "bin_chunks", "bin_stack", "bin_views", "binned_shape", "view_extremes"]
@@ -183,7 +183,7 @@ def bin_chunks(chunks: Iterable[torch.Tensor], n_views: int, full_shape: tuple[i
     return BinnedViews(views=out, factor=factor, full_shape=tuple(full_shape), origin=(top, left))
 
 
-def bin_stack(stack: torch.Tensor, factor: int, chunk_bytes: int = 256 << 20) -> BinnedViews:
+def bin_stack(stack: torch.Tensor, factor: int) -> BinnedViews:
     """Bin a whole `(b, h, w)` stack a few views at a time (no full-size float copy).
 
     Unbinned float32 views are used as they are (checked, not copied): the
@@ -192,5 +192,6 @@ def bin_stack(stack: torch.Tensor, factor: int, chunk_bytes: int = 256 << 20) ->
     b, h, w = stack.shape
     if factor == 1 and stack.dtype == torch.float32 and stack.is_contiguous():
         return bin_chunks([], b, (h, w), 1, views=stack)
-    per_chunk = max(1, math.floor(chunk_bytes / (h * w * 4)))
+    # per view, alive at once: its float32 copy and its binned float32 view
+    per_chunk = items_per_chunk(4 * h * w + 4 * (h // factor) * (w // factor), stack.device)
     return bin_chunks(stack.split(per_chunk), b, (h, w), factor)

@@ -9,7 +9,7 @@ alive at once times their element size); the budgets are the only sizes.
 - On a GPU, large chunks: fewer kernel launches; 384 MiB stays far below any
   card's memory.
 - On the CPU, two kinds of loop:
-  - correlation and resampling pipelines (stretch, spectra, peak search, the
+  - correlation and resampling pipelines (binning, stretch, spectra, peak search, the
     reconstruction's view filter and slabs, the fixed pattern's sums), with
     many steps per chunk: 32 MiB, temporaries that stay in the allocator's
     reused memory. Each fresh large block costs a page fault per 4 KiB
