@@ -926,6 +926,9 @@ def _report_preview(out: TextIO, outcome) -> None:
                else "no view flagged"))
     if unchecked.size:
         line += "; unchecked (no ray all other views saw): " + ", ".join(map(str, unchecked))
+    if check.thickness < preview.thickness - 0.5:
+        line += (f"; checked in {check.thickness:.0f} px thick tomograms (the tilt steps "
+                 f"leave ghosts in thicker ones)")
     out.write(line + "\n")
 
 

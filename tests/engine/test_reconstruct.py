@@ -13,8 +13,10 @@ import torch
 
 from tiltxcorr_scipion.alignment import ViewError, reconstruct, reprojection_check
 from tiltxcorr_scipion.alignment.reconstruct import (
+    CHECK_GHOST_PX,
     RADIAL,
     ZERO_WEIGHT,
+    check_thickness,
     exact_weights,
     filter_views,
     radial_weights,
@@ -345,6 +347,36 @@ def test_the_reprojection_check_finds_a_displaced_view(cell_series):
     assert check.flagged.nonzero()[:, 0].tolist() == [view]
     assert check.worst_view == view
     assert check.correlation[view] < good.correlation[view]
+
+
+def test_a_thick_tomogram_does_not_flag_a_true_alignment(cell_series):
+    """Asked for a tomogram nearly five times the specimen's thickness (3 degree steps), the
+    check keeps its tomograms thin enough that the neighbouring views' ghosts stay narrow:
+    made 240 thick, its leave-one-out reprojections put the TRUE alignment's views up to
+    12 px off, flagged one and left 26 of 41 unchecked."""
+    sim = cell_series
+    check = reprojection_check(sim.views, shift_transforms(sim.shifts), sim.tilt_angles, 85.0,
+                               thickness=240)
+    assert check.thickness == pytest.approx(check_thickness(240, sim.tilt_angles))
+    assert check.thickness < 120
+    assert torch.isfinite(check.residual_px).all()
+    assert not check.flagged.any() and float(check.residual_px.max()) < 0.6, check.residual_px
+
+
+def test_the_checks_thickness_follows_the_tilt_steps():
+    three_degrees = torch.linspace(-60.0, 60.0, 41)
+    limit = CHECK_GHOST_PX * math.cos(math.radians(60.0)) / math.sin(math.radians(3.0))
+    assert check_thickness(300.0, three_degrees) == pytest.approx(limit, rel=1e-6)
+    assert check_thickness(80.0, three_degrees) == 80.0  # thin enough already
+    one_degree = torch.linspace(-60.0, 60.0, 121)
+    assert check_thickness(300.0, one_degree) == 300.0
+    # a dropped view leaves one 6 degree gap: the median step still decides
+    dropped = torch.cat([three_degrees[:20], three_degrees[21:]])
+    assert check_thickness(300.0, dropped) == pytest.approx(limit, rel=1e-6)
+    # stack order does not matter, nor a tilt angle offset beyond 60 degrees' cosine
+    shuffled = three_degrees[torch.randperm(41, generator=torch.Generator().manual_seed(1))]
+    assert check_thickness(300.0, shuffled) == pytest.approx(limit, rel=1e-6)
+    assert check_thickness(300.0, three_degrees + 5.0) < limit
 
 
 def test_the_check_skips_disabled_views(cell_series):

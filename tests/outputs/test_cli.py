@@ -461,6 +461,13 @@ def test_align_and_fine_write_a_preview_and_report_the_check(tmp_path):
     assert "limit 1 px" in line
     with mrcfile.open(str(tmp_path / "C_preview.mrc")) as mrc:
         assert mrc.data.shape == (64, 256, 256) and float(mrc.voxel_size.z) == pytest.approx(REC_PIXEL)
+    # a preview 200 px thick: the check's own tomograms are thinner (3 degree steps), and say so
+    (tmp_path / "thick").mkdir()
+    result = run("align", "C.st", "--axis", "85", "--preview", "--preview-thickness", "200",
+                 "--out", "thick/", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("reprojection check"))
+    assert "checked in 115 px thick tomograms" in line and "no view flagged" in line, line
     result = run("fine", "C.st", "--axis", "87", "--preview", "--preview-thickness", "80",
                  "--out", "fine/", cwd=tmp_path)
     assert_user_error(result, "does not exist")  # the folder must exist

@@ -81,7 +81,7 @@ class ShiftChoice:
         replaced that one when below `-selfcheck.SIGNIFICANT`. A challenger
         not checked is absent.
     thickness
-        Tomogram thickness of the check (input pixels).
+        Tomogram thickness of the check (input pixels; `reconstruct.check_thickness`).
     """
 
     kept: str
@@ -391,7 +391,8 @@ def choose_shifts(tilt_series: torch.Tensor, geometry: GeometrySolution,
     Each is judged by the reprojection check in the solved geometry (every
     view against the tomogram made without it, on views binned to at most
     `SHIFT_CHECK_SIDE` pixels; thickness `PREVIEW_SLAB_MARGIN` times the slab
-    found, else `PREVIEW_THICKNESS_FRACTION` of the larger side). The next
+    found, else `PREVIEW_THICKNESS_FRACTION` of the larger side, at most
+    `reconstruct.check_thickness`). The next
     candidate replaces the one kept so far only when its squared residuals
     are smaller view by view (Wilcoxon's signed ranks, `z < -SIGNIFICANT`,
     the coarse self-check's test), on the views checked under both; the
@@ -416,9 +417,11 @@ def choose_shifts(tilt_series: torch.Tensor, geometry: GeometrySolution,
     binning = max(1, math.ceil(max(h, w) / SHIFT_CHECK_SIDE))
 
     def squares(name: str) -> torch.Tensor:
+        nonlocal thickness
         check = reprojection_check(tilt_series, imod_transforms(geometry, candidates[name]),
                                    geometry.tilt_angles, geometry.tilt_axis_angle,
                                    thickness=thickness, binning=binning)
+        thickness = check.thickness  # the same for every candidate (the geometry's)
         return check.residual_px.square()  # (b,), NaN where unchecked
 
     checked = {"fine": squares("fine")}

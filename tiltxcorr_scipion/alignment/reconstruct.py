@@ -33,7 +33,10 @@ streamed through slabs of rows: memory is the output volume plus one slab.
 The reprojection check uses linearity: the tomogram without view i is the full one minus
 view i's contribution, and reprojecting at view i's own geometry turns that contribution
 into `nz` times its filtered line exactly. So the leave-one-out reprojection of every view
-comes from one Gram matrix per frequency, for the price of one reconstruction.
+comes from one Gram matrix per frequency, for the price of one reconstruction. Without view
+i, the streaks its neighbours in tilt leave through the whole thickness no longer cancel:
+they reproject as a ghost `T sin(step) / cos t` wide around every feature, so the check's
+tomograms are made no thicker than keeps it within `CHECK_GHOST_PX` (`check_thickness`).
 """
 
 from __future__ import annotations
@@ -54,9 +57,9 @@ from .peak import coarse_peak, hermitian_weights, refine_peak
 from .resample import imod_source_maps, warp_images
 from .validation import ViewError, check_stack
 
-__all__ = ["CHECK_LIMIT_PX", "CHECK_SIDE", "RADIAL", "ReprojectionCheck", "TomogramFrame",
-           "noise_gain", "reconstruct", "reconstruct_binned", "reprojection_check",
-           "tomogram_frame"]
+__all__ = ["CHECK_GHOST_PX", "CHECK_LIMIT_PX", "CHECK_SIDE", "RADIAL", "ReprojectionCheck",
+           "TomogramFrame", "check_thickness", "noise_gain", "reconstruct",
+           "reconstruct_binned", "reprojection_check", "tomogram_frame"]
 
 #: IMOD tilt's RADIAL default in scipion-em-imod's form: linear ramp to 0.35 cycles/pixel,
 #: then a Gaussian fall-off of sd 0.035 (FalloffIsTrueSigma 1).
@@ -81,6 +84,13 @@ CHECK_FILTER = dict(high_pass_sigma=0.03, high_pass_radius=0.0, low_pass_cutoff=
                     low_pass_sigma=0.05)
 #: Largest residual (binned pixels) the check's correlation searches.
 CHECK_SEARCH = 12.0
+#: Widest ghost (stack pixels) the check's leave-one-out tomograms may leave: the views
+#: next in tilt to a left-out view put a feature's streaks across the whole thickness `T`,
+#: which reproject onto the left-out view `T sin(step) / cos(tilt)` wide around the feature.
+#: Wider than this, the ghost's edges outgrow the view's own peak and the residuals jump by
+#: +-(2-8) px with the TRUE alignment (docs/reconstruction.md); the check's tomograms are
+#: made no thicker than that (`check_thickness`).
+CHECK_GHOST_PX = 12.0
 #: The noise filter's Fourier shell correlation is measured on the central rows of the
 #: tomogram, reconstructed from the even and from the odd views: enough rows for this many
 #: voxels, at least FSC_MIN_ROWS (all rows of a small tomogram).
@@ -559,6 +569,10 @@ class ReprojectionCheck:
         `(b,)` bool: enabled views the check could not compare, no ray of theirs meeting
         only voxels every other view saw (the ends of the tilt range on a tomogram thick
         for its width; views thrown apart). Neither passed nor flagged.
+    thickness
+        Thickness (stack pixels) of the leave-one-out tomograms: the one asked for, or
+        less (`check_thickness`) where coarse tilt steps would leave ghosts wider than
+        `CHECK_GHOST_PX`.
     """
 
     residual: torch.Tensor
@@ -568,6 +582,7 @@ class ReprojectionCheck:
     limit_px: float
     binning: int
     unchecked: torch.Tensor
+    thickness: float
 
     @property
     def worst_view(self) -> int | None:
@@ -577,6 +592,23 @@ class ReprojectionCheck:
             return None
         values = torch.where(finite, self.residual_px, torch.full_like(self.residual_px, -1.0))
         return int(values.argmax())
+
+
+def check_thickness(thickness: float, tilt_angles) -> float:
+    """Thickness (stack pixels) of the check's tomograms: `thickness`, or less where its
+    ghost would be wider than `CHECK_GHOST_PX`.
+
+    The ghost is widest at the largest |tilt| and the median step between consecutive
+    tilts (a single gap, as a dropped view leaves, does not thin the check for all).
+    """
+    angles = torch.as_tensor(tilt_angles, dtype=torch.float64).detach().cpu().reshape(-1)
+    steps = torch.diff(torch.sort(angles).values)
+    steps = steps[steps > 1e-6]
+    if not steps.numel():
+        return float(thickness)
+    step = math.radians(float(steps.median()))
+    largest = math.radians(min(float(angles.abs().max()), 89.0))
+    return min(float(thickness), CHECK_GHOST_PX * math.cos(largest) / math.sin(step))
 
 
 def check_binning(view_shape: tuple[int, int]) -> int:
@@ -591,8 +623,9 @@ def reprojection_check(views: torch.Tensor, transforms, tilt_angles, tilt_axis_a
     """Compare every enabled view with the reprojection of a tomogram made without it.
 
     Parameters as `reconstruct`; `binning` defaults to `check_binning` (views of at most
-    `CHECK_SIDE` pixels). Leave-one-out for every view costs about one reconstruction
-    (module docstring).
+    `CHECK_SIDE` pixels); the tomograms are made `check_thickness` thick (`thickness`, or
+    less where the tilt steps are coarse). Leave-one-out for every view costs about one
+    reconstruction (module docstring).
     """
     b, h, w = check_stack(views)
     mask = _enabled(enabled, b)
@@ -614,10 +647,10 @@ def reprojection_check_binned(binned: BinnedViews, transforms, tilt_angles,
     n_used = binned.views.shape[0]
     t, angles = _checked_geometry(transforms, tilt_angles, n_used,
                                   torch.ones(n_used, dtype=torch.bool))
-    frame = tomogram_frame(binned.full_shape, tilt_axis_angle, thickness=thickness,
-                           binning=binned.factor)
-    nz, ny, nx = frame.shape
     f = binned.factor
+    thickness = max(float(f), check_thickness(thickness, angles + float(tilt_angle_offset)))
+    frame = tomogram_frame(binned.full_shape, tilt_axis_angle, thickness=thickness, binning=f)
+    nz, ny, nx = frame.shape
     lines = _Lines(binned, t, angles + float(tilt_angle_offset), tilt_axis_angle, frame)
     # IMOD's ramp: the check's band-pass leaves out the lowest frequencies, where the
     # weightings differ, and its limit and figures (docs/reconstruction.md) were set so
@@ -655,7 +688,7 @@ def reprojection_check_binned(binned: BinnedViews, transforms, tilt_angles,
     flagged = torch.isfinite(lengths) & (lengths > limit_px)
     return ReprojectionCheck(residual=full, residual_px=lengths, correlation=corr,
                              flagged=flagged, limit_px=float(limit_px), binning=f,
-                             unchecked=mask & ~torch.isfinite(lengths))
+                             unchecked=mask & ~torch.isfinite(lengths), thickness=thickness)
 
 
 #: The check compares a view only along rays through voxels that all other views saw.
